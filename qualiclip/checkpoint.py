@@ -1,0 +1,214 @@
+"""Reading and writing QualiCLIP checkpoints, in both formats.
+
+* **official** (``qualiclip.pth`` of the authors' release): a flat state dict with
+  ``clip_model.<open_clip CLIP key>`` for the whole OpenAI CLIP and ``prompts_features``
+  ``(14, D)``. The architecture is not stored; it is inferred from tensor shapes the way OpenAI's
+  loader does (attention heads = width / 64).
+* **qualiclip** (this project's own): a dict with ``format == "qualiclip-checkpoint"``, the open_clip
+  ``model_config``, the CLIP ``state_dict`` (at least the ``visual.*`` keys), ``prompt_pairs``,
+  their ``prompt_features`` and free-form ``training_config`` / ``metadata``.
+
+Both are read with ``torch.load(weights_only=True)``: a checkpoint can never run code.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qualiclip.prompts import PROMPT_PAIRS
+
+FORMAT_NAME = "qualiclip-checkpoint"
+FORMAT_VERSION = 1
+_OFFICIAL_PREFIX = "clip_model."
+
+
+class CheckpointError(ValueError):
+    """A weights file that cannot be used; the message names the file and what to do."""
+
+
+@dataclass
+class Checkpoint:
+    """The parts of a checkpoint a model is rebuilt from.
+
+    Attributes:
+        model_config: open_clip model config dict (see :mod:`qualiclip.architecture`).
+        state_dict: open_clip ``CLIP`` keys -> tensors (``visual.*`` always present).
+        prompt_pairs: the antonym pairs, positive first.
+        prompt_features: ``(2 * len(prompt_pairs), embed_dim)`` L2-normalised, ordered
+            pos, neg, pos, neg, ...; ``None`` when the text tower must compute them.
+        format: ``"official"`` or ``"qualiclip"``.
+    """
+
+    model_config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    prompt_pairs: tuple[tuple[str, str], ...] = PROMPT_PAIRS
+    prompt_features: torch.Tensor | None = None
+    format: str = "qualiclip"
+    training_config: dict[str, Any] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read either checkpoint format from ``path``.
+
+    Raises:
+        CheckpointError: missing, unreadable, or not a QualiCLIP checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        raise CheckpointError(
+            f"cannot read weights file {path}: {exc.__class__.__name__}: {exc}. "
+            "Is it a complete QualiCLIP .pth file? Delete it and download again if it was cut off."
+        ) from exc
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} is not a QualiCLIP checkpoint (found {type(raw).__name__})")
+    if raw.get("format") == FORMAT_NAME:
+        return _from_project_format(raw, path)
+    if any(isinstance(k, str) and k.startswith(_OFFICIAL_PREFIX) for k in raw):
+        return _from_official_format(raw, path)
+    raise CheckpointError(
+        f"{path} is not a QualiCLIP checkpoint: expected the official format (clip_model.* keys "
+        f"and prompts_features) or this project's format (format={FORMAT_NAME!r})"
+    )
+
+
+def _from_project_format(raw: dict[str, Any], path: Path) -> Checkpoint:
+    version = raw.get("format_version", 0)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version}; this qualiclip reads up to "
+            f"{FORMAT_VERSION}: upgrade qualiclip"
+        )
+    for key in ("model_config", "state_dict"):
+        if key not in raw:
+            raise CheckpointError(f"{path} is missing {key!r}: the checkpoint is incomplete")
+    pairs = tuple(tuple(p) for p in raw.get("prompt_pairs") or PROMPT_PAIRS)
+    return Checkpoint(
+        model_config=raw["model_config"],
+        state_dict=raw["state_dict"],
+        prompt_pairs=pairs,  # type: ignore[arg-type]
+        prompt_features=raw.get("prompt_features"),
+        format="qualiclip",
+        training_config=raw.get("training_config"),
+        metadata=dict(raw.get("metadata") or {}),
+    )
+
+
+def _from_official_format(raw: dict[str, Any], path: Path) -> Checkpoint:
+    state = {k[len(_OFFICIAL_PREFIX):]: v for k, v in raw.items() if k.startswith(_OFFICIAL_PREFIX)}
+    try:
+        config = infer_model_config(state)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot infer a ResNet CLIP from its keys ({exc})") from exc
+    return Checkpoint(
+        model_config=config,
+        state_dict=state,
+        prompt_features=raw.get("prompts_features"),
+        format="official",
+    )
+
+
+def infer_model_config(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Infer an open_clip ResNet CLIP config from a (prefix-free) CLIP state dict, as OpenAI's
+    loader does: vision heads = width * 32 / 64, text heads = width / 64."""
+    layers = [
+        len({m.group(1) for k in state if (m := re.match(rf"visual\.layer{i}\.(\d+)\.", k))})
+        for i in (1, 2, 3, 4)
+    ]
+    if not all(layers):
+        raise ValueError("no ResNet visual.layer1..4 keys")
+    width = state["visual.conv1.weight"].shape[0] * 2
+    grid = round((state["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+    embed_dim = state["visual.attnpool.c_proj.weight"].shape[0]
+    config: dict[str, Any] = {
+        "embed_dim": embed_dim,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": grid * 32, "layers": layers, "width": width,
+                       "patch_size": None},
+    }
+    if "token_embedding.weight" in state:
+        text_width = state["ln_final.weight"].shape[0]
+        text_layers = len({m.group(1) for k in state
+                           if (m := re.match(r"transformer\.resblocks\.(\d+)\.", k))})
+        config["text_cfg"] = {
+            "context_length": state["positional_embedding"].shape[0],
+            "vocab_size": state["token_embedding.weight"].shape[0],
+            "width": text_width,
+            "heads": max(1, text_width // 64),
+            "layers": text_layers,
+        }
+    return config
+
+
+def write_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model_config: dict[str, Any],
+    state_dict: dict[str, torch.Tensor],
+    prompt_features: torch.Tensor,
+    prompt_pairs: tuple[tuple[str, str], ...] = PROMPT_PAIRS,
+    training_config: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint in this project's format, atomically (temp file + rename).
+
+    Args:
+        state_dict: open_clip ``CLIP`` keys; ``visual.*`` required, text tower optional.
+        prompt_features: ``(2 * len(prompt_pairs), D)``, L2-normalised, pos/neg interleaved.
+    """
+    from qualiclip import __version__
+
+    meta = {"qualiclip_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    meta.update(metadata or {})
+    payload = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "model_config": model_config,
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
+        "prompt_pairs": [list(p) for p in prompt_pairs],
+        "prompt_features": prompt_features.detach().float().cpu().contiguous(),
+        "training_config": training_config,
+        "metadata": meta,
+    }
+    return atomic_torch_save(payload, path)
+
+
+def write_official_checkpoint(
+    path: str | os.PathLike, *, state_dict: dict[str, torch.Tensor], prompt_features: torch.Tensor
+) -> Path:
+    """Write the authors' flat format (``clip_model.*`` + ``prompts_features``), atomically.
+    ``state_dict`` should hold the whole CLIP (text tower included) to match the release."""
+    payload: dict[str, Any] = {
+        _OFFICIAL_PREFIX + k: v.detach().cpu().contiguous() for k, v in state_dict.items()
+    }
+    payload["prompts_features"] = prompt_features.detach().float().cpu().contiguous()
+    return atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temp file in the target folder, then rename: a reader never sees a
+    half-written file, and a crash leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,153 @@
+"""The QualiCLIP scoring module: a CLIP ResNet image tower plus fixed antonym prompt embeddings.
+
+Scoring contract (official release, method.md section 2):
+
+* input ``(N, 3, H, W)`` RGB in [0, 1] at any size; normalised with CLIP's mean / std;
+* the ResNet's attention pool runs **without** its positional embedding, which is what lets
+  any ``H x W`` through (the 7x7 table is skipped, not interpolated);
+* ``logits = 100 * normalise(e) @ t.T`` with ``t`` the checkpoint's normalised prompt embeddings
+  (pos, neg interleaved), reshaped ``(N, P, 2)``, softmax over the pair, positive column ->
+  ``(N, P)`` pair scores; the quality score is their mean. Higher is better.
+
+The module is plain fp32; mixed precision is the inference engine's business
+(:mod:`qualiclip.scoring`). Similarities and softmax always run in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qualiclip.prompts import PAIR_NAMES, PROMPT_PAIRS
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: Fixed logit scale of the official scoring (not the checkpoint's ``logit_scale``).
+LOGIT_SCALE = 100.0
+#: The ResNet downsamples by 32; a side shorter than this would leave an empty feature map.
+MIN_SIDE = 32
+
+
+def upscale_to_min_side(x: torch.Tensor, min_side: int = MIN_SIDE) -> torch.Tensor:
+    """Images whose shorter side is below ``min_side`` px are upscaled (bicubic, aspect ratio
+    kept, values clamped to [0, 1]) so the shorter side is ``min_side``; others pass unchanged.
+
+    Such images carry too little content to judge; the upscale makes them score (low, as a
+    blurry image does) instead of crashing the backbone.
+    """
+    h, w = x.shape[-2:]
+    if min(h, w) >= min_side:
+        return x
+    scale = min_side / min(h, w)
+    size = (max(min_side, round(h * scale)), max(min_side, round(w * scale)))
+    return F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp_(0, 1)
+
+
+class QualiCLIP(nn.Module):
+    """No-reference image quality model.
+
+    Args:
+        visual: an open_clip ``ModifiedResNet`` (weights loaded).
+        prompt_features: ``(2 * P, D)`` L2-normalised prompt embeddings, pos/neg interleaved.
+        pair_names: ``P`` short names, one per antonym pair.
+        prompt_pairs: the ``P`` ``(positive, negative)`` prompt texts.
+    """
+
+    PAIR_NAMES: tuple[str, ...] = PAIR_NAMES
+
+    def __init__(
+        self,
+        visual: nn.Module,
+        prompt_features: torch.Tensor,
+        pair_names: tuple[str, ...] = PAIR_NAMES,
+        prompt_pairs: tuple[tuple[str, str], ...] = PROMPT_PAIRS,
+    ) -> None:
+        super().__init__()
+        if prompt_features.ndim != 2 or prompt_features.shape[0] != 2 * len(pair_names):
+            raise ValueError(
+                f"prompt_features must be (2 * {len(pair_names)}, D), got "
+                f"{tuple(prompt_features.shape)}"
+            )
+        self.visual = visual
+        self.PAIR_NAMES = tuple(pair_names)
+        self.prompt_pairs = tuple(prompt_pairs)
+        self.register_buffer("prompt_features", F.normalize(prompt_features.float(), dim=-1))
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1))
+        #: Set by :func:`qualiclip.load_model`: where the weights came from (name, path, sha256).
+        self.weights_info: dict[str, str] = {}
+
+    # --- image tower -----------------------------------------------------------------------
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """ResNet trunk. ``(N, 3, H, W)`` in [0, 1] -> ``(N, C, ceil-ish H/32, W/32)``."""
+        x = upscale_to_min_side(x)
+        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        v = self.visual
+        x = v.stem(x)
+        x = v.layer1(x)
+        x = v.layer2(x)
+        x = v.layer3(x)
+        return v.layer4(x)
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Attention pooling **without** the positional embedding.
+
+        ``(N, C, h, w)`` -> ``(N, D)`` unnormalised image embedding. Only the mean token is used
+        as query: its output equals the official full-sequence attention's first token.
+        """
+        pool = self.visual.attnpool
+        tokens = fmap.flatten(2).permute(2, 0, 1)  # (hw, N, C)
+        tokens = torch.cat([tokens.mean(dim=0, keepdim=True), tokens], dim=0)
+        out, _ = F.multi_head_attention_forward(
+            query=tokens[:1], key=tokens, value=tokens,
+            embed_dim_to_check=tokens.shape[-1],
+            num_heads=pool.num_heads,
+            q_proj_weight=pool.q_proj.weight,
+            k_proj_weight=pool.k_proj.weight,
+            v_proj_weight=pool.v_proj.weight,
+            in_proj_weight=None,
+            in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
+            bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
+            out_proj_weight=pool.c_proj.weight, out_proj_bias=pool.c_proj.bias,
+            use_separate_proj_weight=True, training=False, need_weights=False,
+        )
+        return out[0]
+
+    def image_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` in [0, 1] -> ``(N, D)`` unnormalised image embeddings."""
+        return self.pool(self.feature_map(x))
+
+    # --- scoring ---------------------------------------------------------------------------
+    def pair_scores_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """``(..., D)`` embeddings -> ``(..., P)`` per-pair scores in [0, 1], computed in fp32."""
+        # Outside autocast: fp16/bf16 similarities can overflow or round scores visibly.
+        with torch.autocast(features.device.type, enabled=False):
+            e = F.normalize(features.float(), dim=-1)
+            logits = LOGIT_SCALE * e @ self.prompt_features.t()
+            logits = logits.unflatten(-1, (len(self.PAIR_NAMES), 2))
+            return logits.softmax(dim=-1)[..., 0]
+
+    def pair_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` in [0, 1] -> ``(N, P)`` scores, one column per ``PAIR_NAMES`` entry."""
+        return self.pair_scores_from_features(self.image_features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` RGB in [0, 1] -> ``(N,)`` quality scores in [0, 1], higher is better."""
+        return self.pair_scores(x).mean(dim=-1)
+
+    def quality_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Local quality: ``(N, 3, H, W)`` in [0, 1] -> ``(N, h, w)`` in [0, 1], ``h, w ~ H/32, W/32``.
+
+        Each cell of the final feature map is projected like the pooled token would be (the
+        attention pool's value and output projections, as in MaskCLIP) and scored against the
+        same prompts with the same formula, then averaged over pairs. A local score for
+        comparing regions of one image, not a calibrated measurement: values are not on the
+        scale of the global score.
+        """
+        fmap = self.feature_map(x)
+        pool = self.visual.attnpool
+        tokens = fmap.flatten(2).transpose(1, 2)  # (N, hw, C)
+        local = pool.c_proj(pool.v_proj(tokens))
+        scores = self.pair_scores_from_features(local).mean(dim=-1)
+        return scores.reshape(fmap.shape[0], *fmap.shape[-2:])

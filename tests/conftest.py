@@ -1,0 +1,160 @@
+"""Shared test set-up.
+
+* A throwaway MongoDB (FiftyOne's bundled ``mongod``) is started for the whole session on a free
+  loopback port, and FiftyOne is pointed at it through environment variables **before** anything
+  imports fiftyone; subprocesses (the App server in the plugin tests) inherit them.
+* Tiny random ResNet CLIP checkpoints, in both formats, written to a temp dir, exercise the real
+  loading path without any download.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="qualiclip-tests-"))
+_MONGOD: subprocess.Popen | None = None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_mongod() -> None:
+    """Start a private mongod and export FIFTYONE_DATABASE_URI (unless the caller set one)."""
+    global _MONGOD
+    if os.environ.get("FIFTYONE_DATABASE_URI"):
+        return
+    import importlib.util
+
+    spec = importlib.util.find_spec("fiftyone")
+    if spec is None or spec.origin is None:
+        return
+    mongod = Path(spec.origin).parent / "db" / "bin" / "mongod"
+    if not mongod.is_file():
+        raise RuntimeError(
+            f"FiftyOne's mongod is missing ({mongod}): run `bash scripts/setup.sh`, which "
+            "installs a MongoDB build that runs on this machine"
+        )
+    db_dir = _SESSION_DIR / "mongo"
+    db_dir.mkdir()
+    port = _free_port()
+    _MONGOD = subprocess.Popen(
+        [str(mongod), "--dbpath", str(db_dir), "--port", str(port), "--bind_ip", "127.0.0.1",
+         "--logpath", str(_SESSION_DIR / "mongod.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if _MONGOD.poll() is not None:
+                raise RuntimeError(f"mongod exited; see {_SESSION_DIR / 'mongod.log'}")
+            time.sleep(0.2)
+    os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
+    os.environ["FIFTYONE_DATABASE_ADMIN"] = "true"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    plugins_dir = _SESSION_DIR / "plugins"
+    plugins_dir.mkdir(exist_ok=True)
+    os.environ.setdefault("FIFTYONE_PLUGINS_DIR", str(plugins_dir))
+    os.environ.setdefault("QUALICLIP_CACHE", str(_SESSION_DIR / "cache"))
+    _start_mongod()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _MONGOD is not None:
+        _MONGOD.terminate()
+        try:
+            _MONGOD.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            _MONGOD.kill()
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+# --- tiny models ------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_clip():
+    """A tiny random open_clip CLIP (text tower included), seeded."""
+    import torch
+
+    from qualiclip.architecture import TINY_TEST_CONFIG, build_clip
+
+    torch.manual_seed(1234)
+    return build_clip(TINY_TEST_CONFIG).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_prompt_features(tiny_clip):
+    from qualiclip.architecture import compute_prompt_features
+    from qualiclip.prompts import flat_prompts
+
+    return compute_prompt_features(tiny_clip, flat_prompts())
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_clip, tiny_prompt_features) -> Path:
+    """Path to a tiny checkpoint in this project's format."""
+    from qualiclip.architecture import TINY_TEST_CONFIG
+    from qualiclip.checkpoint import write_checkpoint
+
+    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
+    return write_checkpoint(path, model_config=TINY_TEST_CONFIG, state_dict=tiny_clip.state_dict(),
+                            prompt_features=tiny_prompt_features)
+
+
+@pytest.fixture(scope="session")
+def tiny_official_checkpoint(tmp_path_factory, tiny_clip, tiny_prompt_features) -> Path:
+    """Path to the same tiny model in the official flat format."""
+    from qualiclip.checkpoint import write_official_checkpoint
+
+    path = tmp_path_factory.mktemp("weights") / "tiny_official.pth"
+    return write_official_checkpoint(path, state_dict=tiny_clip.state_dict(),
+                                     prompt_features=tiny_prompt_features)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint):
+    from qualiclip import load_model
+
+    return load_model(tiny_checkpoint, device="cpu")
+
+
+def make_image(path: Path, size: tuple[int, int] = (96, 64), seed: int = 0, mode: str = "RGB"):
+    """Write a real image file with smooth structure plus noise (W, H = size)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx / w), (yy / h), ((xx + yy) / (w + h))], axis=-1)
+    img = np.clip(base + rng.normal(0, 0.08, base.shape), 0, 1)
+    Image.fromarray((img * 255).astype("uint8")).convert(mode).save(path)
+    return path
+
+
+@pytest.fixture()
+def image_folder(tmp_path) -> Path:
+    """A folder of 6 small real JPEG/PNG images of two sizes."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(6):
+        size = (96, 64) if i % 2 == 0 else (64, 80)
+        make_image(folder / f"img_{i}.{'jpg' if i % 3 else 'png'}", size=size, seed=i)
+    return folder
