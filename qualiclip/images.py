@@ -1,0 +1,217 @@
+"""Reading images into the tensors QualiCLIP scores: path / PIL image / numpy array -> RGB.
+
+Conversions (documented contract, shared by scoring, the plugin and training):
+
+* EXIF orientation is applied first, so the image is scored the way viewers show it.
+* ``1``, ``L``: grey replicated to R, G, B.
+* ``I;16*`` / ``I`` (16- or 32-bit integer grey): divided by 65535 and clipped to [0, 1].
+* ``F`` (float grey): taken as already in [0, 1] and clipped.
+* Anything with transparency (``RGBA``, ``LA``, ``PA``, ``P`` with a transparent index, ``La``):
+  composited over a **white** background, the way most viewers show it.
+* ``P`` without transparency, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``: PIL's conversion to RGB.
+* numpy arrays ``(H, W)``, ``(H, W, 1|3|4)``: ``uint8`` / 255, ``uint16`` / 65535, floats taken
+  as [0, 1] and clipped, ``bool`` as 0 / 1; a 4th channel is alpha (white background).
+* Native resolution by default (the official protocol); ``max_side`` caps the longer side with an
+  antialiased bilinear downscale (aspect ratio kept). Images are never upscaled here.
+* PIL's decompression-bomb guard stays on: an image over ``PIL.Image.MAX_IMAGE_PIXELS`` (about
+  89 MP by default; twice that is refused outright by PIL) raises :class:`ImageReadError`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+
+#: File extensions picked up when a folder is scanned.
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".dib",
+})
+
+_WHITE = 1.0
+
+
+class ImageReadError(Exception):
+    """An image that cannot be read; ``str(error)`` names the file and the reason."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+@dataclass
+class LoadedImage:
+    """A decoded image.
+
+    Attributes:
+        tensor: ``(3, H, W)``; float32 in [0, 1], or uint8 in [0, 255] when ``as_uint8`` was
+            asked and the image is 8-bit (cheaper to pass between processes).
+        width, height: size after EXIF orientation, before ``max_side`` (the image's own size).
+    """
+
+    tensor: torch.Tensor
+    width: int
+    height: int
+    path: str
+
+    def float_tensor(self) -> torch.Tensor:
+        """``(3, H, W)`` float32 in [0, 1]."""
+        return to_float(self.tensor)
+
+
+def to_float(tensor: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[0, 255]`` -> float32 ``[0, 1]``; float tensors pass through as float32."""
+    if tensor.dtype == torch.uint8:
+        return tensor.float().div_(255.0)
+    return tensor.float()
+
+
+def source_name(source: Any, index: int | None = None) -> str:
+    """A printable name for a source: the path, or ``<array #i>`` for in-memory images."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    filename = getattr(source, "filename", None)
+    if isinstance(source, Image.Image) and filename:
+        return str(filename)
+    kind = type(source).__name__
+    return f"<{kind} #{index}>" if index is not None else f"<{kind}>"
+
+
+def load_image(source: ImageSource, max_side: int | None = None,
+               as_uint8: bool = False) -> LoadedImage:
+    """Read one image as RGB at native resolution (or capped by ``max_side``).
+
+    Raises:
+        ImageReadError: missing, unreadable, truncated, empty, too large, or of an unsupported
+            layout; the message names the file and says what to do where something can be done.
+    """
+    name = source_name(source)
+    if max_side is not None and max_side < 1:
+        raise ValueError(f"max_side must be a positive number of pixels, got {max_side}")
+    if isinstance(source, torch.Tensor):
+        array: np.ndarray = source.detach().cpu().numpy()
+        if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+            array = np.moveaxis(array, 0, -1)  # CHW -> HWC
+        rgb = _array_to_rgb(array, name)
+    elif isinstance(source, np.ndarray):
+        rgb = _array_to_rgb(source, name)
+    elif isinstance(source, Image.Image):
+        rgb = _pil_to_rgb(ImageOps.exif_transpose(source), name)
+    else:
+        rgb = _pil_to_rgb(_open(name), name)
+    height, width = rgb.shape[:2]
+    if height == 0 or width == 0:
+        raise ImageReadError(name, "image has zero width or height")
+    if not rgb.flags.writeable or not rgb.flags.c_contiguous:
+        rgb = np.array(rgb, order="C")  # PIL hands out read-only views torch will not wrap
+    tensor = torch.from_numpy(rgb).permute(2, 0, 1)
+    if max_side is not None and max(height, width) > max_side:
+        tensor = downscale(to_float(tensor), max_side)
+    elif not (as_uint8 and tensor.dtype == torch.uint8):
+        tensor = to_float(tensor)
+    return LoadedImage(tensor=tensor, width=width, height=height, path=name)
+
+
+def downscale(image: torch.Tensor, max_side: int) -> torch.Tensor:
+    """``(3, H, W)`` float in [0, 1] -> longer side ``max_side``, antialiased bilinear, aspect kept."""
+    h, w = image.shape[-2:]
+    scale = max_side / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    out = F.interpolate(image[None], size=size, mode="bilinear", antialias=True,
+                        align_corners=False)[0]
+    return out.clamp_(0.0, 1.0)
+
+
+def _open(name: str) -> Image.Image:
+    path = Path(name)
+    if not path.exists():
+        raise ImageReadError(name, "file not found")
+    if path.is_dir():
+        raise ImageReadError(name, "is a folder, not an image file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(name, "file is empty")
+    try:
+        with warnings.catch_warnings():
+            # Between MAX_IMAGE_PIXELS and twice that PIL only warns; treat it as the error it
+            # guards against so a huge file cannot exhaust memory.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageReadError(
+            name,
+            f"refused by PIL's decompression-bomb guard ({exc}). If you trust this file, raise "
+            "PIL.Image.MAX_IMAGE_PIXELS, or downscale it first",
+        ) from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageReadError(name, "not an image file PIL can read") from exc
+    except OSError as exc:  # truncated or corrupt data, permissions
+        raise ImageReadError(name, f"cannot decode image ({exc})") from exc
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # a corrupt EXIF block must not cost the image its score
+        return image
+
+
+def _pil_to_rgb(image: Image.Image, name: str) -> np.ndarray:
+    """PIL image in any mode -> ``(H, W, 3)`` uint8, or float32 in [0, 1] for high bit depths."""
+    mode = image.mode
+    if mode == "RGB":
+        return np.asarray(image)
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        grey = np.asarray(image).astype(np.float32) / 65535.0
+        return np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2)
+    if mode == "F":
+        grey = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
+        return np.repeat(grey[..., None], 3, axis=2)
+    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        mode in ("P", "L", "RGB") and "transparency" in image.info
+    )
+    if has_alpha:
+        rgba = np.asarray(image.convert("RGBA")).astype(np.float32) / 255.0
+        return _composite_white(rgba)
+    try:
+        return np.asarray(image.convert("RGB"))
+    except (ValueError, OSError) as exc:
+        raise ImageReadError(name, f"cannot convert PIL mode {mode!r} to RGB ({exc})") from exc
+
+
+def _composite_white(rgba: np.ndarray) -> np.ndarray:
+    alpha = rgba[..., 3:4]
+    return (rgba[..., :3] * alpha + _WHITE * (1.0 - alpha)).astype(np.float32)
+
+
+def _array_to_rgb(array: np.ndarray, name: str) -> np.ndarray:
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ImageReadError(
+            name, f"array of shape {array.shape} is not an image: expected (H, W), (H, W, 1), "
+                  "(H, W, 3) or (H, W, 4)")
+    if array.dtype == np.uint8:
+        values = array.astype(np.float32) / 255.0 if array.shape[2] == 4 else array
+    elif array.dtype == np.uint16:
+        values = array.astype(np.float32) / 65535.0
+    elif array.dtype == np.bool_:
+        values = array.astype(np.float32)
+    elif np.issubdtype(array.dtype, np.floating):
+        values = np.clip(np.nan_to_num(array.astype(np.float32)), 0.0, 1.0)
+    else:
+        raise ImageReadError(name, f"unsupported array dtype {array.dtype}: use uint8, uint16 "
+                                   "or float in [0, 1]")
+    if values.shape[2] == 4:
+        values = _composite_white(values.astype(np.float32))
+    if values.shape[2] == 1:
+        values = np.repeat(values, 3, axis=2)
+    return values

@@ -1,0 +1,53 @@
+"""Choosing the numeric precision of the image tower for fast inference.
+
+``"fp32"`` is exact. ``"auto"`` picks fp16 autocast (AMP) on CUDA, and bf16 autocast on CPUs with
+native bf16 matrix units (AMX or AVX512-BF16), where it was measured to keep scores within 0.01 of
+fp32 (benchmarks/RESULTS.md); elsewhere fp32. The similarity and softmax always run in fp32
+(see :meth:`qualiclip.model.QualiCLIP.pair_scores_from_features`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU has native bf16 matrix instructions (AMX tiles or AVX512-BF16)."""
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        check = getattr(cpu, probe, None)
+        try:
+            if check is not None and check():
+                return True
+        except Exception:  # private probes; absence just means "don't know"
+            continue
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Turn ``"auto"`` into a concrete ``"fp32" | "fp16" | "bf16"`` for ``device``.
+
+    Raises:
+        ValueError: unknown precision, or fp16 requested on CPU.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "auto":
+        if device.type == "cuda":
+            return "fp16"
+        return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
+    return precision
+
+
+def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context for a resolved precision (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,0 +1,171 @@
+"""The numbers behind a quality report: rows of scores in, summaries out.
+
+Pure functions on :class:`ReportRow` lists, so the HTML builder (:mod:`qualiclip.report`), the
+CSV path (``qualiclip report scores.csv``) and the FiftyOne path (``qualiclip_plugin.report``)
+share one definition of "worst", "flagged" and "group".
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qualiclip.prompts import PAIR_NAMES
+
+#: Group value for rows that have none (e.g. an untagged sample).
+NO_GROUP = "(none)"
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One image in a report.
+
+    Attributes:
+        path: image file path (used for the thumbnail and as the name shown).
+        score: overall quality in [0, 1], ``None`` when the image could not be scored.
+        pair_scores: per prompt pair scores in [0, 1], keyed by pair name.
+        groups: breakdown keys -> the values this row belongs to, e.g.
+            ``{"split": ("train",), "tags": ("a", "b")}``; a row may be in several groups.
+        error: why the image was not scored, else ``None``.
+    """
+
+    path: str
+    score: float | None
+    pair_scores: dict[str, float] = field(default_factory=dict)
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _float_or_none(text: str | None) -> float | None:
+    if text is None or text.strip() == "":
+        return None
+    value = float(text)
+    return None if math.isnan(value) else value
+
+
+def read_scores_csv(
+    path: str | os.PathLike, group_by: Sequence[str] = (), separator: str = ";"
+) -> list[ReportRow]:
+    """Read a ``qualiclip score`` CSV (columns ``path, score, <pairs>, width, height, error``).
+
+    Args:
+        path: the CSV file.
+        group_by: extra columns to break scores down by (e.g. a ``split`` column you added).
+        separator: splits a group cell into several values (``"a;b"`` -> ``a`` and ``b``).
+
+    Relative image paths are taken relative to the CSV's folder when they do not exist relative
+    to the working directory.
+    """
+    path = Path(path)
+    rows = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        missing = [c for c in ("path", "score", *group_by) if c not in columns]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+        pair_columns = [c for c in columns if c in PAIR_NAMES]
+        for record in reader:
+            image = Path(record["path"])
+            if not image.is_absolute() and not image.exists():
+                image = path.parent / image
+            pairs = {c: _float_or_none(record[c]) for c in pair_columns}
+            groups = {
+                key: tuple(v.strip() for v in (record[key] or "").split(separator) if v.strip())
+                or (NO_GROUP,)
+                for key in group_by
+            }
+            rows.append(ReportRow(
+                path=str(image),
+                score=_float_or_none(record["score"]),
+                pair_scores={k: v for k, v in pairs.items() if v is not None},
+                groups=groups,
+                error=(record.get("error") or None),
+            ))
+    return rows
+
+
+def scored(rows: Sequence[ReportRow]) -> list[ReportRow]:
+    """The rows that have a score."""
+    return [r for r in rows if r.score is not None]
+
+
+def histogram(rows: Sequence[ReportRow], bins: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of scores in ``bins`` equal bins over [0, 1] -> ``(counts (bins,), edges (bins+1,))``.
+
+    The range is fixed to [0, 1] so reports of different datasets compare bin for bin.
+    """
+    values = np.array([r.score for r in scored(rows)], dtype=np.float64)
+    return np.histogram(values, bins=bins, range=(0.0, 1.0))
+
+
+def extremes(rows: Sequence[ReportRow], n: int) -> tuple[list[ReportRow], list[ReportRow]]:
+    """``(worst, best)``: the ``n`` lowest scores ascending and the ``n`` highest descending.
+
+    Ties are broken by path so the order is reproducible.
+    """
+    ordered = sorted(scored(rows), key=lambda r: (r.score, r.path))
+    best = sorted(scored(rows), key=lambda r: (-r.score, r.path))
+    return ordered[:n], best[:n]
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """Scores of one group value: ``count`` scored rows, their mean / median / min, and how
+    many are below the flag threshold."""
+
+    key: str
+    value: str
+    count: int
+    mean: float
+    median: float
+    minimum: float
+    flagged: int
+
+
+def group_stats(rows: Sequence[ReportRow], threshold: float) -> dict[str, list[GroupStats]]:
+    """Per breakdown key, one :class:`GroupStats` per value, ordered by mean score ascending
+    (worst groups first). A row with several values (tags) counts in each."""
+    members: dict[str, dict[str, list[float]]] = {}
+    for row in scored(rows):
+        for key, values in row.groups.items():
+            for value in values:
+                members.setdefault(key, {}).setdefault(value, []).append(row.score)
+    out: dict[str, list[GroupStats]] = {}
+    for key, by_value in members.items():
+        stats = [
+            GroupStats(key=key, value=value, count=len(s), mean=float(np.mean(s)),
+                       median=float(np.median(s)), minimum=float(np.min(s)),
+                       flagged=int(np.sum(np.asarray(s) < threshold)))
+            for value, s in by_value.items()
+        ]
+        out[key] = sorted(stats, key=lambda g: (g.mean, g.value))
+    return out
+
+
+def flag_counts(rows: Sequence[ReportRow], threshold: float) -> dict[str, int]:
+    """Counts for the report's summary table.
+
+    Keys: ``images``, ``scored``, ``failed`` (not scored), ``flagged`` (score below
+    ``threshold``), and ``low_<pair>`` (that pair's score below ``threshold``) for each pair.
+    """
+    ok = scored(rows)
+    counts = {
+        "images": len(rows),
+        "scored": len(ok),
+        "failed": len(rows) - len(ok),
+        "flagged": sum(1 for r in ok if r.score < threshold),
+    }
+    pair_names = [p for p in PAIR_NAMES if any(p in r.pair_scores for r in ok)]
+    pair_names += sorted({p for r in ok for p in r.pair_scores} - set(PAIR_NAMES))
+    for pair in pair_names:
+        counts[f"low_{pair}"] = sum(
+            1 for r in ok if pair in r.pair_scores and r.pair_scores[pair] < threshold
+        )
+    return counts
