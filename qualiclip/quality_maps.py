@@ -75,7 +75,7 @@ def iter_quality_maps(
             except ImageReadError as exc:
                 yield QualityMap(path=path, map=None, width=0, height=0, error=str(exc))
                 continue
-            tensor = loaded.tensor
+            tensor = loaded.float_tensor()
         yield QualityMap(path=path, map=quality_map(model, tensor),
                          width=int(tensor.shape[-1]), height=int(tensor.shape[-2]))
 

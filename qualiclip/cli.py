@@ -1,0 +1,207 @@
+"""The ``qualiclip`` command line: ``score``, ``download``, ``info``.
+
+Other packages of this project add sub-commands (``eval``, ``report``, ``sensitivity``,
+``plugin``) through the ``qualiclip.commands`` entry-point group, so this module never imports
+them: dependencies point ``training -> qualiclip <- qualiclip_plugin``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from collections.abc import Iterable
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import click
+
+from qualiclip import __version__
+from qualiclip.images import IMAGE_EXTENSIONS
+from qualiclip.precision import PRECISIONS
+
+ENTRY_POINT_GROUP = "qualiclip.commands"
+
+
+class _ExtensibleGroup(click.Group):
+    """A click group that also lists commands registered under ``qualiclip.commands``,
+    importing each only when it is run (keeps ``qualiclip --help`` fast)."""
+
+    def _entry_points(self) -> dict:
+        return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._entry_points()))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is not None:
+            return command
+        ep = self._entry_points().get(name)
+        return ep.load() if ep is not None else None
+
+
+@click.group(cls=_ExtensibleGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="qualiclip")
+def main() -> None:
+    """QualiCLIP image quality assessment (scores in [0, 1], higher is better).
+
+    The official weights are CC BY-NC 4.0 (non-commercial); they are downloaded on first use.
+    """
+
+
+def collect_images(paths: Iterable[str], recursive: bool) -> list[Path]:
+    """Files given explicitly (whatever their extension) plus image files inside folders
+    (by extension; sub-folders only with ``recursive``), sorted per folder, without duplicates."""
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            candidates = sorted(p for p in path.glob(pattern)
+                                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            candidates = [path]  # a missing file becomes an error row, not a crash
+        for candidate in candidates:
+            if candidate not in seen:
+                seen.add(candidate)
+                found.append(candidate)
+    return found
+
+
+def _writer(output: Path | None, columns: list[str]):
+    """Return ``(write_row, close)`` for CSV (default, also stdout) or JSON Lines (.jsonl)."""
+    handle = open(output, "w", newline="", encoding="utf-8") if output else sys.stdout
+    if output is not None and output.suffix.lower() in (".jsonl", ".ndjson"):
+        def write_row(row: dict) -> None:
+            handle.write(json.dumps(row) + "\n")
+    else:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+
+        def write_row(row: dict) -> None:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+
+    def close() -> None:
+        if handle is not sys.stdout:
+            handle.close()
+    return write_row, close
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-r", "--recursive", is_flag=True, help="Also score images in sub-folders.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write results to this .csv or .jsonl file (default: CSV on standard output).")
+@click.option("--weights", default="qualiclip", show_default=True,
+              help="Registered name, local .pth checkpoint, or URL.")
+@click.option("--device", default=None, help="cuda, cuda:1, cpu ... [default: cuda if available]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Most images per batch (a pixel budget also bounds batches).")
+@click.option("--max-side", type=click.IntRange(min=32), default=None,
+              help="Downscale so the longer side is at most this many px. [default: native "
+                   "resolution, as the official protocol]")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Decoding processes. [default: half the cores; 0 for a few images]")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="auto = fp16 AMP on CUDA, bf16 on CPUs with native bf16, else fp32; "
+                   "fp32 = exact scores.")
+@click.option("--sha256", "expected_sha256", default=None,
+              help="Refuse weights whose SHA-256 differs from this.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def score(paths, recursive, output, weights, device, batch_size, max_side, workers, precision,
+          expected_sha256, no_progress) -> None:
+    """Score image files and folders; one row per image, then a summary line on stderr.
+
+    Columns: path, score, the 7 pair scores, width, height, error. Exits 0 when the run
+    completed even if some files could not be read (their rows carry the error).
+    """
+    from qualiclip.checkpoint import CheckpointError
+    from qualiclip.loading import load_model
+    from qualiclip.precision import resolve_precision
+    from qualiclip.scoring import iter_scores
+    from qualiclip.weights import WeightsDownloadError
+
+    images = collect_images(paths, recursive)
+    if not any(p.exists() for p in images):
+        hint = "" if recursive else " (use -r to search sub-folders)"
+        raise click.UsageError(f"no images found in {', '.join(paths)}{hint}")
+    if output is not None and not output.parent.exists():
+        raise click.BadParameter(f"folder {output.parent} does not exist", param_hint="--output")
+    try:
+        model = load_model(weights, device=device, expected_sha256=expected_sha256,
+                           progress=not no_progress)
+        resolve_precision(precision, next(model.parameters()).device)
+    except (CheckpointError, WeightsDownloadError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(f"cannot load weights: {exc}") from exc
+    except RuntimeError as exc:  # e.g. an unavailable CUDA device
+        raise click.ClickException(f"cannot use device {device!r}: {exc}") from exc
+
+    names = list(model.PAIR_NAMES)
+    columns = ["path", "score", *names, "width", "height", "error"]
+    write_row, close = _writer(output, columns)
+    scored = failed = 0
+    total = 0.0
+    try:
+        for result in iter_scores(images, model=model, batch_size=batch_size,
+                                  num_workers=workers, max_side=max_side, precision=precision,
+                                  progress=not no_progress):
+            write_row(result.to_row(names))
+            if result.error is None:
+                scored += 1
+                total += result.score
+            else:
+                failed += 1
+    finally:
+        close()
+    mean = f"{total / scored:.4f}" if scored else "n/a"
+    where = f" -> {output}" if output else ""
+    click.echo(f"scored {scored}, failed {failed}, mean {mean}{where}", err=True)
+
+
+@main.command()
+@click.option("--weights", default="qualiclip", show_default=True,
+              help="Registered name or URL to fetch into the cache.")
+@click.option("--sha256", "expected_sha256", default=None, help="Expected SHA-256 to verify.")
+def download(weights, expected_sha256) -> None:
+    """Fetch weights into the cache for offline use; print their path and SHA-256."""
+    from qualiclip.weights import REGISTRY, WeightsDownloadError, resolve_weights, sha256_file
+
+    try:
+        path, _ = resolve_weights(weights, expected_sha256=expected_sha256)
+    except (WeightsDownloadError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if weights in REGISTRY:
+        spec = REGISTRY[weights]
+        click.echo(f"licence: {spec.license} ({spec.license_url})")
+    click.echo(f"path:    {path}")
+    click.echo(f"sha256:  {sha256_file(path)}")
+
+
+@main.command()
+def info() -> None:
+    """Version, known weights and their cache state, device, torch / CUDA."""
+    import torch
+
+    from qualiclip.precision import cpu_has_fast_bf16
+    from qualiclip.weights import REGISTRY, cache_dir
+
+    click.echo(f"qualiclip {__version__}")
+    click.echo(f"cache:     {cache_dir()}  (override with $QUALICLIP_CACHE)")
+    for spec in REGISTRY.values():
+        cached = (cache_dir() / spec.filename).is_file()
+        click.echo(f"weights:   {spec.name} [{spec.license}] "
+                   f"{'cached' if cached else 'not downloaded'}: {spec.url}")
+    cuda = torch.cuda.is_available()
+    device = torch.cuda.get_device_name(0) if cuda else "cpu"
+    click.echo(f"device:    {device} (default {'cuda' if cuda else 'cpu'})")
+    click.echo(f"torch:     {torch.__version__}, CUDA {torch.version.cuda or 'n/a'}, "
+               f"available: {cuda}")
+    click.echo(f"cpu bf16:  {'native' if cpu_has_fast_bf16() else 'no'}; "
+               f"cores: {os.cpu_count()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""A self-contained HTML quality report: one file that opens in any browser, no server.
+
+Figures are PNGs and thumbnails JPEGs, both embedded as base64 ``data:`` URIs; styles are inline;
+there is no script and no external resource, so the file can be mailed or archived as is.
+
+Sections: summary counts (incl. flagged images), score histogram (figure plus its bin counts),
+per-pair score distribution, the worst and best ``n`` images as thumbnail grids with their pair
+scores, and a breakdown per group key (label, tag, split, ...) when rows carry groups.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import os
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from qualiclip.prompts import PAIR_NAMES
+from qualiclip.report_data import (
+    ReportRow,
+    extremes,
+    flag_counts,
+    group_stats,
+    histogram,
+    scored,
+)
+from qualiclip.report_figures import groups_png, histogram_png, pair_scores_png
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What goes into a report.
+
+    Attributes:
+        title: page title.
+        n: how many worst and best images to show.
+        threshold: images (and pair scores) below it are counted as flagged; scores are in
+            [0, 1] and their typical range depends on the weights, so pick it per dataset.
+        bins: histogram bins over [0, 1].
+        thumb_size: longest thumbnail side in px.
+        source: a line saying where the scores came from (CSV path, dataset field, weights).
+    """
+
+    title: str = "QualiCLIP quality report"
+    n: int = 12
+    threshold: float = 0.5
+    bins: int = 20
+    thumb_size: int = 160
+    source: str = ""
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
+h1{margin-bottom:.2em} .meta{color:#666} table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+th{background:#f3f3f3} td.name{text-align:left}
+.grid{display:flex;flex-wrap:wrap;gap:10px}
+figure.thumb{margin:0;width:__W__px;font-size:11px;border:1px solid #ddd;padding:4px}
+figure.thumb img{max-width:100%;display:block;margin:auto}
+figure.thumb .path{word-break:break-all;font-weight:600}
+figure.thumb .missing{height:80px;background:#eee;display:flex;align-items:center;
+justify-content:center;color:#888}
+img.figure{max-width:100%} details{margin:.5em 0}
+"""
+
+
+def _data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _thumbnail(path: str, size: int) -> str | None:
+    """JPEG data URI of the image shrunk to ``size`` px on its long side, ``None`` if unreadable."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image).convert("RGB")
+            image.thumbnail((size, size))
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=82)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return _data_uri(buffer.getvalue(), "image/jpeg")
+
+
+def _figure_img(png: bytes, alt: str, fig_id: str) -> str:
+    uri = _data_uri(png, "image/png")
+    return f'<img class="figure" id="{fig_id}" alt="{html.escape(alt)}" src="{uri}">'
+
+
+def _thumb_grid(rows: Sequence[ReportRow], grid_id: str, config: ReportConfig,
+                pair_names: Sequence[str]) -> str:
+    items = []
+    for rank, row in enumerate(rows, start=1):
+        uri = _thumbnail(row.path, config.thumb_size)
+        picture = (f'<img alt="{html.escape(os.path.basename(row.path))}" src="{uri}">' if uri
+                   else '<div class="missing">image not readable</div>')
+        pairs = "".join(
+            f"<tr><td class=name>{html.escape(p)}</td><td>{row.pair_scores[p]:.3f}</td></tr>"
+            for p in pair_names if p in row.pair_scores
+        )
+        items.append(
+            f'<figure class="thumb" data-rank="{rank}" data-path="{html.escape(row.path)}" '
+            f'data-score="{row.score:.6f}">{picture}<figcaption>'
+            f'<div class="path">{html.escape(row.path)}</div>'
+            f"<div>score <b>{row.score:.3f}</b></div><table>{pairs}</table>"
+            f"</figcaption></figure>"
+        )
+    return f'<div class="grid" id="{grid_id}">{"".join(items)}</div>'
+
+
+def _pair_names(rows: Sequence[ReportRow]) -> list[str]:
+    present = {p for r in rows for p in r.pair_scores}
+    return [p for p in PAIR_NAMES if p in present] + sorted(present - set(PAIR_NAMES))
+
+
+def render_report(rows: Sequence[ReportRow], config: ReportConfig = ReportConfig()) -> str:
+    """The report as one HTML string (see the module docstring for its sections)."""
+    ok = scored(rows)
+    pair_names = _pair_names(ok)
+    counts, edges = histogram(rows, bins=config.bins)
+    worst, best = extremes(rows, config.n)
+    flags = flag_counts(rows, config.threshold)
+    groups = group_stats(rows, config.threshold)
+    esc = html.escape
+
+    parts = [
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
+        f"<title>{esc(config.title)}</title>",
+        f"<style>{_CSS.replace('__W__', str(config.thumb_size + 10))}</style></head><body>",
+        f"<h1>{esc(config.title)}</h1>",
+        f'<p class="meta">{esc(config.source)} &middot; generated '
+        f"{_dt.datetime.now().isoformat(timespec='seconds')} &middot; scores in [0, 1], "
+        "higher is better</p>",
+        '<h2>Summary</h2><table id="flag-counts"><tr><th>count</th><th>images</th></tr>',
+    ]
+    labels = {"images": "images", "scored": "scored", "failed": "not scored (errors)",
+              "flagged": f"flagged: score &lt; {config.threshold:g}"}
+    for key, value in flags.items():
+        label = labels.get(key) or f"{esc(key[4:])} &lt; {config.threshold:g}"
+        parts.append(f'<tr data-key="{esc(key)}"><td class=name>{label}</td><td>{value}</td></tr>')
+    parts.append("</table>")
+    if ok:
+        scores = [r.score for r in ok]
+        parts.append(f"<p>mean {statistics.fmean(scores):.3f}, median "
+                     f"{statistics.median(scores):.3f}, min {min(scores):.3f}, "
+                     f"max {max(scores):.3f}</p>")
+
+    parts.append("<h2>Score histogram</h2>")
+    parts.append(_figure_img(histogram_png(counts, edges, config.threshold),
+                             "histogram of scores", "fig-histogram"))
+    parts.append('<details><summary>bin counts</summary><table id="histogram-counts">'
+                 "<tr><th>from</th><th>to</th><th>images</th></tr>")
+    for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True):
+        parts.append(f'<tr><td>{lo:.2f}</td><td>{hi:.2f}</td><td class="count">{int(c)}</td></tr>')
+    parts.append("</table></details>")
+
+    if pair_names and ok:
+        parts.append("<h2>Scores per prompt pair</h2>")
+        parts.append(_figure_img(pair_scores_png(ok, pair_names), "pair scores", "fig-pairs"))
+
+    parts.append(f"<h2>Worst {len(worst)} images</h2>")
+    parts.append(_thumb_grid(worst, "worst", config, pair_names))
+    parts.append(f"<h2>Best {len(best)} images</h2>")
+    parts.append(_thumb_grid(best, "best", config, pair_names))
+
+    if groups:
+        parts.append("<h2>Breakdown</h2>")
+    for key, stats in groups.items():
+        parts.append(f"<h3>by {esc(key)}</h3>")
+        parts.append(_figure_img(groups_png(key, stats, rows), f"scores by {key}",
+                                 f"fig-group-{esc(key)}"))
+        parts.append(f'<table class="breakdown" data-key="{esc(key)}"><tr><th>{esc(key)}</th>'
+                     "<th>images</th><th>mean</th><th>median</th><th>min</th>"
+                     f"<th>&lt; {config.threshold:g}</th></tr>")
+        for s in stats:
+            parts.append(
+                f'<tr data-value="{esc(s.value)}"><td class=name>{esc(s.value)}</td>'
+                f'<td class="count">{s.count}</td><td>{s.mean:.3f}</td><td>{s.median:.3f}</td>'
+                f"<td>{s.minimum:.3f}</td><td>{s.flagged}</td></tr>"
+            )
+        parts.append("</table>")
+
+    failed = [r for r in rows if r.score is None]
+    if failed:
+        parts.append(f'<h2>Not scored ({len(failed)})</h2><table id="failed">')
+        parts.extend(f"<tr><td class=name>{esc(r.path)}</td><td class=name>{esc(r.error or '')}"
+                     "</td></tr>" for r in failed)
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(
+    rows: Sequence[ReportRow], output: str | os.PathLike, config: ReportConfig = ReportConfig()
+) -> Path:
+    """Write :func:`render_report` to ``output`` (folders created); returns the path."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(render_report(rows, config), encoding="utf-8")
+    return output

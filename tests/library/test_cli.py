@@ -1,0 +1,93 @@
+"""The qualiclip CLI through click's CliRunner."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from click.testing import CliRunner
+from PIL import Image
+
+from qualiclip.cli import main
+from qualiclip.prompts import PAIR_NAMES
+from tests.conftest import make_image
+
+
+def _mixed_folder(tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    make_image(folder / "a.jpg", size=(96, 64), seed=1)
+    make_image(folder / "b.png", size=(64, 64), seed=2, mode="RGBA")
+    make_image(folder / "c.png", size=(80, 48), seed=3, mode="L")
+    Image.new("CMYK", (40, 40), (10, 20, 30, 0)).save(folder / "d.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xffnot really a jpeg")
+    (folder / "notes.txt").write_text("ignored: not an image extension")
+    make_image(folder / "sub" / "deep.webp", size=(70, 50), seed=4)
+    return folder
+
+
+def test_score_folder_writes_csv_and_summary(tmp_path, tiny_checkpoint):
+    folder = _mixed_folder(tmp_path)
+    out = tmp_path / "scores.csv"
+    result = CliRunner().invoke(main, ["score", str(folder), "-r", "-o", str(out), "--weights",
+                                       str(tiny_checkpoint), "--precision", "fp32",
+                                       "--no-progress", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert list(rows[0]) == ["path", "score", *PAIR_NAMES, "width", "height", "error"]
+    names = sorted(r["path"].rsplit("/", 1)[-1] for r in rows)
+    assert names == ["a.jpg", "b.png", "broken.jpg", "c.png", "d.jpg", "deep.webp"]
+    by_name = {r["path"].rsplit("/", 1)[-1]: r for r in rows}
+    assert by_name["broken.jpg"]["error"] and by_name["broken.jpg"]["score"] == ""
+    assert by_name["a.jpg"]["width"] == "96" and by_name["a.jpg"]["height"] == "64"
+    good = [float(r["score"]) for r in rows if not r["error"]]
+    assert all(0 <= s <= 1 for s in good)
+    summary = result.stderr.strip().splitlines()[-1]
+    assert summary.startswith("scored 5, failed 1, mean ")
+    assert abs(float(summary.split("mean ")[1].split()[0]) - sum(good) / 5) < 1e-4
+
+
+def test_score_non_recursive_and_jsonl(tmp_path, tiny_checkpoint):
+    folder = _mixed_folder(tmp_path)
+    out = tmp_path / "scores.jsonl"
+    result = CliRunner().invoke(main, ["score", str(folder), "-o", str(out), "--weights",
+                                       str(tiny_checkpoint), "--no-progress", "--max-side", "64"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 5 and not any("deep" in r["path"] for r in rows)
+    assert rows[0]["width"] == 96  # the image's own size, even with --max-side
+
+
+def test_usage_errors(tmp_path, tiny_checkpoint):
+    runner = CliRunner()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(main, ["score", str(empty), "--weights", str(tiny_checkpoint)])
+    assert result.exit_code == 2 and "no images found" in result.output
+    result = runner.invoke(main, ["score", str(tmp_path / "nope.jpg")])
+    assert result.exit_code == 2 and "no images found" in result.output
+    make_image(tmp_path / "x.png")
+    result = runner.invoke(main, ["score", str(tmp_path / "x.png"), "--weights",
+                                  str(tmp_path / "missing.pth")])
+    assert result.exit_code == 1 and "missing.pth" in result.output
+    result = runner.invoke(main, ["score", str(tmp_path / "x.png"), "--batch-size", "0"])
+    assert result.exit_code == 2
+    result = runner.invoke(main, ["score", str(tmp_path / "x.png"), "--precision", "fp16",
+                                  "--device", "cpu", "--weights", str(tiny_checkpoint)])
+    assert result.exit_code == 1 and "fp16" in result.output
+
+
+def test_download_and_info(tmp_path, monkeypatch, tiny_checkpoint):
+    monkeypatch.setenv("QUALICLIP_CACHE", str(tmp_path / "cache"))
+    runner = CliRunner()
+    result = runner.invoke(main, ["download", "--weights", tiny_checkpoint.as_uri()])
+    assert result.exit_code == 0, result.output
+    assert str(tmp_path / "cache" / "tiny.pth") in result.output
+    import hashlib
+
+    assert hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest() in result.output
+    result = runner.invoke(main, ["info"])
+    assert result.exit_code == 0
+    assert "qualiclip 0.1.0" in result.output and "CC BY-NC 4.0" in result.output
+    assert str(tmp_path / "cache") in result.output and "torch" in result.output

@@ -1,0 +1,128 @@
+"""Every common file kind becomes RGB in [0, 1] as documented; bad files give clear errors."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qualiclip.images import ImageReadError, load_image
+
+
+def _save(tmp_path, name, image, **kwargs):
+    path = tmp_path / name
+    image.save(path, **kwargs)
+    return path
+
+
+def test_rgb_png_roundtrip_is_exact(tmp_path):
+    arr = np.random.default_rng(0).integers(0, 256, (13, 17, 3), dtype=np.uint8)
+    loaded = load_image(_save(tmp_path, "a.png", Image.fromarray(arr)))
+    assert loaded.tensor.shape == (3, 13, 17) and loaded.tensor.dtype == torch.float32
+    assert (loaded.width, loaded.height) == (17, 13)
+    torch.testing.assert_close(loaded.tensor, torch.from_numpy(arr).permute(2, 0, 1) / 255.0)
+
+
+def test_grey_is_replicated(tmp_path):
+    loaded = load_image(_save(tmp_path, "g.png", Image.new("L", (5, 4), 51)))
+    assert torch.allclose(loaded.tensor, torch.full((3, 4, 5), 0.2))
+
+
+def test_alpha_is_composited_over_white(tmp_path):
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))  # fully transparent black
+    assert torch.allclose(load_image(_save(tmp_path, "t.png", rgba)).tensor, torch.ones(3, 4, 4))
+    half = Image.new("LA", (4, 4), (0, 128))
+    value = load_image(_save(tmp_path, "la.png", half)).tensor
+    assert torch.allclose(value, torch.full((3, 4, 4), 1 - 128 / 255), atol=1e-6)
+
+
+def test_palette_with_transparency(tmp_path):
+    image = Image.new("P", (4, 4), 0)
+    image.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    image.putpixel((0, 0), 1)
+    path = _save(tmp_path, "p.png", image, transparency=0)
+    t = load_image(path).tensor
+    assert torch.allclose(t[:, 1, 1], torch.ones(3))  # transparent index -> white
+    assert torch.allclose(t[:, 0, 0], torch.tensor([0.0, 0.0, 1.0]))
+
+
+def test_cmyk_jpeg(tmp_path):
+    path = _save(tmp_path, "c.jpg", Image.new("CMYK", (8, 8), (0, 255, 255, 0)), quality=100)
+    t = load_image(path).tensor
+    assert t.shape == (3, 8, 8) and t[0].mean() > 0.9 and t[1:].mean() < 0.1  # red
+
+
+def test_16bit_grey_uses_full_range(tmp_path):
+    arr = np.full((6, 6), 65535 // 2, dtype=np.uint16)
+    path = _save(tmp_path, "d.png", Image.fromarray(arr))
+    t = load_image(path).tensor
+    assert torch.allclose(t, torch.full((3, 6, 6), (65535 // 2) / 65535), atol=1e-5)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    path = _save(tmp_path, "r.jpg", image, exif=exif.tobytes())
+    loaded = load_image(path)
+    assert (loaded.width, loaded.height) == (20, 40)
+
+
+def test_max_side_downscales_with_aspect_ratio(tmp_path):
+    path = _save(tmp_path, "big.png", Image.new("RGB", (400, 100), (10, 200, 30)))
+    loaded = load_image(path, max_side=100)
+    assert loaded.tensor.shape == (3, 25, 100)
+    assert (loaded.width, loaded.height) == (400, 100)  # the image's own size is reported
+    assert load_image(path, max_side=1000).tensor.shape == (3, 100, 400)  # never upscaled
+
+
+def test_arrays_of_each_dtype():
+    u8 = np.full((4, 5, 3), 255, np.uint8)
+    assert torch.allclose(load_image(u8).tensor, torch.ones(3, 4, 5))
+    u16 = np.full((4, 5), 65535, np.uint16)
+    assert torch.allclose(load_image(u16).tensor, torch.ones(3, 4, 5))
+    f = np.full((4, 5, 3), 2.0, np.float32)
+    assert torch.allclose(load_image(f).tensor, torch.ones(3, 4, 5))  # clipped
+    rgba = np.zeros((4, 5, 4), np.uint8)
+    assert torch.allclose(load_image(rgba).tensor, torch.ones(3, 4, 5))  # transparent -> white
+    with pytest.raises(ImageReadError, match="not an image"):
+        load_image(np.zeros((4, 5, 7), np.uint8))
+
+
+@pytest.mark.parametrize("content,reason", [
+    (b"", "empty"),
+    (b"this is not an image at all", "not an image"),
+])
+def test_unreadable_files(tmp_path, content, reason):
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError, match=reason) as info:
+        load_image(path)
+    assert "bad.jpg" in str(info.value)
+
+
+def test_truncated_jpeg(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(
+        buffer, "JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(ImageReadError, match="cut.jpg"):
+        load_image(path)
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(ImageReadError, match="not found"):
+        load_image(tmp_path / "nope.png")
+    with pytest.raises(ImageReadError, match="folder"):
+        load_image(tmp_path)
+
+
+def test_decompression_bomb_guard_stays_on(tmp_path, monkeypatch):
+    path = _save(tmp_path, "bomb.png", Image.new("RGB", (100, 100)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageReadError, match="decompression-bomb"):
+        load_image(path)

@@ -1,0 +1,151 @@
+"""score_images: order, per-image errors, same-size batching, budgets, OOM fallback, precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qualiclip import score_images
+from qualiclip.images import load_image
+from qualiclip.model import QualiCLIP
+from qualiclip.prompts import PAIR_NAMES
+from qualiclip.scoring import iter_scores
+from tests.conftest import make_image
+
+
+@pytest.fixture()
+def mixed_sources(image_folder, tmp_path):
+    files = sorted(image_folder.iterdir())
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff garbage")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    return [files[0], broken, files[1], tmp_path / "missing.jpg", *files[2:], empty]
+
+
+def _alone(model, source):
+    with torch.no_grad():
+        return model.pair_scores(load_image(source).tensor[None])[0]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_results_in_input_order_and_errors_cost_nothing(tiny_model, mixed_sources, workers):
+    results = score_images(mixed_sources, model=tiny_model, precision="fp32",
+                           num_workers=workers, progress=False, batch_size=4)
+    assert [r.index for r in results] == list(range(len(mixed_sources)))
+    assert [r.path for r in results] == [str(s) for s in mixed_sources]
+    errors = {r.path.rsplit("/", 1)[-1]: r.error for r in results if r.error}
+    assert set(errors) == {"broken.jpg", "missing.jpg", "empty.png"}
+    assert "not found" in errors["missing.jpg"] and "empty" in errors["empty.png"]
+    for source, result in zip(mixed_sources, results):
+        if result.error:
+            assert result.score is None and result.pair_scores == {}
+            continue
+        expected = _alone(tiny_model, source)
+        assert list(result.pair_scores) == list(PAIR_NAMES)
+        got = torch.tensor(list(result.pair_scores.values()))
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+        assert result.score == pytest.approx(float(expected.mean()), abs=1e-5)
+        image = load_image(source)
+        assert (result.width, result.height) == (image.width, image.height)
+
+
+def test_preprocessing_is_reported(tiny_model, image_folder):
+    results = score_images(sorted(image_folder.iterdir()), model=tiny_model, max_side=48,
+                           precision="fp32", progress=False)
+    info = results.preprocessing
+    assert info["max_side"] == 48 and "48" in info["resize"]
+    assert info["precision"] == "fp32" and info["weights_sha256"] == \
+        tiny_model.weights_info["sha256"]
+    assert all(r.width in (96, 64) for r in results)  # original sizes are reported
+
+
+def test_in_memory_sources(tiny_model):
+    import numpy as np
+    from PIL import Image
+
+    arr = np.random.default_rng(0).integers(0, 256, (40, 50, 3), np.uint8)
+    results = score_images([arr, Image.fromarray(arr), torch.from_numpy(arr).permute(2, 0, 1)
+                            / 255.0], model=tiny_model, precision="fp32", progress=False)
+    scores = [r.score for r in results]
+    assert scores[0] == pytest.approx(scores[1], abs=1e-6)
+    assert scores[0] == pytest.approx(scores[2], abs=1e-6)
+    assert results[0].path == "<ndarray #0>"
+
+
+def test_pixel_budget_bounds_batches(tiny_model, tmp_path):
+    """With a budget of ~2 images, batches never exceed it; scores are unchanged."""
+    sources = [make_image(tmp_path / f"{i}.png", size=(64, 64), seed=i) for i in range(7)]
+    seen = []
+
+    class Recording(QualiCLIP):
+        def image_features(self, x):
+            seen.append(x.shape[0])
+            return super().image_features(x)
+
+    model = _clone_as(Recording, tiny_model)
+    budgeted = score_images(sources, model=model, precision="fp32", progress=False,
+                            num_workers=0, max_batch_pixels=2 * 64 * 64)
+    assert max(seen) <= 2 and sum(seen) == 7
+    plain = score_images(sources, model=tiny_model, precision="fp32", progress=False)
+    assert [r.score for r in budgeted] == pytest.approx([r.score for r in plain], abs=1e-6)
+
+
+def test_out_of_memory_retries_with_smaller_batches(tiny_model, tmp_path):
+    sources = [make_image(tmp_path / f"{i}.png", size=(64, 64), seed=i) for i in range(6)]
+    calls = []
+
+    class SmallMemory(QualiCLIP):
+        """Behaves like a device that can only hold one image at a time."""
+
+        def image_features(self, x):
+            calls.append(x.shape[0])
+            if x.shape[0] > 1:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+            return super().image_features(x)
+
+    model = _clone_as(SmallMemory, tiny_model)
+    results = score_images(sources, model=model, precision="fp32", progress=False,
+                           num_workers=0, batch_size=8)
+    assert all(r.error is None for r in results)
+    assert calls[0] == 6 and calls.count(1) == 6
+    plain = score_images(sources, model=tiny_model, precision="fp32", progress=False)
+    assert [r.score for r in results] == pytest.approx([r.score for r in plain], abs=1e-6)
+
+
+def test_streaming_yields_early_results_before_the_end(tiny_model, tmp_path):
+    sources = [make_image(tmp_path / f"{i}.png", size=(64, 48 + (i % 2) * 16), seed=i)
+               for i in range(40)]
+    consumed = 0
+    for result in iter_scores(sources, model=tiny_model, batch_size=2, num_workers=0,
+                              progress=False):
+        consumed += 1
+        if consumed == 3:
+            break
+    assert consumed == 3
+
+
+def test_auto_precision_is_within_tolerance_of_fp32(tiny_model, image_folder):
+    sources = sorted(image_folder.iterdir())
+    exact = score_images(sources, model=tiny_model, precision="fp32", progress=False)
+    fast = score_images(sources, model=tiny_model, precision="auto", progress=False)
+    for a, b in zip(exact, fast):
+        assert abs(a.score - b.score) < 0.01
+
+
+def test_bad_arguments(tiny_model, image_folder):
+    sources = sorted(image_folder.iterdir())
+    with pytest.raises(ValueError, match="precision"):
+        score_images(sources, model=tiny_model, precision="fp8", progress=False)
+    with pytest.raises(ValueError, match="fp16"):
+        score_images(sources, model=tiny_model, precision="fp16", device="cpu", progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        score_images(sources, model=tiny_model, batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="max_side"):
+        score_images(sources, model=tiny_model, max_side=4, progress=False)
+
+
+def _clone_as(cls, model: QualiCLIP) -> QualiCLIP:
+    clone = cls(model.visual, model.prompt_features)
+    clone.weights_info = dict(model.weights_info)
+    return clone.eval()

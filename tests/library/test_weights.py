@@ -1,0 +1,103 @@
+"""Weights resolution and the download cache, over file:// and a closed loopback port only."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+
+import pytest
+
+from qualiclip import load_model
+from qualiclip.weights import WeightsDownloadError, cache_dir, resolve_weights, sha256_file
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_cache_dir_is_overridable(monkeypatch, tmp_path):
+    monkeypatch.setenv("QUALICLIP_CACHE", str(tmp_path / "c"))
+    assert cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("QUALICLIP_CACHE")
+    assert cache_dir().name == "qualiclip"
+
+
+def test_url_download_is_cached_hashed_and_loadable(monkeypatch, tmp_path, tiny_checkpoint,
+                                                    capsys):
+    monkeypatch.setenv("QUALICLIP_CACHE", str(tmp_path / "cache"))
+    url = tiny_checkpoint.as_uri()
+    path, name = resolve_weights(url, expected_sha256=_sha(tiny_checkpoint), progress=False)
+    assert path.parent == tmp_path / "cache" and path.read_bytes() == tiny_checkpoint.read_bytes()
+    assert name == url and sha256_file(path) == _sha(tiny_checkpoint)
+    assert "SHA-256" in capsys.readouterr().err  # the digest is shown so it can be pinned
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp files left
+    model = load_model(url, device="cpu", progress=False)
+    assert model.weights_info["sha256"] == _sha(tiny_checkpoint)
+
+
+def test_hash_mismatch_saves_nothing(monkeypatch, tmp_path, tiny_checkpoint):
+    monkeypatch.setenv("QUALICLIP_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(WeightsDownloadError, match="SHA-256 mismatch"):
+        resolve_weights(tiny_checkpoint.as_uri(), expected_sha256="0" * 64, progress=False)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_pinned_hash_checks_local_files(tiny_checkpoint):
+    with pytest.raises(WeightsDownloadError, match="mismatch"):
+        resolve_weights(tiny_checkpoint, expected_sha256="f" * 64)
+    path, _ = resolve_weights(tiny_checkpoint, expected_sha256=_sha(tiny_checkpoint))
+    assert path == tiny_checkpoint
+
+
+def test_failed_download_names_url_and_manual_placement(monkeypatch, tmp_path):
+    monkeypatch.setenv("QUALICLIP_CACHE", str(tmp_path / "cache"))
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/qualiclip.pth"
+    with pytest.raises(WeightsDownloadError) as info:
+        resolve_weights(url, progress=False)
+    message = str(info.value)
+    assert url in message and str(tmp_path / "cache" / "qualiclip.pth") in message
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_official_name_uses_a_manually_placed_file(monkeypatch, tmp_path, tiny_checkpoint,
+                                                          capsys):
+    """A manually placed official file is used without any network access."""
+    monkeypatch.setenv("QUALICLIP_CACHE", str(tmp_path))
+    (tmp_path / "qualiclip.pth").write_bytes(tiny_checkpoint.read_bytes())
+    model = load_model("qualiclip", device="cpu")
+    assert model.weights_info["name"] == "qualiclip"
+
+
+def test_official_download_failure_shows_licence(monkeypatch, tmp_path, capsys):
+    import qualiclip.weights as weights
+
+    monkeypatch.setenv("QUALICLIP_CACHE", str(tmp_path))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    spec = weights.WeightsSpec(**{**weights.OFFICIAL.__dict__,
+                                  "url": f"http://127.0.0.1:{port}/qualiclip.pth"})
+    monkeypatch.setitem(weights.REGISTRY, "qualiclip", spec)
+    with pytest.raises(WeightsDownloadError):
+        resolve_weights("qualiclip", progress=False)
+    assert "CC BY-NC 4.0" in capsys.readouterr().err
+
+
+def test_import_does_not_download_or_import_heavy_packages():
+    import subprocess
+    import sys
+
+    code = ("import sys, qualiclip; qualiclip.PAIR_NAMES; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('fiftyone', 'training', 'qualiclip_plugin', 'open_clip')]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    code = ("import sys, qualiclip; from qualiclip import load_model, score_images; "
+            "import qualiclip.cli; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('fiftyone', 'training', 'qualiclip_plugin')]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
