@@ -26,7 +26,10 @@ _LAZY = {
     "REGISTRY": "qualiclip.weights",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "__version__", "load_model", "QualiCLIP", "score_images", "iter_scores", "ScoreResult",
+    "load_image", "ImageReadError", "PROMPT_PAIRS", "PAIR_NAMES", "REGISTRY",
+]
 
 if TYPE_CHECKING:
     from qualiclip.images import ImageReadError, load_image

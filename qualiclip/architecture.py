@@ -25,7 +25,8 @@ RN50_CONFIG: dict[str, Any] = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12},
 }
 
-#: A tiny random ResNet CLIP (about 4 M parameters, mostly the token table) registered like a real one, so tests and
+#: A tiny random ResNet CLIP (about 4 M parameters, mostly the token table) registered like a
+#: real one, so tests and
 #: smoke runs exercise the real code paths in seconds.
 TINY_TEST_CONFIG: dict[str, Any] = {
     "embed_dim": 64,

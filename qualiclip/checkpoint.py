@@ -4,9 +4,9 @@
   ``clip_model.<open_clip CLIP key>`` for the whole OpenAI CLIP and ``prompts_features``
   ``(14, D)``. The architecture is not stored; it is inferred from tensor shapes the way OpenAI's
   loader does (attention heads = width / 64).
-* **qualiclip** (this project's own): a dict with ``format == "qualiclip-checkpoint"``, the open_clip
-  ``model_config``, the CLIP ``state_dict`` (at least the ``visual.*`` keys), ``prompt_pairs``,
-  their ``prompt_features`` and free-form ``training_config`` / ``metadata``.
+* **qualiclip** (this project's own): a dict with ``format == "qualiclip-checkpoint"``, the
+  open_clip ``model_config``, the CLIP ``state_dict`` (at least the ``visual.*`` keys),
+  ``prompt_pairs``, their ``prompt_features`` and free-form ``training_config`` / ``metadata``.
 
 Both are read with ``torch.load(weights_only=True)``: a checkpoint can never run code.
 """

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]  # noqa: UP007
 
 #: File extensions picked up when a folder is scanned.
 IMAGE_EXTENSIONS = frozenset({
@@ -124,7 +124,7 @@ def load_image(source: ImageSource, max_side: int | None = None,
 
 
 def downscale(image: torch.Tensor, max_side: int) -> torch.Tensor:
-    """``(3, H, W)`` float in [0, 1] -> longer side ``max_side``, antialiased bilinear, aspect kept."""
+    """``(3, H, W)`` float in [0, 1] -> longer side ``max_side`` (antialiased bilinear)."""
     h, w = image.shape[-2:]
     scale = max_side / max(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))

@@ -137,7 +137,7 @@ class QualiCLIP(nn.Module):
         return self.pair_scores(x).mean(dim=-1)
 
     def quality_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Local quality: ``(N, 3, H, W)`` in [0, 1] -> ``(N, h, w)`` in [0, 1], ``h, w ~ H/32, W/32``.
+        """Local quality: ``(N, 3, H, W)`` in [0, 1] -> ``(N, h, w)`` in [0, 1] (``h ~ H/32``).
 
         Each cell of the final feature map is projected like the pooled token would be (the
         attention pool's value and output projections, as in MaskCLIP) and scored against the

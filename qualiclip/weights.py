@@ -46,7 +46,8 @@ OFFICIAL = WeightsSpec(
     # The authors publish no hash and nobody on this project has verified the file: do not
     # invent one. Users can pin theirs with `expected_sha256` / QUALICLIP_SHA256.
     sha256=None,
-    description="Official QualiCLIP (CLIP RN50) by Agnolucci, Galteri and Bertini, arXiv 2403.11176",
+    description=("Official QualiCLIP (CLIP RN50) by Agnolucci, Galteri and Bertini, "
+                 "arXiv 2403.11176"),
 )
 
 REGISTRY: dict[str, WeightsSpec] = {OFFICIAL.name: OFFICIAL}

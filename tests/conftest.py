@@ -63,7 +63,7 @@ def _start_mongod() -> None:
             break
         except OSError:
             if _MONGOD.poll() is not None:
-                raise RuntimeError(f"mongod exited; see {_SESSION_DIR / 'mongod.log'}")
+                raise RuntimeError(f"mongod exited; see {_SESSION_DIR / 'mongod.log'}") from None
             time.sleep(0.2)
     os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
     os.environ["FIFTYONE_DATABASE_ADMIN"] = "true"

@@ -78,7 +78,7 @@ def test_positional_embedding_is_really_skipped(rn50_pair):
     x = torch.rand(1, 3, 224, 224)
     with torch.no_grad():
         ours = model.image_features(x)
-        stock = visual(((x - MEAN) / STD))
+        stock = visual((x - MEAN) / STD)
     assert not torch.allclose(ours, stock, atol=1e-3)
     # ... and the difference is far above the parity tolerance at the score level.
     gap = (model.pair_scores_from_features(ours) - model.pair_scores_from_features(stock)).abs()

@@ -117,7 +117,7 @@ def test_streaming_yields_early_results_before_the_end(tiny_model, tmp_path):
     sources = [make_image(tmp_path / f"{i}.png", size=(64, 48 + (i % 2) * 16), seed=i)
                for i in range(40)]
     consumed = 0
-    for result in iter_scores(sources, model=tiny_model, batch_size=2, num_workers=0,
+    for _ in iter_scores(sources, model=tiny_model, batch_size=2, num_workers=0,
                               progress=False):
         consumed += 1
         if consumed == 3:
