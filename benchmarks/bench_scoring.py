@@ -120,19 +120,24 @@ def main() -> None:
               "naive fp32 |")
         print("|---|---|---|---|---|")
         print(f"| naive loop (official example style) | fp32 | {naive_ips:.2f} | 1.00x | 0 |")
-        for precision in args.precisions.split(","):
+        variants = [(p, False) for p in args.precisions.split(",")]
+        if device.type == "cuda":
+            variants.append(("auto", True))
+        for precision, gpu_jpeg in variants:
             score_images(paths[:4], model=model, precision=precision, progress=False,
                          num_workers=0)  # warm-up
             start = time.perf_counter()
             results = score_images(paths, model=model, precision=precision, progress=False,
-                                   batch_size=args.batch_size, num_workers=args.workers)
+                                   batch_size=args.batch_size, num_workers=args.workers,
+                                   gpu_jpeg=gpu_jpeg)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - start
             diff = max(abs(r.score - s) for r, s in zip(results, reference))
             resolved = results.preprocessing["precision"]
             ips = len(paths) / elapsed
-            print(f"| score_images | {precision} ({resolved}) | {ips:.2f} | "
+            label = "score_images + GPU JPEG decode" if gpu_jpeg else "score_images"
+            print(f"| {label} | {precision} ({resolved}) | {ips:.2f} | "
                   f"{ips / naive_ips:.2f}x | {diff:.5f} |")
 
 

@@ -97,12 +97,21 @@ def describe_preprocessing(model: QualiCLIP, max_side: int | None, precision: st
     }
 
 
-class _DecodeDataset(Dataset):
-    """Decodes one source per item; errors are returned, not raised, so a worker never dies."""
+_JPEG_MAGIC = b"\xff\xd8\xff"
 
-    def __init__(self, sources: Sequence[ImageSource], max_side: int | None) -> None:
+
+class _DecodeDataset(Dataset):
+    """Decodes one source per item; errors are returned, not raised, so a worker never dies.
+
+    With ``jpeg_bytes``, JPEG files (at native resolution) are returned undecoded as a 1-D
+    uint8 tensor of file bytes, for the GPU's JPEG decoder in the main process.
+    """
+
+    def __init__(self, sources: Sequence[ImageSource], max_side: int | None,
+                 jpeg_bytes: bool = False) -> None:
         self.sources = sources
         self.max_side = max_side
+        self.jpeg_bytes = jpeg_bytes and max_side is None
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -110,6 +119,10 @@ class _DecodeDataset(Dataset):
     def __getitem__(self, index: int) -> tuple:
         source = self.sources[index]
         name = source_name(source, index)
+        if self.jpeg_bytes and isinstance(source, (str, os.PathLike)):
+            data = _read_jpeg_bytes(source)
+            if data is not None:
+                return index, name, data, None, None, None
         try:
             image = load_image(source, max_side=self.max_side, as_uint8=True)
         except ImageReadError as exc:
@@ -117,6 +130,30 @@ class _DecodeDataset(Dataset):
         except Exception as exc:  # anything else a decoder throws stays with this image
             return index, name, None, None, None, f"{name}: {exc.__class__.__name__}: {exc}"
         return index, name, image.tensor, image.width, image.height, None
+
+
+def _read_jpeg_bytes(path: str | os.PathLike) -> torch.Tensor | None:
+    """File bytes as a uint8 tensor if ``path`` is a readable JPEG, else ``None``."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    if not data.startswith(_JPEG_MAGIC):
+        return None
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def _decode_jpeg_on_gpu(data: torch.Tensor, name: str, device: torch.device) -> torch.Tensor:
+    """nvJPEG decode with EXIF orientation -> ``(3, H, W)`` uint8 on ``device``; falls back to
+    the CPU reader (same conversions as everywhere else) for JPEGs nvJPEG rejects (e.g. CMYK)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device,
+                           apply_exif_orientation=True)
+    except RuntimeError:
+        return load_image(name, as_uint8=True).tensor
 
 
 def _keep_as_is(item: Any) -> Any:
@@ -208,6 +245,7 @@ def iter_scores(
     precision: str = "auto",
     progress: bool = True,
     max_batch_pixels: int | None = None,
+    gpu_jpeg: bool = False,
 ) -> Iterator[ScoreResult]:
     """Score ``sources`` lazily, yielding one :class:`ScoreResult` per input, in input order.
 
@@ -219,6 +257,8 @@ def iter_scores(
         max_side: cap the longer side (antialiased); ``None`` = native resolution (official).
         precision: ``"auto"`` (fp16 AMP on CUDA, bf16 on CPUs with native bf16, else fp32),
             ``"fp32"`` (exact), ``"fp16"``, ``"bf16"``.
+        gpu_jpeg: on CUDA, decode JPEGs with the GPU's decoder (nvJPEG) instead of PIL in the
+            workers; its IDCT differs slightly from libjpeg's, so scores move by ~1e-3.
     """
     sources = list(sources)
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
@@ -230,8 +270,9 @@ def iter_scores(
     model, dev = _prepare(model, weights, device)
     engine = _Engine(model, dev, resolve_precision(precision, dev))
     workers = default_num_workers(len(sources)) if num_workers is None else int(num_workers)
+    gpu_jpeg = gpu_jpeg and dev.type == "cuda"
     loader = DataLoader(
-        _DecodeDataset(sources, max_side), batch_size=None, shuffle=False,
+        _DecodeDataset(sources, max_side, jpeg_bytes=gpu_jpeg), batch_size=None, shuffle=False,
         num_workers=workers, collate_fn=_keep_as_is, pin_memory=dev.type == "cuda",
         prefetch_factor=4 if workers else None,
     )
@@ -251,6 +292,14 @@ def iter_scores(
 
         for item in loader:
             index, name, tensor, width, height, error = item
+            if tensor is not None and tensor.ndim == 1:  # undecoded JPEG bytes
+                try:
+                    tensor = _decode_jpeg_on_gpu(tensor, name, dev)
+                except ImageReadError as exc:
+                    tensor, error = None, str(exc)
+                else:
+                    height, width = tensor.shape[-2:]
+                item = (index, name, tensor, width, height, error)
             if tensor is None:
                 finished[index] = ScoreResult(index, name, width=width, height=height, error=error)
             else:
@@ -285,6 +334,7 @@ def score_images(
     precision: str = "auto",
     progress: bool = True,
     max_batch_pixels: int | None = None,
+    gpu_jpeg: bool = False,
 ) -> ScoreResults:
     """Score ``sources`` and return all results (input order) with ``.preprocessing``.
 
@@ -293,7 +343,10 @@ def score_images(
     model, dev = _prepare(model, weights, device)
     results = list(iter_scores(sources, model=model, batch_size=batch_size,
                                num_workers=num_workers, max_side=max_side, precision=precision,
-                               progress=progress, max_batch_pixels=max_batch_pixels))
+                               progress=progress, max_batch_pixels=max_batch_pixels,
+                               gpu_jpeg=gpu_jpeg))
     info = describe_preprocessing(model, max_side, resolve_precision(precision, dev), dev)
     info["machine"] = platform.machine()
+    if gpu_jpeg and dev.type == "cuda":
+        info["jpeg_decoder"] = "nvJPEG (GPU)"
     return ScoreResults(results, info)

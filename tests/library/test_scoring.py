@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from qualiclip import score_images
 from qualiclip.images import load_image
@@ -149,3 +151,23 @@ def _clone_as(cls, model: QualiCLIP) -> QualiCLIP:
     clone = cls(model.visual, model.prompt_features)
     clone.weights_info = dict(model.weights_info)
     return clone.eval()
+
+
+def test_jpeg_byte_path_decodes_like_pil(tmp_path):
+    """The nvJPEG path (exercised here with torchvision's CPU decoder) applies EXIF orientation
+    and matches PIL's decode to within JPEG IDCT differences; non-JPEGs take the normal path."""
+    from qualiclip.scoring import _decode_jpeg_on_gpu, _DecodeDataset
+
+    image = Image.fromarray(
+        (np.random.default_rng(0).random((40, 60, 3)) * 255).astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    jpeg = tmp_path / "rot.jpg"
+    image.save(jpeg, quality=95, exif=exif.tobytes())
+    png = make_image(tmp_path / "p.png")
+    dataset = _DecodeDataset([jpeg, png], max_side=None, jpeg_bytes=True)
+    assert dataset[0][2].ndim == 1 and dataset[1][2].ndim == 3
+    decoded = _decode_jpeg_on_gpu(dataset[0][2], str(jpeg), torch.device("cpu"))
+    reference = load_image(jpeg, as_uint8=True).tensor
+    assert decoded.shape == reference.shape == (3, 60, 40)
+    assert (decoded.float() - reference.float()).abs().mean() < 2.0
