@@ -45,9 +45,21 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+@contextlib.contextmanager
+def _strict_fp32() -> contextlib.AbstractContextManager:
+    """Disable TF32 on CUDA for the duration: "fp32" must mean exact fp32 scores."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """The autocast context for a resolved precision (a no-op for fp32)."""
+    """The autocast context for a resolved precision (for fp32: no autocast, and no TF32)."""
     if precision == "fp32":
-        return contextlib.nullcontext()
+        return _strict_fp32() if device.type == "cuda" else contextlib.nullcontext()
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)

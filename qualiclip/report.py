@@ -63,6 +63,7 @@ th{background:#f3f3f3} td.name{text-align:left}
 figure.thumb{margin:0;width:__W__px;font-size:11px;border:1px solid #ddd;padding:4px}
 figure.thumb img{max-width:100%;display:block;margin:auto}
 figure.thumb .path{word-break:break-all;font-weight:600}
+figure.thumb table{width:100%;margin:2px 0} figure.thumb td{padding:0 .3em}
 figure.thumb .missing{height:80px;background:#eee;display:flex;align-items:center;
 justify-content:center;color:#888}
 img.figure{max-width:100%} details{margin:.5em 0}
@@ -137,7 +138,7 @@ def render_report(rows: Sequence[ReportRow], config: ReportConfig = ReportConfig
         f'<p class="meta">{esc(config.source)} &middot; generated '
         f"{_dt.datetime.now().isoformat(timespec='seconds')} &middot; scores in [0, 1], "
         "higher is better</p>",
-        '<h2>Summary</h2><table id="flag-counts"><tr><th>count</th><th>images</th></tr>',
+        '<h2>Summary</h2><table id="flag-counts"><tr><th>what</th><th>images</th></tr>',
     ]
     labels = {"images": "images", "scored": "scored", "failed": "not scored (errors)",
               "flagged": f"flagged: score &lt; {config.threshold:g}"}
