@@ -1,0 +1,44 @@
+"""FiftyOne adapter for QualiCLIP: an App operator and a ``TorchImageModel`` for ``apply_model``.
+
+Every score comes from :mod:`qualiclip`; this package only translates FiftyOne input into
+library calls and writes the results into datasets. Importing it is cheap (no torch, no
+fiftyone): heavy modules load on first use.
+
+Python usage::
+
+    import qualiclip_plugin
+    model = qualiclip_plugin.load_model(weights="qualiclip", device="cuda")
+    dataset.apply_model(model, label_field="quality", batch_size=16, num_workers=4)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+#: The plugin's name in ``fiftyone.yml``.
+PLUGIN_NAME = "@qualiclip/qualiclip"
+#: Name of the scoring operator; its URI is :data:`OPERATOR_URI`.
+OPERATOR_NAME = "compute_image_quality"
+OPERATOR_URI = f"{PLUGIN_NAME}/{OPERATOR_NAME}"
+
+__all__ = ["PLUGIN_NAME", "OPERATOR_NAME", "OPERATOR_URI", "load_model", "QualiCLIPModel",
+           "QualiCLIPModelConfig"]
+
+if TYPE_CHECKING:
+    from qualiclip_plugin.fo_model import QualiCLIPModel, QualiCLIPModelConfig, load_model
+
+_LAZY = {
+    "load_model": "qualiclip_plugin.fo_model",
+    "QualiCLIPModel": "qualiclip_plugin.fo_model",
+    "QualiCLIPModelConfig": "qualiclip_plugin.fo_model",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'qualiclip_plugin' has no attribute {name!r}")

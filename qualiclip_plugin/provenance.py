@@ -1,0 +1,102 @@
+"""How a score field was made, recorded with FiftyOne's runs API.
+
+One run per score field, key ``qualiclip_<field>``, on the dataset. Its config holds what makes
+two scores comparable (weights SHA-256, preprocessing, precision) plus context (weights name,
+package version, date, options). A run that would mix scores made with other settings into the
+same field is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import fiftyone as fo
+
+RUN_KEY_PREFIX = "qualiclip_"
+#: Config entries that must match for two scores to be comparable (device and library versions
+#: are recorded but not compared: they do not change the scores beyond float rounding).
+COMPARABLE_KEYS = ("weights_sha256", "max_side", "precision", "pair_names")
+
+
+def run_key(field: str) -> str:
+    """The run key recording how ``field`` was made."""
+    return RUN_KEY_PREFIX + field
+
+
+def describe_run(field: str, weights_info: dict[str, str], preprocessing: dict[str, Any],
+                 pair_names: list[str], options: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-serialisable provenance of a scoring run into ``field``.
+
+    ``preprocessing`` is :func:`qualiclip.scoring.describe_preprocessing`'s record.
+    """
+    import qualiclip
+
+    return {
+        "method": "qualiclip",
+        "field": field,
+        "weights_name": weights_info.get("name"),
+        "weights_sha256": weights_info.get("sha256"),
+        "weights_format": weights_info.get("format"),
+        "max_side": preprocessing.get("max_side"),
+        "precision": preprocessing.get("precision"),
+        "pair_names": list(pair_names),
+        "preprocessing": _jsonable(preprocessing),
+        "qualiclip_version": qualiclip.__version__,
+        "fiftyone_version": fo.__version__,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "options": _jsonable(options),
+    }
+
+
+def recorded(dataset: fo.Dataset, field: str) -> dict[str, Any] | None:
+    """The provenance recorded for ``field``, or ``None``."""
+    key = run_key(field)
+    if not dataset.has_run(key):
+        return None
+    config = dataset.get_run_info(key).config
+    return {k: v for k, v in vars(config).items() if not k.startswith("_")} | {
+        "method": config.method}
+
+
+def incompatibility(old: dict[str, Any] | None, new: dict[str, Any]) -> str | None:
+    """Why scores made as ``old`` and as ``new`` are not comparable, or ``None`` if they are."""
+    if old is None:
+        return None
+    diffs = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in COMPARABLE_KEYS
+             if old.get(key) != new.get(key)]
+    return "; ".join(diffs) or None
+
+
+def record(dataset: fo.Dataset, description: dict[str, Any]) -> None:
+    """Register (or replace) the run describing ``description['field']``."""
+    config = dataset.init_run(**description)
+    dataset.register_run(run_key(description["field"]), config, overwrite=True)
+
+
+def save_summary(dataset: fo.Dataset, field: str, summary: dict[str, Any]) -> None:
+    """Attach the last run's summary (counts, mean) to the field's run."""
+    key = run_key(field)
+    results = dataset.init_run_results(key, summary=_jsonable(summary))
+    dataset.save_run_results(key, results, overwrite=True)
+
+
+def load_summary(dataset: fo.Dataset, field: str) -> dict[str, Any]:
+    """The summary stored by the last run into ``field`` (empty if none)."""
+    key = run_key(field)
+    if not dataset.has_run(key):
+        return {}
+    results = dataset.load_run_results(key, cache=False)
+    if results is None:
+        return {}
+    return dict(getattr(results, "summary", None) or {})
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

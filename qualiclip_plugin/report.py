@@ -1,0 +1,133 @@
+"""A FiftyOne dataset or view -> rows for :mod:`qualiclip.report` (the HTML builder).
+
+Reads the score field a scoring run wrote (``<field>``, ``<field>_<pair>``, ``<field>_error``,
+see :mod:`qualiclip_plugin.writing`) with bulk ``values()`` calls, and the breakdown keys:
+
+* ``tags``: the sample tags;
+* ``split``: a string field named ``split`` when there is one (else splits kept as tags show
+  up under ``tags``);
+* every label field of type Classification, Classifications, Detections or Polylines: the label
+  values each sample holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import fiftyone as fo
+
+from qualiclip.prompts import PAIR_NAMES
+from qualiclip.report import ReportConfig, write_report
+from qualiclip.report_data import NO_GROUP, ReportRow
+
+#: Label types whose ``label`` values make a breakdown, and the list attribute holding them.
+_LABEL_LISTS = {
+    fo.Classification: None,
+    fo.Classifications: "classifications",
+    fo.Detections: "detections",
+    fo.Polylines: "polylines",
+}
+
+
+def _dataset_name(collection: fo.core.collections.SampleCollection) -> str:
+    # Views carry ``dataset_name``; a Dataset only has ``name``.
+    return getattr(collection, "dataset_name", None) or collection.name
+
+
+def default_group_fields(collection: fo.core.collections.SampleCollection) -> list[str]:
+    """Breakdown keys the collection has: ``tags`` if any sample is tagged, ``split`` if it is a
+    string field, and label fields of the types in the module docstring, in schema order."""
+    schema = collection.get_field_schema()
+    keys = []
+    if collection.count_sample_tags():
+        keys.append("tags")
+    if isinstance(schema.get("split"), fo.StringField):
+        keys.append("split")
+    for name, field in schema.items():
+        doc_type = getattr(field, "document_type", None)
+        if isinstance(field, fo.EmbeddedDocumentField) and doc_type in _LABEL_LISTS:
+            keys.append(name)
+    return keys
+
+
+def _group_values(collection, key: str, schema: dict) -> list[tuple[str, ...]]:
+    """One tuple of group values per sample (``(NO_GROUP,)`` when it has none)."""
+    if key == "tags":
+        raw = collection.values("tags")
+    elif key in schema and getattr(schema[key], "document_type", None) in _LABEL_LISTS:
+        attr = _LABEL_LISTS[schema[key].document_type]
+        raw = collection.values(f"{key}.label" if attr is None else f"{key}.{attr}.label")
+    else:
+        raw = collection.values(key)
+    out = []
+    for value in raw:
+        if value is None:
+            values: tuple[str, ...] = ()
+        elif isinstance(value, (list, tuple)):
+            values = tuple(dict.fromkeys(str(v) for v in value if v is not None))
+        else:
+            values = (str(value),)
+        out.append(values or (NO_GROUP,))
+    return out
+
+
+def rows_from_collection(
+    collection: fo.core.collections.SampleCollection,
+    field: str = "qualiclip",
+    group_by: Sequence[str] | None = None,
+) -> list[ReportRow]:
+    """One :class:`ReportRow` per sample of ``collection`` (dataset or view).
+
+    Args:
+        field: the score field; ``<field>_<pair>`` and ``<field>_error`` are read when present.
+        group_by: breakdown keys (``"tags"``, a field name, a label field); ``None`` picks
+            :func:`default_group_fields`.
+
+    Raises:
+        ValueError: ``field`` is not a field of the collection.
+    """
+    schema = collection.get_field_schema()
+    if field not in schema:
+        raise ValueError(f"{_dataset_name(collection)!r} has no field {field!r}; score it first")
+    keys = default_group_fields(collection) if group_by is None else list(group_by)
+    unknown = [k for k in keys if k != "tags" and k not in schema]
+    if unknown:
+        raise ValueError(f"no such field(s) to break down by: {', '.join(unknown)}")
+
+    paths = collection.values("filepath")
+    scores = collection.values(field)
+    pairs = {p: collection.values(f"{field}_{p}") for p in PAIR_NAMES
+             if f"{field}_{p}" in schema}
+    errors = (collection.values(f"{field}_error") if f"{field}_error" in schema
+              else [None] * len(paths))
+    groups = {k: _group_values(collection, k, schema) for k in keys}
+    rows = []
+    for i, path in enumerate(paths):
+        score = scores[i]
+        rows.append(ReportRow(
+            path=path,
+            score=None if score is None else float(score),
+            pair_scores={p: float(v[i]) for p, v in pairs.items() if v[i] is not None},
+            groups={k: g[i] for k, g in groups.items()},
+            error=errors[i] or (f"no {field} value" if score is None else None),
+        ))
+    return rows
+
+
+def write_collection_report(
+    collection: fo.core.collections.SampleCollection,
+    output: str | Path,
+    field: str = "qualiclip",
+    group_by: Sequence[str] | None = None,
+    config: ReportConfig | None = None,
+) -> Path:
+    """Write the HTML report of ``collection``'s ``field`` to ``output``; returns the path."""
+    rows = rows_from_collection(collection, field=field, group_by=group_by)
+    config = config or ReportConfig()
+    if not config.source:
+        from dataclasses import replace
+
+        config = replace(config, source=f"dataset {_dataset_name(collection)!r}, field {field!r}, "
+                                        f"{len(rows)} samples")
+    return write_report(rows, output, config)

@@ -1,0 +1,176 @@
+"""The operator's parameters: defaults, parsing and validation (no torch, no model).
+
+One dataclass is the contract between the App form, Python callers and the runner; every check
+that can be made without touching the model or the data happens in :func:`parse_request`, so a
+bad request is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+#: Targets larger than this default to delegated (background) execution. An immediate run
+#: blocks an App server thread and is cut off by FIFTYONE_OPERATOR_TIMEOUT (600 s) while the work
+#: goes on; RN50 at native resolution scores ~2-10 images/s on a CPU, so 500 images finish
+#: within the timeout even there, and anything larger belongs in a worker.
+IMMEDIATE_MAX_SAMPLES = 500
+#: Samples scored between two writes: an interrupted run loses at most this many scores.
+DEFAULT_CHUNK_SIZE = 1000
+DEFAULT_FIELD = "quality"
+DEFAULT_WEIGHTS = "qualiclip"
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_FLAG_TAG = "low_quality"
+FLAG_MODES = ("none", "percent", "threshold")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+MIN_MAX_SIDE = 32  # qualiclip.model.MIN_SIDE; repeated here to keep this module torch-free
+
+_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_RESERVED = {"id", "_id", "filepath", "tags", "metadata", "created_at", "last_modified_at",
+             "media_type", "_media_type", "_rand", "_dataset_id"}
+
+
+class RequestError(ValueError):
+    """A request refused before any write; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """A validated scoring request (see the README for each parameter's meaning)."""
+
+    field: str = DEFAULT_FIELD
+    weights: str = DEFAULT_WEIGHTS
+    device: str | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    num_workers: int | None = None
+    max_side: int | None = None
+    precision: str = "auto"
+    pair_scores: bool = True
+    overwrite: bool = False
+    flag_percent: float | None = None
+    flag_threshold: float | None = None
+    flag_field: str | None = None
+    flag_tag: str | None = DEFAULT_FLAG_TAG
+    flag_view: str | None = None
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    num_shards: int = 1
+    shard_index: int | None = None
+    shard_bounds: tuple[str, str | None] | None = None
+
+    @property
+    def flagging(self) -> bool:
+        return self.flag_percent is not None or self.flag_threshold is not None
+
+    def to_params(self) -> dict[str, Any]:
+        params = asdict(self)
+        params["shard_bounds"] = list(self.shard_bounds) if self.shard_bounds else None
+        return params
+
+
+def parse_request(params: dict[str, Any]) -> ScoreRequest:
+    """App or Python params -> :class:`ScoreRequest`; raises :class:`RequestError`.
+
+    Empty strings from App text boxes mean "not set".
+    """
+    p = {k: (None if v == "" else v) for k, v in (params or {}).items()}
+    field = p.get("field") or DEFAULT_FIELD
+    _check_field_name(field, "field")
+    weights = str(p.get("weights") or DEFAULT_WEIGHTS).strip()
+    if not _is_registered_or_url(weights):
+        path = os.path.expanduser(weights)
+        if not os.path.isfile(path):
+            raise RequestError(
+                f"weights {weights!r}: no such file. Give 'qualiclip' (official weights) or "
+                "the path of a .pth checkpoint readable by the machine that runs the operator")
+        weights = path
+
+    batch_size = _int(p.get("batch_size"), "batch_size", DEFAULT_BATCH_SIZE, minimum=1)
+    num_workers = _int(p.get("num_workers"), "num_workers", None, minimum=0)
+    max_side = _int(p.get("max_side"), "max_side", None, minimum=0) or None
+    if max_side is not None and max_side < MIN_MAX_SIDE:
+        raise RequestError(f"max_side must be at least {MIN_MAX_SIDE} px (or empty for native "
+                           f"resolution), got {max_side}")
+    precision = p.get("precision") or "auto"
+    if precision not in PRECISIONS:
+        raise RequestError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    chunk_size = _int(p.get("chunk_size"), "chunk_size", DEFAULT_CHUNK_SIZE, minimum=1)
+    num_shards = _int(p.get("num_shards"), "num_shards", 1, minimum=1)
+
+    percent = _float(p.get("flag_percent"), "flag_percent")
+    threshold = _float(p.get("flag_threshold"), "flag_threshold")
+    mode = p.get("flag_mode")
+    if mode is not None:  # the App form: the radio decides which number counts
+        if mode not in FLAG_MODES:
+            raise RequestError(f"flag_mode must be one of {', '.join(FLAG_MODES)}, got {mode!r}")
+        percent = percent if mode == "percent" else None
+        threshold = threshold if mode == "threshold" else None
+        if mode != "none" and percent is None and threshold is None:
+            raise RequestError(f"flag_mode is {mode!r} but flag_{mode} is not set")
+    if percent is not None and threshold is not None:
+        raise RequestError("give flag_percent or flag_threshold, not both")
+    if percent is not None and not 0 < percent <= 100:
+        raise RequestError(f"flag_percent must be in (0, 100], got {percent}")
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise RequestError(f"flag_threshold must be in [0, 1] (scores are), got {threshold}")
+    flagging = percent is not None or threshold is not None
+    flag_field = p.get("flag_field") or (f"{field}_flagged" if flagging else None)
+    if flag_field is not None:
+        _check_field_name(flag_field, "flag_field")
+    tag = p.get("flag_tag", DEFAULT_FLAG_TAG)
+    tag = None if tag in (None, False) else str(tag).strip() or None
+    view_name = p.get("flag_view")
+
+    shard_index = _int(p.get("shard_index"), "shard_index", None, minimum=0)
+    bounds = p.get("shard_bounds")
+    if shard_index is not None and (bounds is None or shard_index >= num_shards):
+        raise RequestError("shard_index needs shard_bounds and must be below num_shards")
+
+    return ScoreRequest(
+        field=field, weights=weights, device=p.get("device") or None, batch_size=batch_size,
+        num_workers=num_workers, max_side=max_side, precision=precision,
+        pair_scores=bool(p.get("pair_scores", True)), overwrite=bool(p.get("overwrite", False)),
+        flag_percent=percent, flag_threshold=threshold,
+        flag_field=flag_field if flagging else None, flag_tag=tag if flagging else None,
+        flag_view=(view_name or None) if flagging else None, chunk_size=chunk_size,
+        num_shards=num_shards, shard_index=shard_index,
+        shard_bounds=tuple(bounds) if bounds else None,
+    )
+
+
+def _check_field_name(name: str, what: str) -> None:
+    if not _IDENTIFIER.match(name) or name in _RESERVED:
+        raise RequestError(f"{what} {name!r} is not usable: use letters, digits and '_', "
+                           "starting with a letter, and not a built-in field")
+
+
+def _is_registered_or_url(weights: str) -> bool:
+    from qualiclip.weights import REGISTRY, is_url  # torch-free module
+
+    return weights in REGISTRY or is_url(weights)
+
+
+def _int(value: Any, name: str, default: int | None, minimum: int) -> int | None:
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RequestError(f"{name} must be a whole number, got {value!r}") from None
+    if not math.isfinite(number) or number != int(number) or number < minimum:
+        raise RequestError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return int(number)
+
+
+def _float(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RequestError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise RequestError(f"{name} must be a finite number, got {value!r}")
+    return number

@@ -1,0 +1,144 @@
+"""Writing scores into a dataset: field declaration, chunked bulk writes, low-quality flags.
+
+Writes go through ``set_values`` keyed by sample ID, one call per field per chunk: orders of
+magnitude faster than saving samples one by one, and a run interrupted mid-way loses at most the
+chunk in flight (a rerun with ``overwrite=False`` resumes from the unscored samples).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import fiftyone as fo
+from fiftyone import ViewField as F
+
+#: Field types the operator may write into, per kind of output.
+_SCORE_TYPES = (fo.FloatField,)
+_NUMERIC_TYPES = (fo.FloatField, fo.IntField)
+
+
+@dataclass(frozen=True)
+class FieldLayout:
+    """The sample fields one scoring run writes.
+
+    Attributes:
+        score: the quality score, float in [0, 1] (higher is better).
+        error: readable reason a sample has no score (``None`` when scored).
+        pairs: attribute name (``qualiclip.PAIR_NAMES``) -> field, empty unless asked for.
+        flag: boolean low-quality flag, ``None`` when no flagging was asked for.
+    """
+
+    score: str
+    error: str
+    pairs: dict[str, str] = field(default_factory=dict)
+    flag: str | None = None
+
+    @classmethod
+    def for_field(cls, score: str, pair_names: Sequence[str] = (), flag: str | None = None
+                  ) -> FieldLayout:
+        return cls(score=score, error=f"{score}_error",
+                   pairs={name: f"{score}_{name}" for name in pair_names}, flag=flag)
+
+    def expected_types(self) -> dict[str, tuple[type, ...]]:
+        """Field name -> the field types that may already hold it."""
+        types: dict[str, tuple[type, ...]] = {self.score: _NUMERIC_TYPES,
+                                              self.error: (fo.StringField,)}
+        types.update({name: _NUMERIC_TYPES for name in self.pairs.values()})
+        if self.flag:
+            types[self.flag] = (fo.BooleanField,)
+        return types
+
+
+def schema_conflicts(dataset: fo.Dataset, layout: FieldLayout) -> list[str]:
+    """Fields of ``layout`` that exist with a type the run could not write; readable lines."""
+    schema = dataset.get_field_schema(flat=True)
+    problems = []
+    for name, allowed in layout.expected_types().items():
+        existing = schema.get(name)
+        if existing is not None and not isinstance(existing, allowed):
+            wanted = " or ".join(t.__name__ for t in allowed)
+            problems.append(f"field '{name}' exists as {type(existing).__name__}, not {wanted}")
+    return problems
+
+
+def declare_fields(dataset: fo.Dataset, layout: FieldLayout) -> None:
+    """Add missing fields with their types, so ``None`` writes never guess a type."""
+    schema = dataset.get_field_schema(flat=True)
+    wanted = {layout.score: fo.FloatField, layout.error: fo.StringField,
+              **{name: fo.FloatField for name in layout.pairs.values()}}
+    if layout.flag:
+        wanted[layout.flag] = fo.BooleanField
+    for name, ftype in wanted.items():
+        if name not in schema:
+            dataset.add_sample_field(name, ftype)
+
+
+def write_results(dataset: fo.Dataset, ids: Sequence[str], results: Sequence,
+                  layout: FieldLayout) -> None:
+    """Write one chunk: ``results[i]`` (a ``qualiclip.ScoreResult``) belongs to sample ``ids[i]``.
+
+    A failed sample gets ``None`` scores and its error text; a scored one gets its scores and a
+    cleared error, so a retried file does not keep a stale message.
+    """
+    if not ids:
+        return
+    columns: dict[str, dict[str, object]] = {layout.score: {}, layout.error: {}}
+    for name in layout.pairs.values():
+        columns[name] = {}
+    for sample_id, result in zip(ids, results, strict=True):
+        failed = result.error is not None or result.score is None
+        columns[layout.score][sample_id] = None if failed else float(result.score)
+        columns[layout.error][sample_id] = (result.error or "no score returned") if failed \
+            else None
+        for pair, name in layout.pairs.items():
+            value = None if failed else result.pair_scores.get(pair)
+            columns[name][sample_id] = None if value is None else float(value)
+    for name, values in columns.items():
+        dataset.set_values(name, values, key_field="id")
+
+
+@dataclass
+class FlagResult:
+    flagged_ids: list[str]
+    cutoff: float | None  # highest flagged score (percent mode) or the threshold
+
+
+def flag_low_quality(dataset: fo.Dataset, target: fo.core.collections.SampleCollection,
+                     layout: FieldLayout, tag: str | None, percent: float | None = None,
+                     threshold: float | None = None) -> FlagResult:
+    """Flag the worst ``percent`` % of the target's scored samples, or those below ``threshold``.
+
+    Percent mode flags exactly ``ceil(n * percent / 100)`` samples, ``n`` the number of scored
+    samples in the target, lowest scores first (ties broken by sample order). The flag field
+    becomes True for flagged samples, False for the target's other scored samples and ``None``
+    for its unscored ones; the tag moves the same way, so a rerun never leaves stale flags.
+    """
+    if layout.flag is None:
+        raise ValueError("layout has no flag field")
+    scored = target.exists(layout.score)  # `F(x) < t` alone would also match missing scores
+    if percent is not None:
+        k = math.ceil(scored.count() * percent / 100.0)
+        worst = scored.sort_by(layout.score).limit(k)
+        flagged_ids = worst.values("id") if k else []
+        cutoff = max(worst.values(layout.score)) if k else None
+    else:
+        flagged_ids = scored.match(F(layout.score) < threshold).values("id")
+        cutoff = threshold
+    scored.set_field(layout.flag, False).save(layout.flag)
+    target.exists(layout.score, False).set_field(layout.flag, None).save(layout.flag)
+    flagged = dataset.select(flagged_ids)
+    if flagged_ids:
+        flagged.set_field(layout.flag, True).save(layout.flag)
+    if tag:
+        target.untag_samples(tag)
+        if flagged_ids:
+            flagged.tag_samples(tag)
+    return FlagResult(flagged_ids=list(flagged_ids), cutoff=cutoff)
+
+
+def save_flag_view(dataset: fo.Dataset, name: str, layout: FieldLayout) -> None:
+    """Save the flagged samples, worst first, as a named view (replacing one of that name)."""
+    view = dataset.match(F(layout.flag) == True).sort_by(layout.score)  # noqa: E712
+    dataset.save_view(name, view, overwrite=True)

@@ -1,0 +1,55 @@
+"""Delegated runs (queued, then executed as `fiftyone delegated launch` would) and sharding."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.plugin.test_operator import TOL, _params
+
+
+def _run_queue(dataset):
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    DelegatedOperationService().execute_queued_operations(dataset_name=dataset.name)
+
+
+def _ops(dataset):
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    return DelegatedOperationService().list_operations(dataset_name=dataset.name)
+
+
+def test_delegated_run(make_dataset, operator, tiny_checkpoint, reference_scores):
+    dataset = make_dataset()
+    queued = operator(dataset, **_params(tiny_checkpoint, flag_percent=25), delegate=True)
+    assert queued["run_state"] == "queued"
+    assert len(dataset.exists("quality")) == 0  # nothing happens until a worker runs it
+    _run_queue(dataset)
+    ops = _ops(dataset)
+    assert [op.run_state for op in ops] == ["completed"], [op.result.error for op in ops]
+    assert ops[0].result.result["scored"] == len(dataset) - 1
+    dataset.reload()
+    for sample in dataset.exists("quality"):
+        assert sample["quality"] == pytest.approx(reference_scores[sample.filepath].score,
+                                                  abs=TOL)
+    assert len(dataset.match_tags("low_quality")) == 3  # ceil(12 * 25%)
+
+
+def test_sharded_run_splits_work_over_operations(make_dataset, operator, tiny_checkpoint,
+                                                 reference_scores):
+    dataset = make_dataset()
+    operator(dataset.limit(2), **_params(tiny_checkpoint))  # already scored: not re-queued
+    summary = operator(dataset, **_params(tiny_checkpoint, num_shards=3))
+    assert summary["queued_shards"] == 3 and summary["to_score"] == len(dataset) - 2
+    ops = _ops(dataset)
+    assert len(ops) == 3
+    _run_queue(dataset)
+    ops = _ops(dataset)
+    assert all(op.run_state == "completed" for op in ops)
+    per_shard = sorted(op.result.result["to_score"] for op in ops)
+    assert sum(per_shard) == len(dataset) - 2 and per_shard[-1] - per_shard[0] <= 1
+    dataset.reload()
+    assert len(dataset.exists("quality")) == len(dataset) - 1  # all but the broken file
+    for sample in dataset.exists("quality"):
+        assert sample["quality"] == pytest.approx(reference_scores[sample.filepath].score,
+                                                  abs=TOL)

@@ -1,0 +1,85 @@
+"""Manifest, install paths, and import hygiene of the entry module."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = REPO / "qualiclip_plugin"
+
+
+def _manifest(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def test_manifests_agree_and_list_every_operator():
+    root, package = _manifest(REPO / "fiftyone.yml"), _manifest(PACKAGE / "fiftyone.yml")
+    assert (REPO / root.pop("py_entry")).resolve() == (PACKAGE / package.pop("py_entry")).resolve()
+    assert root == package
+    assert root["name"] == "@qualiclip/qualiclip"
+    assert root["fiftyone"]["version"].startswith(">=")
+    from qualiclip_plugin import OPERATOR_NAME
+
+    assert root["operators"] == [OPERATOR_NAME]
+
+
+def test_entry_module_imports_nothing_heavy():
+    code = ("import runpy, sys; runpy.run_path(sys.argv[1]); "
+            "heavy = [m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code, str(PACKAGE / "operators_entry.py")],
+                   check=True, env=os.environ.copy(), timeout=120)
+
+
+def test_pip_install_path_links_the_package(tmp_path):
+    from qualiclip.cli import main
+
+    result = CliRunner().invoke(main, ["plugin", "install", "--plugins-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    link = tmp_path / "qualiclip"
+    assert link.is_symlink() and link.resolve() == PACKAGE
+    assert str(link) in result.output
+    again = CliRunner().invoke(main, ["plugin", "install", "--plugins-dir", str(tmp_path)])
+    assert again.exit_code == 0  # idempotent
+    result = CliRunner().invoke(main, ["plugin", "uninstall", "--plugins-dir", str(tmp_path)])
+    assert result.exit_code == 0 and not link.exists()
+
+
+def test_install_refuses_to_clobber(tmp_path):
+    from qualiclip_plugin.install import plugin_group
+
+    (tmp_path / "qualiclip").mkdir()
+    result = CliRunner().invoke(plugin_group, ["install", "--plugins-dir", str(tmp_path)])
+    assert result.exit_code != 0 and "--force" in result.output
+
+
+def _registered_operators(plugins_dir: Path) -> list[str]:
+    """Operators FiftyOne registers from ``plugins_dir`` (fresh process, as the App would)."""
+    code = ("import fiftyone.operators as foo; "
+            "print(sorted(op.uri for op in foo.list_operators() "
+            "if op.uri.startswith('@qualiclip/')))")
+    env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(plugins_dir)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, check=True)
+    return eval(out.stdout.strip().splitlines()[-1])
+
+
+def test_both_layouts_register_the_operator(tmp_path):
+    # `fiftyone plugins download <repo url>` places the repository root (with the root
+    # fiftyone.yml) in the plugins dir; `qualiclip plugin install` links the package folder.
+    from qualiclip_plugin import OPERATOR_URI
+    from qualiclip_plugin.install import install_plugin
+
+    downloaded = tmp_path / "downloaded"
+    downloaded.mkdir()
+    (downloaded / "qualiclip").symlink_to(REPO, target_is_directory=True)
+    linked = tmp_path / "linked"
+    install_plugin(linked)
+    assert _registered_operators(downloaded) == [OPERATOR_URI]
+    assert _registered_operators(linked) == [OPERATOR_URI]

@@ -1,0 +1,189 @@
+"""The HTML report: its content (histogram, worst/best grids, breakdown, flags) checked against
+numbers computed here independently, its self-containedness, and the CSV -> CLI path."""
+
+from __future__ import annotations
+
+import csv
+import html
+import math
+import re
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from qualiclip.prompts import PAIR_NAMES
+from qualiclip.report import ReportConfig, render_report, write_report
+from qualiclip.report_data import ReportRow, read_scores_csv
+from tests.conftest import make_image
+
+
+def section(page: str, start: str, end: str) -> str:
+    """The HTML between the first ``start`` marker and the next ``end`` marker."""
+    head = page.index(start)
+    return page[head:page.index(end, head)]
+
+
+@pytest.fixture()
+def rows(tmp_path) -> list[ReportRow]:
+    """23 images with known scores (ties included), 2 splits, overlapping tags, 1 failure."""
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.uniform(0.05, 0.95, 22), 3)
+    scores[5] = scores[6]  # a tie: order must fall back to the path
+    out = []
+    for i, s in enumerate(scores):
+        path = make_image(tmp_path / f"im_{i:02d}.jpg", size=(48, 40), seed=i)
+        tags = ("blurry",) if i % 3 == 0 else ()
+        tags += ("outdoor",) if i % 2 == 0 else ()
+        out.append(ReportRow(
+            path=str(path), score=float(s),
+            pair_scores={p: float(np.clip(s + 0.01 * k, 0, 1)) for k, p in enumerate(PAIR_NAMES)},
+            groups={"split": ("train" if i < 15 else "val",), "tags": tags or ("(none)",)},
+        ))
+    out.append(ReportRow(path=str(tmp_path / "gone.jpg"), score=None, error="cannot open"))
+    return out
+
+
+def test_histogram_counts_match_the_data(rows):
+    bins = 10
+    page = render_report(rows, ReportConfig(bins=bins))
+    table = section(page, 'id="histogram-counts"', "</table>")
+    counts = [int(c) for c in re.findall(r'class="count">(\d+)<', table)]
+    expected = [0] * bins
+    for r in rows:
+        if r.score is not None:
+            expected[min(int(math.floor(r.score * bins)), bins - 1)] += 1
+    assert counts == expected
+    assert sum(counts) == 22  # the failed row is not in the histogram
+
+
+@pytest.mark.parametrize("n", [1, 5, 30])
+def test_worst_and_best_grids_list_the_extremes_in_order(rows, n):
+    page = render_report(rows, ReportConfig(n=n))
+    ok = [r for r in rows if r.score is not None]
+    by_score = sorted(ok, key=lambda r: (r.score, r.path))
+    worst = [html.unescape(p) for p in re.findall(r'data-path="([^"]+)"',
+                                                  section(page, 'id="worst"', 'id="best"'))]
+    assert worst == [r.path for r in by_score[:n]]
+    best_html = section(page, 'id="best"', "<h2")
+    best = [html.unescape(p) for p in re.findall(r'data-path="([^"]+)"', best_html)]
+    assert best == [r.path for r in sorted(ok, key=lambda r: (-r.score, r.path))[:n]]
+    # every tile shows its score and its 7 pair scores
+    first = by_score[0]
+    tile = section(page, f'data-path="{html.escape(first.path)}"', "</figure>")
+    assert f"<b>{first.score:.3f}</b>" in tile
+    for pair, value in first.pair_scores.items():
+        assert f"{pair}</td><td>{value:.3f}</td>" in tile
+    assert tile.count("data:image/jpeg;base64,") == 1
+
+
+def test_breakdown_groups_match(rows):
+    threshold = 0.4
+    page = render_report(rows, ReportConfig(threshold=threshold))
+    for key in ("split", "tags"):
+        table = section(page, f'class="breakdown" data-key="{key}"', "</table>")
+        shown = {
+            html.unescape(value): (int(count), float(mean), int(flagged))
+            for value, count, mean, flagged in re.findall(
+                r'data-value="([^"]+)">.*?class="count">(\d+)</td><td>([\d.]+)</td>'
+                r"<td>[\d.]+</td><td>[\d.]+</td><td>(\d+)</td>", table)
+        }
+        expected = {}
+        for r in rows:
+            if r.score is None:
+                continue
+            for value in r.groups[key]:
+                expected.setdefault(value, []).append(r.score)
+        assert set(shown) == set(expected)
+        for value, scores in expected.items():
+            count, mean, flagged = shown[value]
+            assert count == len(scores)
+            assert mean == pytest.approx(np.mean(scores), abs=5e-4)
+            assert flagged == sum(s < threshold for s in scores)
+        means = [m for _, m, _ in shown.values()]
+        assert means == sorted(means)  # worst group first
+    assert 'id="fig-group-split"' in page and 'id="fig-group-tags"' in page
+
+
+def test_flag_counts_and_failures(rows):
+    threshold = 0.3
+    page = render_report(rows, ReportConfig(threshold=threshold))
+    table = section(page, 'id="flag-counts"', "</table>")
+    counts = {k: int(v) for k, v in re.findall(r'data-key="([^"]+)">.*?<td>(\d+)</td>', table)}
+    ok = [r for r in rows if r.score is not None]
+    assert counts["images"] == 23 and counts["scored"] == 22 and counts["failed"] == 1
+    assert counts["flagged"] == sum(r.score < threshold for r in ok)
+    for pair in PAIR_NAMES:
+        assert counts[f"low_{pair}"] == sum(r.pair_scores[pair] < threshold for r in ok)
+    failed = section(page, 'id="failed"', "</table>")
+    assert "gone.jpg" in failed and "cannot open" in failed
+
+
+def test_report_is_self_contained(rows, tmp_path):
+    path = write_report(rows, tmp_path / "out" / "report.html")
+    page = path.read_text(encoding="utf-8")
+    assert "<script" not in page and "<link" not in page and "url(" not in page
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert sources and all(s.startswith(("data:image/png;base64,", "data:image/jpeg;base64,"))
+                           for s in sources)
+    assert not re.search(r'(src|href)="(https?:|//|file:)', page)
+    # 3 figures (histogram, pairs, ...) + 2 breakdown figures + 12 worst + 12 best thumbnails
+    assert page.count("data:image/png;base64,") == 4
+    assert page.count("data:image/jpeg;base64,") == 24
+
+
+def test_empty_input_still_renders():
+    page = render_report([], ReportConfig())
+    assert 'id="fig-histogram"' in page and "Worst 0 images" in page
+
+
+def _write_scores_csv(path, rows):
+    columns = ["path", "score", *PAIR_NAMES, "width", "height", "error", "split"]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({"path": r.path, "score": "" if r.score is None else r.score,
+                             **r.pair_scores, "width": 48, "height": 40,
+                             "error": r.error or "", "split": ";".join(r.groups.get("split", ()))})
+
+
+def test_read_scores_csv_round_trip(rows, tmp_path):
+    csv_path = tmp_path / "scores.csv"
+    _write_scores_csv(csv_path, rows)
+    back = read_scores_csv(csv_path, group_by=["split"])
+    assert [r.path for r in back] == [r.path for r in rows]
+    assert [r.score for r in back] == [r.score for r in rows]
+    assert back[0].pair_scores == pytest.approx(rows[0].pair_scores)
+    assert back[-1].error == "cannot open" and back[-1].score is None
+    assert back[0].groups == {"split": ("train",)}
+    with pytest.raises(ValueError, match="missing column"):
+        read_scores_csv(csv_path, group_by=["label"])
+
+
+def test_cli_scores_then_reports(tiny_checkpoint, image_folder, tmp_path):
+    """`qualiclip score` writes the CSV, `qualiclip report` turns it into a page whose worst grid
+    is the CSV's lowest scores."""
+    from qualiclip.cli import main
+
+    runner = CliRunner()
+    scores_csv = tmp_path / "scores.csv"
+    result = runner.invoke(main, ["score", str(image_folder), "-o", str(scores_csv), "--weights",
+                                  str(tiny_checkpoint), "--device", "cpu", "--workers", "0",
+                                  "--precision", "fp32", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "report.html"
+    result = runner.invoke(main, ["report", str(scores_csv), "-o", str(out), "-n", "3",
+                                  "--threshold", "0.5"])
+    assert result.exit_code == 0, result.output
+    with scores_csv.open() as handle:
+        table = list(csv.DictReader(handle))
+    lowest = sorted(table, key=lambda r: (float(r["score"]), r["path"]))[:3]
+    page = out.read_text()
+    worst = [html.unescape(p) for p in re.findall(r'data-path="([^"]+)"',
+                                                  section(page, 'id="worst"', 'id="best"'))]
+    assert worst == [r["path"] for r in lowest]
+    assert "Scores per prompt pair" in page
+
+    usage = runner.invoke(main, ["report", "-o", str(out)])
+    assert usage.exit_code != 0 and "either SCORES_CSV or --dataset" in usage.output

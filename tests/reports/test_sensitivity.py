@@ -1,0 +1,86 @@
+"""Sensitivity curves: the table's shape and values, a curve that must fall, the CLI outputs."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from tests.reports.conftest import smooth_image
+from training.distortions import DISTORTIONS
+from training.sensitivity import SensitivityConfig, sensitivity_curves
+
+
+def _uint8_images(n: int, size: int = 96) -> list[torch.Tensor]:
+    return [(smooth_image(200 + i, size)[0] * 255).round().byte() for i in range(n)]
+
+
+def test_noise_curve_falls_for_a_model_that_sees_noise(probe_model):
+    """With prompts that separate clean from noisy images, the three additive noise types must
+    give falling curves: levels applied in order, scores averaged per level."""
+    images = _uint8_images(3)
+    noise_types = ("white_noise", "white_noise_ycbcr", "multiplicative_noise")
+    points = sensitivity_curves(probe_model, images, SensitivityConfig(crop=64, types=noise_types))
+    assert [(p.type, p.level) for p in points] == [(t, lv) for t in noise_types
+                                                   for lv in range(1, 6)]
+    white = [p for p in points if p.type == "white_noise"]
+    curve = [white[0].pristine_score] + [p.mean_score for p in white]
+    assert curve[-1] < curve[0] - 0.05
+    assert all(b <= a + 1e-3 for a, b in zip(curve, curve[1:], strict=False)), curve
+    assert white[0].srcc < -0.8
+    # Independent check of one point: level 5 of white noise by hand, same seeds as the curves.
+    from training.evaluation import center_crop
+    from training.ladders import apply_ladder, single_ladder
+
+    by_hand = []
+    for i, image in enumerate(images):
+        x = center_crop(image, 64).float().div(255)[None]
+        ladder = single_ladder("white_noise", seed=i * 101, sign=1 if i % 2 == 0 else -1)
+        by_hand.append(float(probe_model(apply_ladder(x, ladder, 5)[4, 0][None])[0]))
+    assert white[-1].mean_score == pytest.approx(np.mean(by_hand), abs=1e-5)
+    assert white[-1].std_score == pytest.approx(np.std(by_hand), abs=1e-5)
+
+
+def test_cli_writes_24_types_by_5_levels(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(_uint8_images(3, size=72)):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"p{i}.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+
+    from qualiclip.cli import main
+
+    result = CliRunner().invoke(main, [
+        "sensitivity", str(folder), "--weights", str(tiny_checkpoint), "--device", "cpu",
+        "--crop", "64", "--sample", "10", "-o", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    with (out / "sensitivity.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 24 * 5
+    assert {(r["type"], int(r["level"])) for r in rows} == {(t, lv) for t in DISTORTIONS
+                                                             for lv in range(1, 6)}
+    for r in rows:
+        assert r["weights"] == tiny_checkpoint.name
+        assert r["group"] == DISTORTIONS[r["type"]].group
+        assert int(r["n_images"]) == 3  # the broken file was skipped
+        assert 0 <= float(r["mean_score"]) <= 1 and 0 <= float(r["pristine_score"]) <= 1
+        assert 0 <= float(r["std_score"]) <= 0.5
+        assert -1 <= float(r["srcc"]) <= 1
+        d = DISTORTIONS[r["type"]]
+        assert float(r["value"]) == pytest.approx(abs(d.values[int(r["level"]) - 1])
+                                                  if not d.signed else
+                                                  max(abs(v) for v in d.values)
+                                                  * int(r["level"]) / 5)
+    assert len({r["pristine_score"] for r in rows}) == 1  # one pristine mean for every type
+    # a degradation changes the scores: not every curve is flat at the pristine score
+    assert any(abs(float(r["mean_score"]) - float(r["pristine_score"])) > 1e-4 for r in rows)
+    png = Image.open(out / "sensitivity.png")
+    assert png.format == "PNG" and png.size[0] > 800 and png.size[1] > 600
+    pixels = np.asarray(png.convert("L"))
+    assert (pixels < 128).mean() > 0.01  # curves and axes were drawn

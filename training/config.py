@@ -1,0 +1,207 @@
+"""``TrainConfig``: every training option, its default and why, in one dataclass.
+
+The CLI (:mod:`training.cli`) builds its options from these fields (name, type, default and the
+``help`` metadata), so the two can never disagree. Defaults marked "by experiment" were picked
+with the runs recorded in README.md (training section).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+INIT_CHOICES = ("qualiclip", "openai", "random")
+PROMPT_CHOICES = ("all", "good_photo")
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+
+
+def _opt(help_text: str, **extra: Any) -> Any:
+    return {"help": help_text, **extra}
+
+
+@dataclass
+class TrainConfig:
+    """Self-supervised QualiCLIP training. See each field's ``help`` metadata."""
+
+    pristine_dir: str = field(default="", metadata=_opt(
+        "Folder of good-quality images (searched recursively; jpg, png, webp, tiff, bmp, ...)."))
+    output_dir: str = field(default="", metadata=_opt(
+        "Where checkpoints, metrics.csv, eval.json and training_curves.png go."))
+    init: str = field(default="qualiclip", metadata=_opt(
+        "Starting weights: 'qualiclip' (official release, fine-tune; CC BY-NC 4.0), 'openai' "
+        "(OpenAI CLIP RN50 via open_clip download, the paper's setting), 'random' (needs "
+        "--arch), or a path to a checkpoint in either format."))
+    arch: str | None = field(default=None, metadata=_opt(
+        "Architecture for --init random: an open_clip ResNet model name (RN50, ...), a "
+        "registered config (tiny-test-rn) or a JSON model-config file."))
+    steps: int | None = field(default=None, metadata=_opt(
+        "Optimizer steps to train (default 2000 unless --epochs is given)."))
+    epochs: float | None = field(default=None, metadata=_opt(
+        "Train for this many passes over the training images instead of --steps."))
+    batch_size: int = field(default=8, metadata=_opt(
+        "Pristine images per micro-batch per process; each gives 2 crops x --levels images."))
+    accum_steps: int = field(default=1, metadata=_opt(
+        "Micro-batches accumulated per optimizer step (effective batch = batch x accum x GPUs)."))
+    lr: float | None = field(default=None, metadata=_opt(
+        "Peak learning rate (AdamW). Default: 5e-6 when starting from pretrained weights "
+        "(CLIP fine-tuning wants 1e-6..1e-5), 1e-3 for --init random."))
+    weight_decay: float = field(default=0.01, metadata=_opt("AdamW weight decay."))
+    warmup_steps: int | None = field(default=None, metadata=_opt(
+        "Linear warmup steps (default 5% of the steps)."))
+    min_lr_ratio: float = field(default=0.1, metadata=_opt(
+        "Cosine schedule ends at this fraction of the peak learning rate."))
+    levels: int = field(default=5, metadata=_opt(
+        "Degradation levels L per ladder (5 = the published KADID levels)."))
+    crop_size: int = field(default=224, metadata=_opt(
+        "Side of the two square crops (224 = CLIP RN50's training size)."))
+    max_distortions: int = field(default=4, metadata=_opt(
+        "Each image gets 1..N distortions from distinct groups (ARNIQA's rule: 4)."))
+    margin: float = field(default=0.01, metadata=_opt(
+        "Margin m of L_pos and L_neg on cosine similarities (by experiment)."))
+    consistency_weight: float = field(default=1.0, metadata=_opt(
+        "lambda: weight of the crop-consistency loss L_cons (by experiment)."))
+    consistency_tolerance: float = field(default=0.0, metadata=_opt(
+        "Similarity gap between the two crops tolerated before L_cons applies."))
+    adjacent_only: bool = field(default=False, metadata=_opt(
+        "Rank only adjacent levels (l, l+1) instead of all pairs i < j (by experiment)."))
+    prompts: str = field(default="all", metadata=_opt(
+        "Prompt pairs the losses use: 'all' 7 pairs or only 'good_photo' (by experiment)."))
+    train_bn: bool = field(default=False, metadata=_opt(
+        "Update BatchNorm statistics (default: frozen, as small batches make them noisy)."))
+    val_images: int = field(default=16, metadata=_opt(
+        "Pristine images held out (never trained on) for the degradation-ranking evaluation."))
+    eval_every: int = field(default=500, metadata=_opt(
+        "Evaluate on the held-out ladders every N steps (0: only before and after)."))
+    checkpoint_every: int = field(default=500, metadata=_opt(
+        "Write the resumable state and the checkpoint every N steps (atomically)."))
+    log_every: int = field(default=20, metadata=_opt("One log line every N steps."))
+    device: str = field(default="auto", metadata=_opt(
+        "'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ... (torchrun sets the GPU)."))
+    amp: str = field(default="auto", metadata=_opt(
+        "Mixed precision on CUDA: auto (bf16 if supported, else fp16), bf16, fp16, off."))
+    workers: int = field(default=4, metadata=_opt("Data-loading worker processes."))
+    seed: int = field(default=0, metadata=_opt(
+        "Seed of crops, ladders, held-out split and random init: same seed, same run."))
+    resume: bool = field(default=False, metadata=_opt(
+        "Continue from OUTPUT_DIR/train_state.pt exactly where the last run stopped."))
+    stop_after: int | None = field(default=None, metadata=_opt(
+        "Stop cleanly after N steps in this invocation (for time-limited job slots; --resume "
+        "continues)."))
+    export_official: bool = field(default=False, metadata=_opt(
+        "Also write the authors' flat format (qualiclip-finetuned-official.pth)."))
+    tensorboard: bool = field(default=False, metadata=_opt(
+        "Also log to TensorBoard in OUTPUT_DIR/tb (needs the tensorboard package)."))
+    progress: bool = field(default=True, metadata=_opt("Show a progress bar."))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    # Derived values: the dataclass keeps what the user asked for, these resolve the defaults.
+    def peak_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 1e-3 if self.init == "random" else 5e-6
+
+
+class ConfigError(ValueError):
+    """A bad option; the message says which and what is allowed."""
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                    ".pgm", ".pbm", ".jp2", ".j2k", ".jfif", ".heic", ".heif", ".avif")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check every option before any work starts.
+
+    Raises:
+        ConfigError: with a message naming the option.
+    """
+    def positive(name: str, value: float | None, allow_none: bool = False) -> None:
+        if value is None and allow_none:
+            return
+        if value is None or value <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+
+    for name in ("batch_size", "accum_steps", "crop_size", "max_distortions", "log_every"):
+        positive(name, getattr(cfg, name))
+    for name in ("steps", "epochs", "lr", "stop_after"):
+        positive(name, getattr(cfg, name), allow_none=True)
+    if cfg.steps is not None and cfg.epochs is not None:
+        raise ConfigError("give either --steps or --epochs, not both")
+    if cfg.levels < 2:
+        raise ConfigError(f"--levels must be >= 2 (a ranking needs two levels), got {cfg.levels}")
+    if cfg.crop_size < 32:
+        raise ConfigError(f"--crop-size must be >= 32 (the ResNet downsamples by 32), "
+                          f"got {cfg.crop_size}")
+    for name in ("margin", "consistency_weight", "consistency_tolerance", "weight_decay",
+                 "eval_every", "checkpoint_every", "val_images", "workers"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.warmup_steps is not None and cfg.warmup_steps < 0:
+        raise ConfigError(f"--warmup-steps must be >= 0, got {cfg.warmup_steps}")
+    if not 0 <= cfg.min_lr_ratio <= 1:
+        raise ConfigError(f"--min-lr-ratio must be in [0, 1], got {cfg.min_lr_ratio}")
+    if cfg.prompts not in PROMPT_CHOICES:
+        raise ConfigError(f"--prompts must be one of {PROMPT_CHOICES}, got {cfg.prompts!r}")
+    if cfg.amp not in AMP_CHOICES:
+        raise ConfigError(f"--amp must be one of {AMP_CHOICES}, got {cfg.amp!r}")
+    if cfg.init not in INIT_CHOICES and not Path(cfg.init).expanduser().is_file():
+        raise ConfigError(f"--init must be one of {INIT_CHOICES} or an existing checkpoint "
+                          f"file; {cfg.init!r} is neither")
+    if cfg.init == "random" and not cfg.arch:
+        raise ConfigError("--init random needs --arch (e.g. RN50, tiny-test-rn or a JSON file)")
+    if cfg.arch and cfg.init != "random":
+        raise ConfigError("--arch only applies to --init random (other inits carry their own "
+                          "architecture)")
+    if cfg.arch:
+        from qualiclip.architecture import resolve_model_config
+
+        try:
+            resolve_model_config(cfg.arch)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"--arch: {exc}") from exc
+    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {cfg.device!r}")
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine")
+    _check_pristine(cfg.pristine_dir)
+    _check_output(cfg.output_dir, cfg.resume)
+    if cfg.tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("--tensorboard needs the tensorboard package: pip install "
+                              "tensorboard")
+
+
+def _check_pristine(folder: str) -> None:
+    if not folder:
+        raise ConfigError("--pristine-dir is required")
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"--pristine-dir {folder}: no such folder")
+    if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.rglob("*") if p.is_file()):
+        raise ConfigError(f"--pristine-dir {folder}: no images found (looked recursively for "
+                          f"{', '.join(IMAGE_EXTENSIONS)})")
+
+
+def _check_output(folder: str, resume: bool) -> None:
+    if not folder:
+        raise ConfigError("--output-dir is required")
+    path = Path(folder).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"--output-dir {folder} is not writable: {exc}") from exc
+    if resume and not (path / "train_state.pt").is_file():
+        raise ConfigError(f"--resume: {path / 'train_state.pt'} not found; nothing to resume")

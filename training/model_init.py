@@ -1,0 +1,115 @@
+"""Starting weights for training and the trainable scoring model built from them.
+
+The image tower is wrapped in the library's :class:`~qualiclip.model.QualiCLIP`, so training
+scores images through exactly the pooling the inference uses (attention pool without positional
+embedding). The text tower is only used once, to compute the prompt embeddings; it is then
+dropped from memory (its weights are kept for the output checkpoint).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qualiclip.architecture import (build_clip, build_visual, compute_prompt_features,
+                                    resolve_model_config)
+from qualiclip.checkpoint import read_checkpoint
+from qualiclip.model import QualiCLIP
+from qualiclip.prompts import PAIR_NAMES, PROMPT_PAIRS, flat_prompts
+from qualiclip.weights import OFFICIAL, resolve_weights
+
+_NC_LICENSE = (f"{OFFICIAL.license} ({OFFICIAL.license_url}), inherited from the official "
+               "QualiCLIP weights")
+
+
+@dataclass
+class InitialModel:
+    """Everything training starts from.
+
+    Attributes:
+        state_dict: open_clip CLIP keys (``visual.*`` always, text tower when the source has it).
+        prompt_features: ``(2 P, D)`` L2-normalised, pos/neg interleaved; fixed during training.
+    """
+
+    model_config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    prompt_pairs: tuple[tuple[str, str], ...]
+    prompt_features: torch.Tensor
+    source: str
+    license: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _from_clip(clip: nn.Module, config: dict[str, Any], source: str,
+               license: str | None = None) -> InitialModel:
+    features = compute_prompt_features(clip.eval(), flat_prompts(PROMPT_PAIRS))
+    return InitialModel(config, clip.state_dict(), PROMPT_PAIRS, features, source, license)
+
+
+def initial_model(init: str, arch: str | None = None, seed: int = 0) -> InitialModel:
+    """Resolve ``--init``: ``"qualiclip"``, ``"openai"``, ``"random"`` (with ``arch``) or a path.
+
+    ``"random"`` seeds torch's global generator with ``seed`` before building (the one place
+    training touches global RNG state, so a random init is reproducible).
+    """
+    if init == "random":
+        config = resolve_model_config(arch or "RN50")
+        torch.manual_seed(seed)
+        return _from_clip(build_clip(config), config, f"random init ({arch})")
+    if init == "openai":
+        import open_clip
+
+        clip = open_clip.create_model("RN50-quickgelu", pretrained="openai")
+        return _from_clip(clip, resolve_model_config("RN50"), "OpenAI CLIP RN50",
+                          license="MIT (OpenAI CLIP weights)")
+    path, name = resolve_weights(init)
+    ck = read_checkpoint(path)
+    license = _NC_LICENSE if (init == "qualiclip" or ck.format == "official") else None
+    if ck.metadata.get("license"):
+        license = ck.metadata["license"]
+    features = ck.prompt_features
+    if features is None:
+        clip = build_clip(ck.model_config)
+        clip.load_state_dict(ck.state_dict, strict=False)
+        features = compute_prompt_features(clip.eval(), flat_prompts(ck.prompt_pairs))
+    return InitialModel(ck.model_config, dict(ck.state_dict), tuple(ck.prompt_pairs),
+                        F.normalize(features.float(), dim=-1), f"{name}", license)
+
+
+def trainable_model(initial: InitialModel) -> QualiCLIP:
+    """A :class:`QualiCLIP` whose visual tower holds the initial weights and requires grad."""
+    visual = build_visual(initial.model_config)
+    state = {k[len("visual."):]: v for k, v in initial.state_dict.items()
+             if k.startswith("visual.")}
+    visual.load_state_dict(state)
+    pairs = tuple(initial.prompt_pairs)
+    names = PAIR_NAMES if pairs == PROMPT_PAIRS else tuple(f"pair{i}" for i in range(len(pairs)))
+    model = QualiCLIP(visual, initial.prompt_features, pair_names=names, prompt_pairs=pairs)
+    model.visual.requires_grad_(True)
+    return model
+
+
+class PromptSimilarity(nn.Module):
+    """``(N, 3, H, W)`` in [0, 1] -> ``(N, 2 P)`` cosine similarities to the prompts (pos, neg
+    interleaved). A module of its own so DistributedDataParallel sees one forward."""
+
+    def __init__(self, model: QualiCLIP) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = F.normalize(self.model.image_features(x).float(), dim=-1)
+        return e @ self.model.prompt_features.t()
+
+
+def set_train_mode(model: nn.Module, train_bn: bool) -> None:
+    """Training mode, but BatchNorm layers keep their running statistics unless ``train_bn``."""
+    model.train()
+    if not train_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()

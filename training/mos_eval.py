@@ -1,0 +1,109 @@
+"""Agreement of a model with human opinion scores: SRCC, PLCC and KRCC against a (path, mos) CSV.
+
+Works with any weights :func:`qualiclip.load_model` accepts (official or fine-tuned). Images are
+scored one at a time at their native resolution, the official scoring contract.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from pathlib import Path
+
+import torch
+
+_PATH_COLUMNS = ("path", "image", "file", "filename", "image_name", "img")
+_MOS_COLUMNS = ("mos", "score", "dmos", "quality", "label")
+
+
+def read_mos_csv(csv_path: str | Path, root: str | Path | None = None) -> list[tuple[Path, float]]:
+    """Rows of ``(image path, mos)``. The header, if any, may name the columns (``path``/
+    ``image``/``file`` and ``mos``/``score``); otherwise the first two columns are used.
+    Relative paths are resolved against ``root`` (default: the CSV's folder).
+
+    Raises:
+        ValueError: empty file, or a MOS that is not a number.
+    """
+    csv_path = Path(csv_path)
+    base = Path(root) if root is not None else csv_path.parent
+    with csv_path.open(newline="") as handle:
+        rows = [r for r in csv.reader(handle) if r and any(c.strip() for c in r)]
+    if not rows:
+        raise ValueError(f"{csv_path} is empty")
+    p_col, m_col = 0, 1
+    header = [c.strip().lower() for c in rows[0]]
+    if not _is_number(rows[0][1] if len(rows[0]) > 1 else ""):
+        p_col = next((header.index(c) for c in _PATH_COLUMNS if c in header), 0)
+        m_col = next((header.index(c) for c in _MOS_COLUMNS if c in header), 1)
+        rows = rows[1:]
+    out = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            mos = float(row[m_col])
+        except (ValueError, IndexError) as exc:
+            raise ValueError(f"{csv_path}:{line}: MOS {row[m_col:m_col + 1]} is not a number") \
+                from exc
+        path = Path(row[p_col].strip()).expanduser()
+        out.append((path if path.is_absolute() else base / path, mos))
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+@torch.no_grad()
+def score_files(model: torch.nn.Module, paths: list[Path]) -> list[float | None]:
+    """Score each image at native resolution; ``None`` for unreadable files (one warning)."""
+    from training.data import load_rgb
+
+    device = next(model.parameters()).device
+    scores: list[float | None] = []
+    failed = []
+    for path in paths:
+        try:
+            image = load_rgb(path)
+        except Exception:  # unreadable, missing or foreign files: skip and count
+            failed.append(path)
+            scores.append(None)
+            continue
+        scores.append(float(model(image[None].to(device).float().div(255))[0]))
+    if failed:
+        warnings.warn(f"skipped {len(failed)} unreadable image(s) (e.g. {failed[0]})",
+                      stacklevel=2)
+    return scores
+
+
+def correlations(predicted: list[float], mos: list[float]) -> dict[str, float]:
+    """``{"srcc", "plcc", "krcc", "n"}``: Spearman, Pearson and Kendall correlations.
+
+    PLCC is computed after the customary 4-parameter logistic mapping of the predictions onto
+    the MOS scale (VQEG); when that fit fails it falls back to the linear PLCC.
+    """
+    import numpy as np
+    from scipy import optimize, stats
+
+    if len(predicted) < 3:
+        raise ValueError(f"need at least 3 scored images to correlate, got {len(predicted)}")
+    x, y = np.asarray(predicted, dtype=float), np.asarray(mos, dtype=float)
+    srcc = float(stats.spearmanr(x, y).statistic)
+    krcc = float(stats.kendalltau(x, y).statistic)
+    linear = float(stats.pearsonr(x, y).statistic)
+
+    def logistic(v: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
+        return (b1 - b2) / (1 + np.exp(-(v - b3) / abs(b4))) + b2
+
+    try:
+        p0 = [y.max(), y.min(), float(np.mean(x)), float(np.std(x)) or 1.0]
+        params, _ = optimize.curve_fit(logistic, x, y, p0=p0, maxfev=20000)
+        plcc = float(stats.pearsonr(logistic(x, *params), y).statistic)
+        if math.isnan(plcc):
+            plcc = linear
+    except (RuntimeError, ValueError, optimize.OptimizeWarning):
+        plcc = linear
+    return {"srcc": srcc, "plcc": plcc, "plcc_linear": linear, "krcc": krcc, "n": len(x)}
