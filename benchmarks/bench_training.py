@@ -17,6 +17,7 @@ crops, as a fraction of the whole step. Prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import subprocess
 import tempfile
@@ -53,7 +54,7 @@ def sync(device: torch.device) -> None:
 
 
 def bench(arch: str, crop: int, batch: int, steps: int, warmup: int, device: torch.device,
-          workers: int, levels: int = 5) -> dict:
+          workers: int, degrade_on: str = "device", levels: int = 5) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(Path(tmp), 64, max(crop + crop // 2, 96))
         model = trainable_model(initial_model("random", arch, seed=0)).to(device)
@@ -62,7 +63,9 @@ def bench(arch: str, crop: int, batch: int, steps: int, warmup: int, device: tor
         opt = torch.optim.AdamW(model.visual.parameters(), lr=1e-4)
         amp = torch.bfloat16 if device.type == "cuda" else None
         sampler = StepBatchSampler(len(paths), batch, seed=0, start=0, stop=warmup + steps)
-        loader = DataLoader(PristineCrops(paths, crop), batch_sampler=sampler,
+        in_workers = degrade_on == "workers"
+        dataset = PristineCrops(paths, crop, levels=levels if in_workers else None)
+        loader = DataLoader(dataset, batch_sampler=sampler,
                             num_workers=workers, pin_memory=device.type == "cuda",
                             persistent_workers=False)
         data_t = compute_t = 0.0
@@ -71,9 +74,12 @@ def bench(arch: str, crop: int, batch: int, steps: int, warmup: int, device: tor
         for step in range(warmup + steps):
             t0 = time.perf_counter()
             b = next(it)
-            crops = b["crops"].to(device, non_blocking=True).float().div_(255)
-            with torch.no_grad():
-                degraded = degrade_batch(crops, b["ladder_seed"], levels, 4)
+            if in_workers:
+                degraded = b["degraded"].to(device, non_blocking=True).float().div_(255)
+            else:
+                crops = b["crops"].to(device, non_blocking=True).float().div_(255)
+                with torch.no_grad():
+                    degraded = degrade_batch(crops, b["ladder_seed"], levels, 4)
             sync(device)
             t1 = time.perf_counter()
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
@@ -91,6 +97,7 @@ def bench(arch: str, crop: int, batch: int, steps: int, warmup: int, device: tor
                 n_images += degraded.shape[0] * 2 * levels
         total = data_t + compute_t
         return {"arch": arch, "crop": crop, "batch": batch, "device": str(device),
+                "degrade_on": f"{degrade_on} ({workers} workers)",
                 "images_per_s": n_images / total, "pristine_per_s": n_images / total / 2 / levels,
                 "step_ms": 1000 * total / steps, "data_share": data_t / total,
                 "model_only_images_per_s": n_images / compute_t}
@@ -122,20 +129,22 @@ def main() -> None:
     if device.type == "cpu":
         steps = args.steps or 10
         workers = 1 if args.workers is None else args.workers
-        rows.append(bench("tiny-test-rn", 64, 8, steps, 2, device, workers))
-        rows.append(bench("tiny-test-rn", 224, 4, max(3, steps // 2), 1, device, workers))
+        rows.append(bench("tiny-test-rn", 64, 8, steps, 2, device, workers, "device"))
+        rows.append(bench("tiny-test-rn", 64, 8, steps, 2, device, workers, "workers"))
+        rows.append(bench("tiny-test-rn", 224, 4, max(3, steps // 2), 1, device, workers,
+                          "workers"))
     else:
         steps = args.steps or 20
-        workers = 8 if args.workers is None else args.workers
-        rows.append(bench("tiny-test-rn", 224, 16, steps, 3, device, workers))
-        rows.append(bench("RN50", 224, 16, steps, 5, device, workers))
-        rows.append(bench("RN50", 224, 32, steps, 3, device, workers))
+        workers = min(14, os.cpu_count() or 1) if args.workers is None else args.workers
+        rows.append(bench("RN50", 224, 16, max(5, steps // 4), 2, device, workers, "device"))
+        rows.append(bench("RN50", 224, 16, steps, 5, device, workers, "workers"))
+        rows.append(bench("RN50", 224, 32, steps, 3, device, workers, "workers"))
     print(f"\nMachine: {machine(device)}\n")
-    print("| model | crop | batch (pristine) | device | images/s | pristine/s | step ms "
-          "| data share | images/s model only |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | crop | batch (pristine) | device | degradation | images/s | pristine/s "
+          "| step ms | data share | images/s model only |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['arch']} | {r['crop']} | {r['batch']} | {r['device']} | "
+        print(f"| {r['arch']} | {r['crop']} | {r['batch']} | {r['device']} | {r['degrade_on']} | "
               f"{r['images_per_s']:.1f} | {r['pristine_per_s']:.1f} | {r['step_ms']:.0f} | "
               f"{100 * r['data_share']:.0f}% | {r['model_only_images_per_s']:.1f} |")
 

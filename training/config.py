@@ -16,6 +16,7 @@ from typing import Any
 INIT_CHOICES = ("qualiclip", "openai", "random")
 PROMPT_CHOICES = ("all", "good_photo")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+DEGRADE_CHOICES = ("auto", "workers", "device")
 
 
 def _opt(help_text: str, **extra: Any) -> Any:
@@ -59,9 +60,9 @@ class TrainConfig:
         "Side of the two square crops (224 = CLIP RN50's training size)."))
     max_distortions: int = field(default=4, metadata=_opt(
         "Each image gets 1..N distortions from distinct groups (ARNIQA's rule: 4)."))
-    margin: float = field(default=0.01, metadata=_opt(
+    margin: float = field(default=0.05, metadata=_opt(
         "Margin m of L_pos and L_neg on cosine similarities (by experiment)."))
-    consistency_weight: float = field(default=1.0, metadata=_opt(
+    consistency_weight: float = field(default=0.1, metadata=_opt(
         "lambda: weight of the crop-consistency loss L_cons (by experiment)."))
     consistency_tolerance: float = field(default=0.0, metadata=_opt(
         "Similarity gap between the two crops tolerated before L_cons applies."))
@@ -83,6 +84,10 @@ class TrainConfig:
     amp: str = field(default="auto", metadata=_opt(
         "Mixed precision on CUDA: auto (bf16 if supported, else fp16), bf16, fp16, off."))
     workers: int = field(default=4, metadata=_opt("Data-loading worker processes."))
+    degrade_on: str = field(default="auto", metadata=_opt(
+        "Where crops are degraded: 'workers' (CPU, in parallel in the data loaders), 'device' "
+        "(the training device, in the main process) or 'auto' (workers when --workers > 0). "
+        "The result is the same either way up to codec differences on the GPU."))
     seed: int = field(default=0, metadata=_opt(
         "Seed of crops, ladders, held-out split and random init: same seed, same run."))
     resume: bool = field(default=False, metadata=_opt(
@@ -147,6 +152,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--min-lr-ratio must be in [0, 1], got {cfg.min_lr_ratio}")
     if cfg.prompts not in PROMPT_CHOICES:
         raise ConfigError(f"--prompts must be one of {PROMPT_CHOICES}, got {cfg.prompts!r}")
+    if cfg.degrade_on not in DEGRADE_CHOICES:
+        raise ConfigError(f"--degrade-on must be one of {DEGRADE_CHOICES}, got "
+                          f"{cfg.degrade_on!r}")
     if cfg.amp not in AMP_CHOICES:
         raise ConfigError(f"--amp must be one of {AMP_CHOICES}, got {cfg.amp!r}")
     if cfg.init not in INIT_CHOICES and not Path(cfg.init).expanduser().is_file():

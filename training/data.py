@@ -3,8 +3,9 @@
 * :func:`find_images` lists a folder recursively (every common format), :func:`load_rgb` reads one
   image EXIF-aware; :func:`readable_images` drops unreadable files with one warning and a count.
 * :class:`PristineCrops` returns, for a ``(index, draw_seed)`` key, two overlapping crops of one
-  image (``(2, 3, C, C)`` uint8) and a ladder seed. Degradation happens later on the training
-  device (:mod:`training.ladders`), so the workers only decode and crop.
+  image (``(2, 3, C, C)`` uint8) and a ladder seed; with ``levels`` set, also the degraded ladder
+  ``(2, L, 3, C, C)`` uint8, computed in the worker. Otherwise the trainer degrades on the
+  training device (:mod:`training.ladders`).
 * :class:`StepBatchSampler` yields the keys of micro-batch ``k, k+1, ...`` for one process: the
   order is a pure function of ``(seed, k, rank)``, so a resumed run sees exactly the batches the
   killed run would have seen.
@@ -36,7 +37,8 @@ except ImportError:  # pragma: no cover - optional
 def find_images(folder: str | Path) -> list[Path]:
     """Image files under ``folder``, recursively, sorted (so the split is reproducible)."""
     root = Path(folder).expanduser()
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in root.rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def load_rgb(path: str | Path) -> torch.Tensor:
@@ -123,11 +125,15 @@ class PristineCrops(Dataset):
     late never stops a long run.
     """
 
-    def __init__(self, paths: list[Path], crop_size: int) -> None:
+    def __init__(self, paths: list[Path], crop_size: int, levels: int | None = None,
+                 max_distortions: int = 4) -> None:
         if not paths:
             raise ValueError("no readable training images")
         self.paths = list(paths)
         self.crop_size = crop_size
+        #: When set, the worker also degrades the crops (CPU) and the item holds "degraded".
+        self.levels = levels
+        self.max_distortions = max_distortions
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -146,7 +152,16 @@ class PristineCrops(Dataset):
             raise RuntimeError("none of the training images could be decoded")
         crops = overlapping_crops(fit_min_side(image, self.crop_size), self.crop_size, g)
         ladder_seed = int(torch.randint(0, 2**62, (1,), generator=g))
-        return {"crops": crops, "ladder_seed": torch.tensor(ladder_seed)}
+        item = {"crops": crops, "ladder_seed": torch.tensor(ladder_seed)}
+        if self.levels is not None:
+            from training.ladders import apply_ladder, sample_ladder
+
+            ladder = sample_ladder(torch.Generator().manual_seed(ladder_seed),
+                                   self.max_distortions)
+            degraded = apply_ladder(crops.float().div(255), ladder, self.levels)
+            # uint8 halves nothing in quality (the sources are 8-bit) but quarters the IPC.
+            item["degraded"] = degraded.transpose(0, 1).mul(255).round().to(torch.uint8)
+        return item
 
 
 class StepBatchSampler(Sampler):

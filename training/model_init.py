@@ -15,8 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qualiclip.architecture import (build_clip, build_visual, compute_prompt_features,
-                                    resolve_model_config)
+from qualiclip.architecture import (
+    build_clip,
+    build_visual,
+    compute_prompt_features,
+    resolve_model_config,
+)
 from qualiclip.checkpoint import read_checkpoint
 from qualiclip.model import QualiCLIP
 from qualiclip.prompts import PAIR_NAMES, PROMPT_PAIRS, flat_prompts
@@ -77,7 +81,7 @@ def initial_model(init: str, arch: str | None = None, seed: int = 0) -> InitialM
         clip.load_state_dict(ck.state_dict, strict=False)
         features = compute_prompt_features(clip.eval(), flat_prompts(ck.prompt_pairs))
     return InitialModel(ck.model_config, dict(ck.state_dict), tuple(ck.prompt_pairs),
-                        F.normalize(features.float(), dim=-1), f"{name}", license)
+                        features.float(), f"{name}", license)
 
 
 def trainable_model(initial: InitialModel) -> QualiCLIP:

@@ -75,7 +75,7 @@ def score_files(model: torch.nn.Module, paths: list[Path]) -> list[float | None]
         scores.append(float(model(image[None].to(device).float().div(255))[0]))
     if failed:
         warnings.warn(f"skipped {len(failed)} unreadable image(s) (e.g. {failed[0]})",
-                      stacklevel=2)
+                      stacklevel=3)
     return scores
 
 
@@ -100,10 +100,12 @@ def correlations(predicted: list[float], mos: list[float]) -> dict[str, float]:
 
     try:
         p0 = [y.max(), y.min(), float(np.mean(x)), float(np.std(x)) or 1.0]
-        params, _ = optimize.curve_fit(logistic, x, y, p0=p0, maxfev=20000)
+        with warnings.catch_warnings():  # an inexact covariance is irrelevant here
+            warnings.simplefilter("ignore", optimize.OptimizeWarning)
+            params, _ = optimize.curve_fit(logistic, x, y, p0=p0, maxfev=20000)
         plcc = float(stats.pearsonr(logistic(x, *params), y).statistic)
         if math.isnan(plcc):
             plcc = linear
-    except (RuntimeError, ValueError, optimize.OptimizeWarning):
+    except (RuntimeError, ValueError):
         plcc = linear
     return {"srcc": srcc, "plcc": plcc, "plcc_linear": linear, "krcc": krcc, "n": len(x)}

@@ -31,13 +31,18 @@ from torch.utils.data import DataLoader
 
 from qualiclip.checkpoint import atomic_torch_save, write_checkpoint, write_official_checkpoint
 from training.config import TrainConfig, validate
-from training.data import (PristineCrops, StepBatchSampler, find_images, load_rgb,
-                           readable_images, split_holdout)
+from training.data import (
+    PristineCrops,
+    StepBatchSampler,
+    find_images,
+    load_rgb,
+    readable_images,
+    split_holdout,
+)
 from training.evaluation import degradation_ranking, format_report
 from training.ladders import apply_ladder, sample_ladder
 from training.losses import qualiclip_loss
-from training.model_init import (PromptSimilarity, initial_model, set_train_mode,
-                                 trainable_model)
+from training.model_init import PromptSimilarity, initial_model, set_train_mode, trainable_model
 from training.schedule import lr_at
 
 log = logging.getLogger("training")
@@ -178,7 +183,11 @@ def train(cfg: TrainConfig) -> Path:
                                start=start_step * cfg.accum_steps,
                                stop=total_steps * cfg.accum_steps,
                                rank=dist.rank, world_size=dist.world_size)
-    loader = DataLoader(PristineCrops(train_paths, cfg.crop_size), batch_sampler=sampler,
+    in_workers = cfg.degrade_on == "workers" or (cfg.degrade_on == "auto" and cfg.workers > 0)
+    dataset = PristineCrops(train_paths, cfg.crop_size,
+                            levels=cfg.levels if in_workers else None,
+                            max_distortions=cfg.max_distortions)
+    loader = DataLoader(dataset, batch_sampler=sampler,
                         num_workers=cfg.workers, pin_memory=device.type == "cuda")
     batches = iter(loader)
     metrics_path = out / "metrics.csv"
@@ -202,10 +211,13 @@ def train(cfg: TrainConfig) -> Path:
             group["lr"] = lr
         for micro in range(cfg.accum_steps):
             batch = next(batches)
-            crops = batch["crops"].to(device, non_blocking=True).float().div_(255)
-            with torch.no_grad():
-                degraded = degrade_batch(crops, batch["ladder_seed"], cfg.levels,
-                                         cfg.max_distortions)
+            if "degraded" in batch:
+                degraded = batch["degraded"].to(device, non_blocking=True).float().div_(255)
+            else:
+                crops = batch["crops"].to(device, non_blocking=True).float().div_(255)
+                with torch.no_grad():
+                    degraded = degrade_batch(crops, batch["ladder_seed"], cfg.levels,
+                                             cfg.max_distortions)
             b, c = degraded.shape[0], degraded.shape[-1]
             sync = (micro == cfg.accum_steps - 1 or dist.world_size == 1)
             ctx = contextlib.nullcontext() if sync else ddp_scorer.no_sync()

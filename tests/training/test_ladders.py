@@ -7,8 +7,7 @@ import torch
 
 from tests.training.conftest import textured_image
 from training.distortions import DISTORTIONS
-from training.ladders import (apply_ladder, apply_level, ladder_value, sample_ladder,
-                              single_ladder)
+from training.ladders import apply_ladder, apply_level, ladder_value, sample_ladder, single_ladder
 
 
 def test_sample_ladder_distinct_groups_and_deterministic():

@@ -1,0 +1,127 @@
+"""``qualiclip-train`` through CliRunner: help, early errors, a smoke run, outputs, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from training.cli import main
+from training.config import TrainConfig
+
+TINY = ["--init", "random", "--arch", "tiny-test-rn", "--crop-size", "48", "--batch-size", "2",
+        "--workers", "0", "--val-images", "2", "--no-progress", "--log-every", "2"]
+
+
+def run(args: list[str]):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def test_help_lists_every_option_with_default():
+    result = run(["--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for f in dataclasses.fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in text, f.name
+    assert "[default: qualiclip]" in text and "[default: 224]" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pristine-dir", "{tmp}/missing"], "no such folder"),
+    (["--pristine-dir", "{tmp}/empty"], "no images found"),
+    (["--pristine-dir", "{pristine}", "--levels", "1"], "--levels"),
+    (["--pristine-dir", "{pristine}", "--batch-size", "0"], "--batch-size"),
+    (["--pristine-dir", "{pristine}", "--steps", "5", "--epochs", "1"], "not both"),
+    (["--pristine-dir", "{pristine}", "--init", "nonexistent.pth"], "--init"),
+    (["--pristine-dir", "{pristine}", "--init", "random"], "needs --arch"),
+    (["--pristine-dir", "{pristine}", "--init", "random", "--arch", "no-such-model"], "--arch"),
+    (["--pristine-dir", "{pristine}", "--resume"], "nothing to resume"),
+    (["--pristine-dir", "{pristine}", "--output-dir", "{tmp}/file.txt/out"], "not writable"),
+])
+def test_clear_errors_before_any_work(tmp_path, pristine_dir, args, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    filled = [a.format(tmp=tmp_path, pristine=pristine_dir) for a in args]
+    if "--output-dir" not in filled:
+        filled += ["--output-dir", str(tmp_path / "out")]
+    result = CliRunner().invoke(main, filled)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "out" / "train_state.pt").exists()
+
+
+def test_smoke_run_outputs_load_and_score(tmp_path, pristine_dir):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["--pristine-dir", str(pristine_dir), "--output-dir",
+                                       str(out), "--steps", "4", "--export-official",
+                                       "--checkpoint-every", "2", *TINY])
+    assert result.exit_code == 0, result.output
+    last = result.stdout.strip().splitlines()[-1]
+    assert last == str(out / "qualiclip-finetuned.pth")
+    for name in ("metrics.csv", "eval.json", "training_curves.png", "train_state.pt",
+                 "qualiclip-finetuned-official.pth"):
+        assert (out / name).is_file(), name
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss,l_pos,l_neg,l_cons,lr,images_per_s") and len(rows) == 3
+
+    from qualiclip import load_model
+    from qualiclip.checkpoint import read_checkpoint
+
+    ck = read_checkpoint(last)
+    assert ck.format == "qualiclip" and ck.training_config["steps"] == 4
+    assert ck.metadata["trained_steps"] == 4 and "srcc" in ck.metadata["eval_after"]
+    assert ck.prompt_features.shape == (14, 64) and "token_embedding.weight" in ck.state_dict
+    eval_json = json.loads((out / "eval.json").read_text())
+    assert set(eval_json["after"]["per_group"]) == {"blur", "color", "compression", "noise",
+                                                    "brightness", "spatial",
+                                                    "sharpness_contrast"}
+    model = load_model(last, device="cpu")
+    scores = model(torch.rand(2, 3, 70, 90))
+    assert scores.shape == (2,) and ((scores >= 0) & (scores <= 1)).all()
+    official = load_model(out / "qualiclip-finetuned-official.pth", device="cpu")
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.allclose(official(x), model(x), atol=1e-6)
+
+
+def test_fine_tune_from_checkpoint_changes_only_the_image_tower(tmp_path, pristine_dir,
+                                                                tiny_checkpoint):
+    out = tmp_path / "ft"
+    args = ["--pristine-dir", str(pristine_dir), "--output-dir", str(out), "--steps", "2",
+            "--init", str(tiny_checkpoint), "--lr", "1e-3", *TINY[4:]]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    from qualiclip.checkpoint import read_checkpoint
+
+    before = read_checkpoint(tiny_checkpoint)
+    after = read_checkpoint(out / "qualiclip-finetuned.pth")
+    assert torch.equal(before.prompt_features, after.prompt_features)
+    assert torch.equal(before.state_dict["token_embedding.weight"],
+                       after.state_dict["token_embedding.weight"])
+    assert not torch.equal(before.state_dict["visual.layer1.0.conv1.weight"],
+                           after.state_dict["visual.layer1.0.conv1.weight"])
+    # Frozen BatchNorm: running statistics untouched while the weights moved.
+    key = "visual.bn1.running_mean"
+    assert torch.equal(before.state_dict[key], after.state_dict[key])
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, pristine_dir):
+    common = ["--pristine-dir", str(pristine_dir), "--steps", "6", "--checkpoint-every", "3",
+              "--accum-steps", "2", *TINY]
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert run([*common, "--output-dir", str(full)]).exit_code == 0
+    first = run([*common, "--output-dir", str(split), "--stop-after", "3"])
+    assert first.exit_code == 0
+    state = torch.load(split / "train_state.pt", weights_only=True)
+    assert state["step"] == 3
+    assert run([*common, "--output-dir", str(split), "--resume"]).exit_code == 0
+    a = torch.load(full / "train_state.pt", weights_only=True)
+    b = torch.load(split / "train_state.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for key, value in a["visual"].items():
+        assert torch.equal(value, b["visual"][key]), key
+    rows_full = (full / "metrics.csv").read_text().splitlines()
+    rows_split = (split / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[:6] for r in rows_full] == [r.split(",")[:6] for r in rows_split]
