@@ -242,7 +242,8 @@ def train(cfg: TrainConfig) -> Path:
             bar.update(1)
 
         if done % cfg.log_every == 0 or done == last_step:
-            row = _log_row(window, window_steps, window_images, window_start, lr, done, dist)
+            row = _log_row(window, window_steps, window_images, window_start, lr, done, dist,
+                           device)
             if dist.main:
                 _append_metrics(metrics_path, row)
                 if writer is not None:
@@ -303,11 +304,11 @@ def _eval_row(result: dict) -> dict:
 
 
 def _log_row(window: dict, steps: int, images: int, start: float, lr: float, done: int,
-             dist: Dist) -> dict[str, float]:
+             dist: Dist, device: torch.device) -> dict[str, float]:
     values = torch.tensor([window[k] / max(1, steps) for k in ("loss", "l_pos", "l_neg",
                                                                 "l_cons")], dtype=torch.float64)
     if dist.world_size > 1:
-        values = values.to(torch.device("cuda") if torch.cuda.is_available() else "cpu")
+        values = values.to(device)  # NCCL reduces CUDA tensors only, gloo CPU ones
         torch.distributed.all_reduce(values)
         values = values.cpu() / dist.world_size
     elapsed = max(time.perf_counter() - start, 1e-9)

@@ -64,3 +64,14 @@ def write_scenes(folder: Path, count: int, seed: int = 0) -> Path:
     for i in range(count):
         scene_image(folder / f"scene_{i:03d}.png", size=(112 + 8 * (i % 3), 96), seed=seed + i)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread per process: on a small shared CI machine, OpenMP threads spinning
+    against other processes made these tests up to 100x slower; the data-loader worker gives
+    the parallelism instead. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
