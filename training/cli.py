@@ -8,6 +8,7 @@ final checkpoint; everything else goes to standard error.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from typing import Any
@@ -65,7 +66,8 @@ def main(**kwargs: Any) -> None:
     from training.trainer import train
 
     path = train(cfg)
-    click.echo(str(path))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0 only
+        click.echo(str(path))
 
 
 if __name__ == "__main__":  # pragma: no cover

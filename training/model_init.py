@@ -94,6 +94,9 @@ def trainable_model(initial: InitialModel) -> QualiCLIP:
     names = PAIR_NAMES if pairs == PROMPT_PAIRS else tuple(f"pair{i}" for i in range(len(pairs)))
     model = QualiCLIP(visual, initial.prompt_features, pair_names=names, prompt_pairs=pairs)
     model.visual.requires_grad_(True)
+    # The scoring pool skips the positional embedding, so it gets no gradient: freeze it (it
+    # stays as in the source checkpoint, and DDP would otherwise wait for its gradient).
+    model.visual.attnpool.positional_embedding.requires_grad_(False)
     return model
 
 

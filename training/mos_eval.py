@@ -60,19 +60,20 @@ def _is_number(text: str) -> bool:
 @torch.no_grad()
 def score_files(model: torch.nn.Module, paths: list[Path]) -> list[float | None]:
     """Score each image at native resolution; ``None`` for unreadable files (one warning)."""
-    from training.data import load_rgb
+    # The library's reader, so images are decoded exactly as `qualiclip score` decodes them.
+    from qualiclip.images import ImageReadError, load_image
 
     device = next(model.parameters()).device
     scores: list[float | None] = []
     failed = []
     for path in paths:
         try:
-            image = load_rgb(path)
-        except Exception:  # unreadable, missing or foreign files: skip and count
+            image = load_image(path).float_tensor()
+        except (ImageReadError, OSError):  # unreadable or missing: skip and count
             failed.append(path)
             scores.append(None)
             continue
-        scores.append(float(model(image[None].to(device).float().div(255))[0]))
+        scores.append(float(model(image[None].to(device))[0]))
     if failed:
         warnings.warn(f"skipped {len(failed)} unreadable image(s) (e.g. {failed[0]})",
                       stacklevel=3)

@@ -15,7 +15,6 @@ DistributedDataParallel, each process taking its own share of every step's micro
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import math
@@ -42,6 +41,7 @@ from training.data import (
 from training.evaluation import degradation_ranking, format_report
 from training.ladders import apply_ladder, sample_ladder
 from training.losses import qualiclip_loss
+from training.metrics import append_metrics, plot_curves, tensorboard_writer, truncate_metrics
 from training.model_init import PromptSimilarity, initial_model, set_train_mode, trainable_model
 from training.schedule import lr_at
 
@@ -50,7 +50,6 @@ log = logging.getLogger("training")
 CHECKPOINT_NAME = "qualiclip-finetuned.pth"
 OFFICIAL_NAME = "qualiclip-finetuned-official.pth"
 STATE_NAME = "train_state.pt"
-METRICS_FIELDS = ("step", "loss", "l_pos", "l_neg", "l_cons", "lr", "images_per_s")
 
 
 @dataclass
@@ -192,8 +191,8 @@ def train(cfg: TrainConfig) -> Path:
     batches = iter(loader)
     metrics_path = out / "metrics.csv"
     if dist.main:
-        _truncate_metrics(metrics_path, start_step)
-    writer = _tensorboard(out) if (cfg.tensorboard and dist.main) else None
+        truncate_metrics(metrics_path, start_step)
+    writer = tensorboard_writer(out) if (cfg.tensorboard and dist.main) else None
     last_step = total_steps if cfg.stop_after is None else min(total_steps,
                                                                start_step + cfg.stop_after)
     set_train_mode(model, train_bn)
@@ -241,11 +240,11 @@ def train(cfg: TrainConfig) -> Path:
         if bar is not None:
             bar.update(1)
 
-        if done % cfg.log_every == 0 or done == last_step:
+        if done % cfg.log_every == 0 or done == total_steps:
             row = _log_row(window, window_steps, window_images, window_start, lr, done, dist,
                            device)
             if dist.main:
-                _append_metrics(metrics_path, row)
+                append_metrics(metrics_path, row)
                 if writer is not None:
                     for k, v in row.items():
                         if k != "step":
@@ -291,7 +290,7 @@ def train(cfg: TrainConfig) -> Path:
                               eval_after, len(train_paths), len(held_paths), dist)
         (out / "eval.json").write_text(json.dumps(
             {"before": eval_before, "after": eval_after, "history": history}, indent=2))
-        _plot(metrics_path, history, out / "training_curves.png")
+        plot_curves(metrics_path, history, out / "training_curves.png")
     _barrier(dist)
     if dist.world_size > 1:
         torch.distributed.destroy_process_group()
@@ -315,34 +314,6 @@ def _log_row(window: dict, steps: int, images: int, start: float, lr: float, don
     return {"step": done, "loss": float(values[0]), "l_pos": float(values[1]),
             "l_neg": float(values[2]), "l_cons": float(values[3]), "lr": lr,
             "images_per_s": images / elapsed}
-
-
-def _truncate_metrics(path: Path, start_step: int) -> None:
-    """Keep only rows up to ``start_step`` (a resumed run rewrites what came after)."""
-    if start_step == 0 or not path.is_file():
-        path.unlink(missing_ok=True)
-        return
-    with path.open() as handle:
-        rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= start_step]
-    with path.open("w", newline="") as handle:
-        w = csv.DictWriter(handle, fieldnames=METRICS_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _append_metrics(path: Path, row: dict) -> None:
-    new = not path.is_file()
-    with path.open("a", newline="") as handle:
-        w = csv.DictWriter(handle, fieldnames=METRICS_FIELDS)
-        if new:
-            w.writeheader()
-        w.writerow(row)
-
-
-def _tensorboard(out: Path) -> Any:
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(out / "tb"))
 
 
 def _save_state(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -375,33 +346,3 @@ def _write_outputs(out: Path, cfg: TrainConfig, initial: Any, model: torch.nn.Mo
         write_official_checkpoint(out / OFFICIAL_NAME, state_dict=state,
                                   prompt_features=initial.prompt_features)
     return path
-
-
-def _plot(metrics_path: Path, history: list[dict], target: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = []
-    if metrics_path.is_file():
-        with metrics_path.open() as handle:
-            rows = list(csv.DictReader(handle))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    steps = [int(r["step"]) for r in rows]
-    for key in ("loss", "l_pos", "l_neg", "l_cons"):
-        axes[0].plot(steps, [float(r[key]) for r in rows], label=key)
-    axes[0].set(title="training losses", xlabel="step")
-    axes[0].legend()
-    axes[1].plot(steps, [float(r["lr"]) for r in rows])
-    axes[1].set(title="learning rate", xlabel="step")
-    axes[2].plot([h["step"] for h in history], [h["srcc"] for h in history], "o-",
-                 label="overall")
-    for key in sorted({k for h in history for k in h if k.startswith("srcc_")}):
-        axes[2].plot([h["step"] for h in history], [h.get(key, float("nan")) for h in history],
-                     alpha=0.5, label=key[5:])
-    axes[2].set(title="held-out SRCC(level, score), ideal -1", xlabel="step")
-    axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(target, dpi=100)
-    plt.close(fig)

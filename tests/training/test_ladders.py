@@ -62,3 +62,13 @@ def test_single_type_ladder_matches_apply_level():
     ys = apply_ladder(x, ladder, levels=5)
     expected = apply_level(x, "white_noise", 3, torch.Generator().manual_seed(9))
     assert torch.equal(ys[2], expected)
+
+
+def test_spearman_with_levels():
+    from training.evaluation import spearman_with_levels
+
+    assert spearman_with_levels(torch.tensor([5.0, 4, 3, 2, 1])) == pytest.approx(-1)
+    assert spearman_with_levels(torch.tensor([1.0, 2, 3])) == pytest.approx(1)
+    assert spearman_with_levels(torch.tensor([0.5, 0.5, 0.5])) == 0.0
+    # ties averaged: ranks (1.5, 1.5, 3) against (1, 2, 3) -> 0.866
+    assert spearman_with_levels(torch.tensor([1.0, 1.0, 2.0])) == pytest.approx(0.8660254)

@@ -54,10 +54,11 @@ def test_eval_command(tmp_path, tiny_checkpoint, tiny_official_checkpoint, tiny_
     lines.append("missing.png,3")
     (tmp_path / "mos.csv").write_text("\n".join(lines) + "\n")
     weights = tiny_checkpoint if fmt == "project" else tiny_official_checkpoint
-    result = CliRunner().invoke(eval_command, [str(tmp_path / "mos.csv"), "--weights",
-                                               str(weights), "--device", "cpu", "--json-out",
-                                               str(tmp_path / "r.json"), "--scores-out",
-                                               str(tmp_path / "s.csv")])
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        result = CliRunner().invoke(eval_command, [str(tmp_path / "mos.csv"), "--weights",
+                                                   str(weights), "--device", "cpu", "--json-out",
+                                                   str(tmp_path / "r.json"), "--scores-out",
+                                                   str(tmp_path / "s.csv")])
     assert result.exit_code == 0, result.output
     assert "SRCC" in result.output and "PLCC" in result.output and "KRCC" in result.output
     r = json.loads((tmp_path / "r.json").read_text())
