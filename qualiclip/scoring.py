@@ -31,9 +31,19 @@ from qualiclip.model import MIN_SIDE, QualiCLIP
 from qualiclip.precision import autocast_context, resolve_precision
 
 DEFAULT_BATCH_SIZE = 32
-#: 2**23 px (e.g. 32 images of 512x512): peak activation memory of RN50 inference stays around
-#: 2 GB in fp32, which fits small GPUs and any CPU host.
-DEFAULT_MAX_BATCH_PIXELS = 1 << 23
+#: On CUDA, 2**23 px (e.g. 32 images of 512x512): peak activation memory of RN50 inference stays
+#: around 2 GB in fp32, which fits small GPUs.
+DEFAULT_MAX_BATCH_PIXELS_CUDA = 1 << 23
+#: On CPU, 2**19 px (about ten 224x224 images, one 640x480): bigger batches were measured slower
+#: (activations fall out of cache; benchmarks/RESULTS.md), smaller ones lose batching gains.
+DEFAULT_MAX_BATCH_PIXELS_CPU = 1 << 19
+
+
+def default_max_batch_pixels(device: torch.device) -> int:
+    """The pixel budget of one batch on ``device`` (see the constants above)."""
+    if device.type == "cuda":
+        return DEFAULT_MAX_BATCH_PIXELS_CUDA
+    return DEFAULT_MAX_BATCH_PIXELS_CPU
 
 
 @dataclass
@@ -252,7 +262,8 @@ def iter_scores(
     Args:
         sources: paths, PIL images, numpy arrays or ``(3, H, W)`` tensors in [0, 1].
         model: a loaded model (else ``weights`` is loaded on ``device``).
-        batch_size: most images per batch (default 32); ``max_batch_pixels`` also bounds it.
+        batch_size: most images per batch (default 32); ``max_batch_pixels`` also bounds it
+            (default 2**23 px on CUDA, 2**19 px on CPU; a single larger image still runs).
         num_workers: decoding processes (default: half the cores, 0 for < 16 images).
         max_side: cap the longer side (antialiased); ``None`` = native resolution (official).
         precision: ``"auto"`` (fp16 AMP on CUDA, bf16 on CPUs with native bf16, else fp32),
@@ -262,12 +273,13 @@ def iter_scores(
     """
     sources = list(sources)
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
-    max_batch_pixels = DEFAULT_MAX_BATCH_PIXELS if max_batch_pixels is None else max_batch_pixels
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_side is not None and max_side < MIN_SIDE:
         raise ValueError(f"max_side must be >= {MIN_SIDE} px (or None), got {max_side}")
     model, dev = _prepare(model, weights, device)
+    if max_batch_pixels is None:
+        max_batch_pixels = default_max_batch_pixels(dev)
     engine = _Engine(model, dev, resolve_precision(precision, dev))
     workers = default_num_workers(len(sources)) if num_workers is None else int(num_workers)
     gpu_jpeg = gpu_jpeg and dev.type == "cuda"
