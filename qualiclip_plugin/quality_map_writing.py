@@ -16,7 +16,7 @@ CHUNK = 256
 
 
 def write_quality_maps(collection: fo.core.collections.SampleCollection, model,
-                       field: str = "qualiclip_map", max_side: int | None = None,
+                       field: str = "quality_map", max_side: int | None = None,
                        ) -> Iterator[tuple[float, str]]:
     """Compute and store a quality map for every sample of ``collection``.
 

@@ -74,7 +74,7 @@ def _group_values(collection, key: str, schema: dict) -> list[tuple[str, ...]]:
 
 def rows_from_collection(
     collection: fo.core.collections.SampleCollection,
-    field: str = "qualiclip",
+    field: str = "quality",
     group_by: Sequence[str] | None = None,
 ) -> list[ReportRow]:
     """One :class:`ReportRow` per sample of ``collection`` (dataset or view).
@@ -118,7 +118,7 @@ def rows_from_collection(
 def write_collection_report(
     collection: fo.core.collections.SampleCollection,
     output: str | Path,
-    field: str = "qualiclip",
+    field: str = "quality",
     group_by: Sequence[str] | None = None,
     config: ReportConfig | None = None,
 ) -> Path:

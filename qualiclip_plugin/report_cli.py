@@ -18,7 +18,7 @@ import click
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--dataset", "dataset_name", default=None,
               help="Read scores from this FiftyOne dataset instead of a CSV.")
-@click.option("--field", default="qualiclip", show_default=True,
+@click.option("--field", default="quality", show_default=True,
               help="Score field of --dataset (pair fields <field>_<pair> are read too).")
 @click.option("--view", "saved_view", default=None,
               help="A saved view of --dataset to report on instead of the whole dataset.")

@@ -33,7 +33,7 @@ class WriteQualityReport(foo.Operator):
     def resolve_input(self, ctx) -> types.Property:
         inputs = types.Object()
         inputs.view_target(ctx)
-        inputs.str("field", default="qualiclip", required=True, label="Score field",
+        inputs.str("field", default="quality", required=True, label="Score field",
                    description="Written by 'Compute image quality'; <field>_<attribute> fields "
                                "are shown too when present")
         inputs.str("output", required=True, label="Output HTML file",
@@ -54,7 +54,7 @@ class WriteQualityReport(foo.Operator):
         config = ReportConfig(n=int(params.get("n") or 12),
                               threshold=float(params.get("threshold", 0.5)))
         path = write_collection_report(ctx.target_view(), params["output"],
-                                       field=params.get("field") or "qualiclip",
+                                       field=params.get("field") or "quality",
                                        group_by=params.get("group_by") or None, config=config)
         return {"path": str(path)}
 
@@ -82,7 +82,7 @@ class ComputeQualityMaps(foo.Operator):
     def resolve_input(self, ctx) -> types.Property:
         inputs = types.Object()
         inputs.view_target(ctx)
-        inputs.str("field", default="qualiclip_map", required=True, label="Heatmap field",
+        inputs.str("field", default="quality_map", required=True, label="Heatmap field",
                    description="Local score in [0, 1] per ~32 px cell, higher = better; for "
                                "comparing regions of one image, not a calibrated measurement")
         inputs.str("weights", default="qualiclip", required=True, label="Weights",
@@ -99,7 +99,7 @@ class ComputeQualityMaps(foo.Operator):
         params = ctx.params
         model = get_model(params.get("weights") or "qualiclip", params.get("device") or None)
         steps = write_quality_maps(ctx.target_view(), model,
-                                   field=params.get("field") or "qualiclip_map",
+                                   field=params.get("field") or "quality_map",
                                    max_side=params.get("max_side") or None)
         for progress, label in steps:
             if ctx.delegated:

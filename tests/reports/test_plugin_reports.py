@@ -39,11 +39,11 @@ def scored_dataset(tmp_path):
                            tags=["night"] if i % 3 == 0 else [],
                            ground_truth=fo.Classification(label="cat" if i % 2 else "dog"))
         if score is not None:
-            sample["qualiclip"] = score
+            sample["quality"] = score
             for k, pair in enumerate(PAIR_NAMES):
-                sample[f"qualiclip_{pair}"] = round(score + 0.01 * k, 3)
+                sample[f"quality_{pair}"] = round(score + 0.01 * k, 3)
         else:
-            sample["qualiclip_error"] = "cannot identify image file"
+            sample["quality_error"] = "cannot identify image file"
         samples.append(sample)
     dataset.add_samples(samples)
     yield dataset
@@ -77,13 +77,13 @@ def test_report_operator_writes_the_view_report(scored_dataset, tmp_path):
 
     out = tmp_path / "report.html"
     result = foo.execute_operator(f"{PLUGIN}/write_quality_report", ctx=dict(
-        view=scored_dataset.view(), params=dict(field="qualiclip", output=str(out), n=3,
+        view=scored_dataset.view(), params=dict(field="quality", output=str(out), n=3,
                                                 threshold=0.4)))
     assert result.error is None, result.error
     assert result.result["path"] == str(out)
     page = out.read_text()
     paths = scored_dataset.values("filepath")
-    scores = scored_dataset.values("qualiclip")
+    scores = scored_dataset.values("quality")
     lowest = [p for _, p in sorted((s, p) for s, p in zip(scores, paths, strict=True)
                                    if s is not None)][:3]
     worst_html = page[page.index('id="worst"'):page.index('id="best"')]
@@ -104,7 +104,7 @@ def test_report_cli_from_dataset(scored_dataset, tmp_path):
 
     out = tmp_path / "cli.html"
     result = CliRunner().invoke(main, ["report", "--dataset", scored_dataset.name, "--field",
-                                       "qualiclip", "--group-by", "split", "-o", str(out)])
+                                       "quality", "--group-by", "split", "-o", str(out)])
     assert result.exit_code == 0, result.output
     page = out.read_text()
     assert 'data-key="split"' in page and 'data-key="ground_truth"' not in page
