@@ -33,7 +33,7 @@ class WriteQualityReport(foo.Operator):
     def resolve_input(self, ctx) -> types.Property:
         inputs = types.Object()
         inputs.view_target(ctx)
-        inputs.str("field", default="quality", required=True, label="Score field",
+        inputs.str("field", default="quality", label="Score field",
                    description="Written by 'Compute image quality'; <field>_<attribute> fields "
                                "are shown too when present")
         inputs.str("output", required=True, label="Output HTML file",
@@ -82,10 +82,10 @@ class ComputeQualityMaps(foo.Operator):
     def resolve_input(self, ctx) -> types.Property:
         inputs = types.Object()
         inputs.view_target(ctx)
-        inputs.str("field", default="quality_map", required=True, label="Heatmap field",
+        inputs.str("field", default="quality_map", label="Heatmap field",
                    description="Local score in [0, 1] per ~32 px cell, higher = better; for "
                                "comparing regions of one image, not a calibrated measurement")
-        inputs.str("weights", default="qualiclip", required=True, label="Weights",
+        inputs.str("weights", default="qualiclip", label="Weights",
                    description="'qualiclip' (official, CC BY-NC 4.0) or a local .pth")
         inputs.str("device", default="", label="Device", description="empty = CUDA if available")
         inputs.int("max_side", label="Max side (px)",
