@@ -302,6 +302,14 @@ def iter_scores(
             for result in engine.score(buckets.pop(key)):
                 finished[result.index] = result
 
+        def in_order() -> Iterator[ScoreResult]:
+            """Hand out the finished results that continue the input order."""
+            nonlocal next_index
+            while next_index in finished:
+                bar.update(1)
+                yield finished.pop(next_index)
+                next_index += 1
+
         for item in loader:
             index, name, tensor, width, height, error = item
             if tensor is not None and tensor.ndim == 1:  # undecoded JPEG bytes
@@ -323,16 +331,10 @@ def iter_scores(
                     run(key)
             for key in [k for k, b in buckets.items() if index - b[0][0] >= max_lag]:
                 run(key)
-            while next_index in finished:
-                bar.update(1)
-                yield finished.pop(next_index)
-                next_index += 1
+            yield from in_order()
         for key in list(buckets):
             run(key)
-        while next_index in finished:
-            bar.update(1)
-            yield finished.pop(next_index)
-            next_index += 1
+        yield from in_order()
 
 
 def score_images(
