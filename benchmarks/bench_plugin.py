@@ -22,7 +22,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,23 +33,11 @@ sys.path.insert(0, str(ROOT))
 
 
 def start_mongod(workdir: Path) -> subprocess.Popen:
-    import importlib.util
+    """A private mongod under ``workdir``, with FiftyOne's environment pointed at it."""
+    from tests.private_mongod import start_mongod as start_private_mongod
 
-    mongod = Path(importlib.util.find_spec("fiftyone").origin).parent / "db" / "bin" / "mongod"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    (workdir / "db").mkdir()
-    proc = subprocess.Popen([str(mongod), "--dbpath", str(workdir / "db"), "--port", str(port),
-                             "--bind_ip", "127.0.0.1", "--logpath", str(workdir / "mongod.log")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(300):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    os.environ.update(FIFTYONE_DATABASE_URI=f"mongodb://127.0.0.1:{port}",
+    proc, uri = start_private_mongod(workdir)
+    os.environ.update(FIFTYONE_DATABASE_URI=uri,
                       FIFTYONE_DATABASE_ADMIN="true", FIFTYONE_DO_NOT_TRACK="true",
                       FIFTYONE_DATABASE_VALIDATION="false",
                       FIFTYONE_PLUGINS_DIR=str(workdir / "plugins"))

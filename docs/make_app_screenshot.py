@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,11 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.private_mongod import free_port, start_mongod  # noqa: E402
 
 
 def wait_for(url: str, timeout: float = 90) -> None:
@@ -69,22 +65,13 @@ def main() -> None:
     weights = Path(sys.argv[1]).resolve()
     out = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/images/app_quality_map.png").resolve()
     work = Path(tempfile.mkdtemp(prefix="qualiclip-shot-"))
-    import importlib.util
-
-    # find_spec locates fiftyone without importing it: its config must see the env set below.
-    mongod_bin = Path(importlib.util.find_spec("fiftyone").origin).parent / "db/bin/mongod"
-    (work / "db").mkdir()
-    db_port = free_port()
-    mongod = subprocess.Popen([str(mongod_bin), "--dbpath", str(work / "db"), "--port",
-                               str(db_port), "--bind_ip", "127.0.0.1", "--logpath",
-                               str(work / "mongod.log")])
-    os.environ.update(FIFTYONE_DATABASE_URI=f"mongodb://127.0.0.1:{db_port}",
+    mongod, uri = start_mongod(work / "mongo")
+    os.environ.update(FIFTYONE_DATABASE_URI=uri,
                       FIFTYONE_DO_NOT_TRACK="true", FIFTYONE_DATABASE_VALIDATION="false",
                       FIFTYONE_PLUGINS_DIR=str(work / "plugins"))
     (work / "plugins").mkdir()
     server = None
     try:
-        time.sleep(3)
         import fiftyone as fo
         import fiftyone.operators as foo
 

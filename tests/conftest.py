@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -26,12 +24,6 @@ _SESSION_DIR = Path(tempfile.mkdtemp(prefix="qualiclip-tests-"))
 _MONGOD: subprocess.Popen | None = None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start_mongod() -> None:
     """Start a private mongod and export FIFTYONE_DATABASE_URI (unless the caller set one)."""
     global _MONGOD
@@ -39,33 +31,12 @@ def _start_mongod() -> None:
         return
     import importlib.util
 
-    spec = importlib.util.find_spec("fiftyone")
-    if spec is None or spec.origin is None:
+    if importlib.util.find_spec("fiftyone") is None:
         return
-    mongod = Path(spec.origin).parent / "db" / "bin" / "mongod"
-    if not mongod.is_file():
-        raise RuntimeError(
-            f"FiftyOne's mongod is missing ({mongod}): run `bash scripts/setup.sh`, which "
-            "installs a MongoDB build that runs on this machine"
-        )
-    db_dir = _SESSION_DIR / "mongo"
-    db_dir.mkdir()
-    port = _free_port()
-    _MONGOD = subprocess.Popen(
-        [str(mongod), "--dbpath", str(db_dir), "--port", str(port), "--bind_ip", "127.0.0.1",
-         "--logpath", str(_SESSION_DIR / "mongod.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if _MONGOD.poll() is not None:
-                raise RuntimeError(f"mongod exited; see {_SESSION_DIR / 'mongod.log'}") from None
-            time.sleep(0.2)
-    os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
+    from tests.private_mongod import start_mongod
+
+    _MONGOD, uri = start_mongod(_SESSION_DIR / "mongo")
+    os.environ["FIFTYONE_DATABASE_URI"] = uri
     os.environ["FIFTYONE_DATABASE_ADMIN"] = "true"
 
 
