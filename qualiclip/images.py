@@ -19,6 +19,7 @@ Conversions (documented contract, shared by scoring, the plugin and training):
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from dataclasses import dataclass
@@ -32,11 +33,18 @@ from PIL import Image, ImageOps
 
 ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]  # noqa: UP007
 
-#: File extensions picked up when a folder is scanned.
+#: File extensions picked up when a folder is scanned (by ``qualiclip score`` and by training).
+#: HEIC/HEIF/AVIF need ``pillow-heif`` (or a Pillow built with AVIF); JPEG 2000 needs a Pillow
+#: built with OpenJPEG (the PyPI wheels are). Files PIL cannot read become per-file errors that
+#: say so, rather than being skipped silently.
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
     ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".dib",
+    ".jp2", ".j2k", ".heic", ".heif", ".avif",
 })
+
+#: Formats PIL reads only through an extra package; named in the error when reading fails.
+_PLUGIN_FORMATS = {".heic": "pillow-heif", ".heif": "pillow-heif", ".avif": "pillow-heif"}
 
 _WHITE = 1.0
 
@@ -133,7 +141,18 @@ def downscale(image: torch.Tensor, max_side: int) -> torch.Tensor:
     return out.clamp_(0.0, 1.0)
 
 
+@functools.cache
+def register_optional_openers() -> None:
+    """Let PIL open HEIC/HEIF/AVIF when ``pillow-heif`` is installed (once per process)."""
+    try:
+        import pillow_heif  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    pillow_heif.register_heif_opener()
+
+
 def _open(name: str) -> Image.Image:
+    register_optional_openers()
     path = Path(name)
     if not path.exists():
         raise ImageReadError(name, "file not found")
@@ -155,7 +174,9 @@ def _open(name: str) -> Image.Image:
             "PIL.Image.MAX_IMAGE_PIXELS, or downscale it first",
         ) from exc
     except Image.UnidentifiedImageError as exc:
-        raise ImageReadError(name, "not an image file PIL can read") from exc
+        package = _PLUGIN_FORMATS.get(path.suffix.lower())
+        hint = f" (for {path.suffix} files, `pip install {package}`)" if package else ""
+        raise ImageReadError(name, f"not an image file PIL can read{hint}") from exc
     except OSError as exc:  # truncated or corrupt data, permissions
         raise ImageReadError(name, f"cannot decode image ({exc})") from exc
     try:

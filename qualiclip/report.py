@@ -20,6 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from qualiclip.images import ImageReadError, load_image
 from qualiclip.prompts import PAIR_NAMES
 from qualiclip.report_data import (
     ReportRow,
@@ -75,17 +78,20 @@ def _data_uri(data: bytes, mime: str) -> str:
 
 
 def _thumbnail(path: str, size: int) -> str | None:
-    """JPEG data URI of the image shrunk to ``size`` px on its long side, ``None`` if unreadable."""
-    from PIL import Image, ImageOps
+    """JPEG data URI of the image shrunk to ``size`` px on its long side, ``None`` if unreadable.
+
+    Read with the scoring reader, so the thumbnail shows what was scored (EXIF orientation,
+    transparency over white, 16-bit scaled).
+    """
+    from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image).convert("RGB")
-            image.thumbnail((size, size))
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=82)
-    except (OSError, ValueError, Image.DecompressionBombError):
+        image = load_image(path, max_side=size).float_tensor()
+    except ImageReadError:
         return None
+    pixels = image.mul(255.0).round_().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=82)
     return _data_uri(buffer.getvalue(), "image/jpeg")
 
 

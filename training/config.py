@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qualiclip.images import IMAGE_EXTENSIONS
+
 INIT_CHOICES = ("qualiclip", "openai", "random")
 PROMPT_CHOICES = ("all", "good_photo")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -115,9 +117,6 @@ class ConfigError(ValueError):
     """A bad option; the message says which and what is allowed."""
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                    ".pgm", ".pbm", ".jp2", ".j2k", ".jfif", ".heic", ".heif", ".avif")
-
 
 def validate(cfg: TrainConfig) -> None:
     """Check every option before any work starts.
@@ -197,7 +196,7 @@ def _check_pristine(folder: str) -> None:
         raise ConfigError(f"--pristine-dir {folder}: no such folder")
     if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.rglob("*") if p.is_file()):
         raise ConfigError(f"--pristine-dir {folder}: no images found (looked recursively for "
-                          f"{', '.join(IMAGE_EXTENSIONS)})")
+                          f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
 
 
 def _check_output(folder: str, resume: bool) -> None:

@@ -22,16 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
-from training.config import IMAGE_EXTENSIONS
+from qualiclip.images import IMAGE_EXTENSIONS, load_image, register_optional_openers
 
 log = logging.getLogger(__name__)
-
-try:  # HEIC/AVIF through pillow-heif when installed
-    import pillow_heif  # type: ignore[import-not-found]
-
-    pillow_heif.register_heif_opener()
-except ImportError:  # pragma: no cover - optional
-    pass
 
 
 def find_images(folder: str | Path) -> list[Path]:
@@ -42,29 +35,26 @@ def find_images(folder: str | Path) -> list[Path]:
 
 
 def load_rgb(path: str | Path) -> torch.Tensor:
-    """Read an image as ``(3, H, W)`` uint8 RGB, rotated by its EXIF orientation.
+    """Read an image as ``(3, H, W)`` uint8 RGB with the library's reader.
+
+    Same conversions as scoring (:mod:`qualiclip.images`): EXIF orientation, transparency over
+    white, 16-bit scaled by 65535; high-bit-depth images are rounded to 8 bits here because the
+    degradations work on uint8.
 
     Raises:
-        OSError: unreadable or corrupt file.
+        qualiclip.images.ImageReadError: missing, unreadable or corrupt file.
     """
-    import numpy as np
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            # Composite transparency onto white instead of letting PIL drop alpha to black.
-            rgba = img.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(background, rgba)
-        arr = np.asarray(img.convert("RGB"))
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    tensor = load_image(path, as_uint8=True).tensor
+    if tensor.dtype != torch.uint8:  # 16-bit, float and composited-alpha images come as float
+        tensor = tensor.mul(255.0).round_().to(torch.uint8)
+    return tensor
 
 
 def readable_images(paths: list[Path]) -> list[Path]:
     """Keep the files whose header PIL can parse; warn once with the count of the others."""
     from PIL import Image
 
+    register_optional_openers()  # HEIC/AVIF headers parse only with pillow-heif registered
     good, bad = [], []
     for path in paths:
         try:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from qualiclip.images import ImageReadError, load_image
+from qualiclip.images import IMAGE_EXTENSIONS, ImageReadError, load_image
 
 
 def _save(tmp_path, name, image, **kwargs):
@@ -126,3 +126,20 @@ def test_decompression_bomb_guard_stays_on(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(ImageReadError, match="decompression-bomb"):
         load_image(path)
+
+
+def test_heic_without_its_decoder_names_the_package(tmp_path):
+    """HEIC files are picked up by folder scans; where PIL cannot read them the error says which
+    package adds the format (pillow-heif is not installed in the test environment)."""
+    try:
+        import pillow_heif  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("pillow-heif is installed: junk bytes would be reported differently")
+    path = tmp_path / "phone.HEIC"
+    path.write_bytes(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64)
+    assert path.suffix.lower() in IMAGE_EXTENSIONS
+    with pytest.raises(ImageReadError, match="pip install pillow-heif") as info:
+        load_image(path)
+    assert "phone.HEIC" in str(info.value)

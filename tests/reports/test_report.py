@@ -187,3 +187,21 @@ def test_cli_scores_then_reports(tiny_checkpoint, image_folder, tmp_path):
 
     usage = runner.invoke(main, ["report", "-o", str(out)])
     assert usage.exit_code != 0 and "either SCORES_CSV or --dataset" in usage.output
+
+
+def test_thumbnails_show_transparency_over_white_like_scoring(tmp_path):
+    """A fully transparent PNG is scored as white, so its thumbnail must be white too (PIL's
+    plain RGB conversion would make it black)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    clear = np.zeros((40, 60, 4), dtype=np.uint8)  # black, alpha 0
+    Image.fromarray(clear, "RGBA").save(tmp_path / "clear.png")
+    row = ReportRow(path=str(tmp_path / "clear.png"), score=0.5,
+                    pair_scores=dict.fromkeys(PAIR_NAMES, 0.5))
+    page = render_report([row])
+    uri = re.search(r'src="data:image/jpeg;base64,([^"]+)"', page).group(1)
+    thumb = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri))).convert("RGB"))
+    assert thumb.shape[2] == 3 and thumb.min() >= 250

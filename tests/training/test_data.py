@@ -93,3 +93,26 @@ def test_split_holdout():
     assert len(held) == 3 and set(train) | set(held) == set(paths) and not set(train) & set(held)
     assert split_holdout(paths, 3, seed=0) == (train, held)
     assert split_holdout(["only"], 3, seed=0) == (["only"], ["only"])
+
+
+def test_load_rgb_matches_the_scoring_reader_for_16_bit_and_alpha(tmp_path):
+    """Training reads pristine images exactly as scoring does (to 8 bits): 16-bit grey is scaled
+    by 65535, not clipped to white, and transparency is composited over white."""
+    import numpy as np
+
+    from qualiclip.images import load_image
+
+    grey16 = np.full((20, 30), 20000, dtype=np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "deep.png")
+    deep = load_rgb(tmp_path / "deep.png")
+    assert deep.dtype == torch.uint8 and deep.shape == (3, 20, 30)
+    assert int(deep.min()) == int(deep.max()) == round(20000 / 65535 * 255)  # 78, not 255
+
+    rgba = np.zeros((20, 30, 4), dtype=np.uint8)
+    rgba[..., 0] = 200  # red at alpha 128/255 over white -> (227, 127, 127)
+    rgba[..., 3] = 128
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "half.png")
+    half = load_rgb(tmp_path / "half.png")
+    expected = load_image(tmp_path / "half.png").tensor.mul(255).round().to(torch.uint8)
+    assert torch.equal(half, expected)
+    assert half[:, 0, 0].tolist() == [227, 127, 127]
