@@ -65,7 +65,10 @@ def main(**kwargs: Any) -> None:
         raise click.UsageError(str(exc)) from exc
     from training.trainer import train
 
-    path = train(cfg)
+    try:
+        path = train(cfg)
+    except ConfigError as exc:  # found once the run's state is read (e.g. --resume mismatches)
+        raise click.ClickException(str(exc)) from exc
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0 only
         click.echo(str(path))
 

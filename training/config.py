@@ -89,7 +89,8 @@ class TrainConfig:
     degrade_on: str = field(default="auto", metadata=_opt(
         "Where crops are degraded: 'workers' (CPU, in parallel in the data loaders), 'device' "
         "(the training device, in the main process) or 'auto' (workers when --workers > 0). "
-        "The result is the same either way up to codec differences on the GPU."))
+        "Both draw the same distortions and levels; on a GPU, 'device' takes the random parts "
+        "(noise, patch positions) from CUDA's generator, so those pixels differ."))
     seed: int = field(default=0, metadata=_opt(
         "Seed of crops, ladders, held-out split and random init: same seed, same run."))
     resume: bool = field(default=False, metadata=_opt(
@@ -116,6 +117,32 @@ class TrainConfig:
 class ConfigError(ValueError):
     """A bad option; the message says which and what is allowed."""
 
+
+
+#: Options a ``--resume`` may change: they affect logging, speed or where the work runs, not
+#: which images are seen or how the weights are updated. Every other option must match.
+RESUME_MAY_CHANGE = frozenset({
+    "resume", "stop_after", "progress", "workers", "degrade_on", "device", "amp", "tensorboard",
+    "log_every", "eval_every", "checkpoint_every", "export_official", "output_dir",
+})
+
+
+def resume_conflicts(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """``--option: saved -> now`` for each option that differs from the run being resumed and
+    would change its result (a different seed, say, changes the data order and the held-out
+    split). Folders compare by their resolved paths."""
+    now = cfg.to_dict()
+    conflicts = []
+    for name, value in now.items():
+        if name in RESUME_MAY_CHANGE or name not in saved:
+            continue
+        before = saved[name]
+        if name == "pristine_dir":
+            before, value = str(Path(before).expanduser().resolve()), str(
+                Path(value).expanduser().resolve())
+        if before != value:
+            conflicts.append(f"--{name.replace('_', '-')}: {saved[name]!r} -> {now[name]!r}")
+    return conflicts
 
 
 def validate(cfg: TrainConfig) -> None:

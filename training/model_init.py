@@ -109,8 +109,12 @@ class PromptSimilarity(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        e = F.normalize(self.model.image_features(x).float(), dim=-1)
-        return e @ self.model.prompt_features.t()
+        features = self.model.image_features(x)
+        # Similarities in fp32 even under AMP, as scoring does: the margins (0.05) are only a
+        # few bf16 rounding steps wide at similarities near 0.5.
+        with torch.autocast(x.device.type, enabled=False):
+            e = F.normalize(features.float(), dim=-1)
+            return e @ self.model.prompt_features.float().t()
 
 
 def set_train_mode(model: nn.Module, train_bn: bool) -> None:

@@ -18,8 +18,9 @@ _MOS_COLUMNS = ("mos", "score", "dmos", "quality", "label")
 
 
 def read_mos_csv(csv_path: str | Path, root: str | Path | None = None) -> list[tuple[Path, float]]:
-    """Rows of ``(image path, mos)``. The header, if any, may name the columns (``path``/
-    ``image``/``file`` and ``mos``/``score``); otherwise the first two columns are used.
+    """Rows of ``(image path, mos)``, higher = better. The header, if any, may name the columns
+    (``path``/``image``/``file`` and ``mos``/``score``/``dmos``; a ``dmos`` column is negated,
+    with a warning); otherwise the first two columns are used.
     Relative paths are resolved against ``root`` (default: the CSV's folder).
 
     Raises:
@@ -31,16 +32,22 @@ def read_mos_csv(csv_path: str | Path, root: str | Path | None = None) -> list[t
         rows = [r for r in csv.reader(handle) if r and any(c.strip() for c in r)]
     if not rows:
         raise ValueError(f"{csv_path} is empty")
-    p_col, m_col = 0, 1
+    p_col, m_col, sign = 0, 1, 1.0
     header = [c.strip().lower() for c in rows[0]]
     if not _is_number(rows[0][1] if len(rows[0]) > 1 else ""):
         p_col = next((header.index(c) for c in _PATH_COLUMNS if c in header), 0)
         m_col = next((header.index(c) for c in _MOS_COLUMNS if c in header), 1)
+        if header[m_col] == "dmos":
+            # Differential MOS grows as quality falls; flip it so that, as for MOS, a model
+            # that agrees with people gets positive correlations.
+            sign = -1.0
+            warnings.warn(f"{csv_path}: column 'dmos' (lower is better) is negated, so "
+                          "correlations are positive when the model agrees", stacklevel=2)
         rows = rows[1:]
     out = []
     for line, row in enumerate(rows, start=2):
         try:
-            mos = float(row[m_col])
+            mos = sign * float(row[m_col])
         except (ValueError, IndexError) as exc:
             raise ValueError(f"{csv_path}:{line}: MOS {row[m_col:m_col + 1]} is not a number") \
                 from exc

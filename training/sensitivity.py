@@ -114,7 +114,8 @@ def sensitivity_curves(model: QualiCLIP, images: Sequence[torch.Tensor],
             s = torch.tensor(per_level[name][level - 1], dtype=torch.float64)
             points.append(CurvePoint(
                 weights=weights_name, type=name, group=d.group, level=level,
-                value=abs(ladder_value(d, level, config.levels)),
+                value=(abs(ladder_value(d, level, config.levels)) if d.signed
+                       else ladder_value(d, level, config.levels)),
                 mean_score=float(s.mean()),
                 std_score=float(s.std(unbiased=False)),
                 pristine_score=pristine_mean, n_images=len(images), srcc=type_srcc,

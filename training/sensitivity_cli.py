@@ -76,7 +76,7 @@ def sensitivity(paths, recursive, weights, output_dir, sample, crop, max_side, l
     points = []
     for w in weights:
         model = load_model(w, device=device)
-        name = Path(w).name if Path(w).is_file() else str(w)
+        name = str(w)  # as given: fine-tuned runs all write qualiclip-finetuned.pth
         click.echo(f"{name}: {len(images)} images x {len(config.types or [0] * 24)} types x "
                    f"{levels} levels", err=True)
         try:

@@ -10,6 +10,19 @@ from pathlib import Path
 from training.sensitivity import CurvePoint
 
 
+def short_labels(names: Sequence[str]) -> dict[str, str]:
+    """Each weights name shortened to its fewest trailing path parts that still tell it apart
+    from the others (``runs/a/qualiclip-finetuned.pth`` -> ``a/qualiclip-finetuned.pth``), so
+    legends stay narrow; the CSV keeps the names as given."""
+    parts = {n: Path(n).parts or (n,) for n in names}
+    depth = 1
+    while True:
+        labels = {n: "/".join(p[-depth:]) for n, p in parts.items()}
+        if len(set(labels.values())) == len(labels) or all(depth >= len(p) for p in parts.values()):
+            return labels
+        depth += 1
+
+
 def plot_curves(points: Sequence[CurvePoint], path: str | os.PathLike, columns: int = 6) -> Path:
     """Draw mean score (band: +- one std over images) against level 0..L, level 0 being the
     pristine images, for every type in ``points``; all panels share the y axis so drops compare
@@ -19,6 +32,7 @@ def plot_curves(points: Sequence[CurvePoint], path: str | os.PathLike, columns: 
 
     types = list(dict.fromkeys(p.type for p in points))
     weights = list(dict.fromkeys(p.weights for p in points))
+    labels = short_labels(weights)
     rows = math.ceil(len(types) / columns)
     fig = Figure(figsize=(2.4 * columns, 2.0 * rows + 0.6), dpi=90)
     FigureCanvasAgg(fig)
@@ -35,7 +49,7 @@ def plot_curves(points: Sequence[CurvePoint], path: str | os.PathLike, columns: 
             sd = [0.0] + [p.std_score for p in curve]
             color = colors[k % len(colors)]
             ax.plot(xs, ys, marker="o", markersize=3, color=color,
-                    label=f"{w or 'model'} (srcc {curve[0].srcc:+.2f})")
+                    label=f"{labels[w] or 'model'} (srcc {curve[0].srcc:+.2f})")
             ax.fill_between(xs, [y - s for y, s in zip(ys, sd, strict=True)],
                             [y + s for y, s in zip(ys, sd, strict=True)], color=color,
                             alpha=0.15, linewidth=0)

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from qualiclip.checkpoint import atomic_torch_save, write_checkpoint, write_official_checkpoint
-from training.config import TrainConfig, validate
+from training.config import ConfigError, TrainConfig, resume_conflicts, validate
 from training.data import (
     PristineCrops,
     StepBatchSampler,
@@ -128,6 +128,9 @@ def train(cfg: TrainConfig) -> Path:
     if not paths:
         raise ValueError(f"--pristine-dir {cfg.pristine_dir}: none of the images is readable")
     train_paths, held_paths = split_holdout(paths, cfg.val_images, cfg.seed)
+    if set(held_paths) & set(train_paths):
+        log.warning("only %d readable image: it is both trained on and evaluated, so the "
+                    "held-out SRCC is not a held-out measure", len(paths))
     held_images = [load_rgb(p) for p in held_paths] if dist.main else []
     total_steps = resolve_steps(cfg, len(train_paths), dist.world_size)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(0.05 * total_steps)
@@ -153,13 +156,14 @@ def train(cfg: TrainConfig) -> Path:
     start_step, history, eval_before = 0, [], None
     if cfg.resume:
         state = torch.load(out / STATE_NAME, map_location="cpu", weights_only=True)
+        _check_resume(state, cfg, dist.world_size)
         model.visual.load_state_dict(state["visual"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_step, history = int(state["step"]), list(state["eval_history"])
         eval_before = state["eval_before"]
         if int(state["total_steps"]) != total_steps:
-            raise ValueError(f"--resume: the saved run has {state['total_steps']} steps, this "
+            raise ConfigError(f"--resume: the saved run has {state['total_steps']} steps, this "
                              f"configuration {total_steps}; use the same --steps/--epochs")
         log.info("resuming at step %d of %d", start_step, total_steps)
     ddp_scorer: torch.nn.Module = scorer
@@ -265,7 +269,7 @@ def train(cfg: TrainConfig) -> Path:
         if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == last_step:
             if dist.main:
                 _save_state(out, model, optimizer, scaler, done, total_steps, history,
-                            eval_before)
+                            eval_before, cfg, dist.world_size)
                 if done < total_steps:
                     _write_outputs(out, cfg, initial, model, done, total_steps, eval_before,
                                    None, len(train_paths), len(held_paths), dist)
@@ -285,7 +289,7 @@ def train(cfg: TrainConfig) -> Path:
         eval_after = evaluate("after training")
         history.append({"step": total_steps, **_eval_row(eval_after)})
         _save_state(out, model, optimizer, scaler, total_steps, total_steps, history,
-                    eval_before)
+                    eval_before, cfg, dist.world_size)
         ckpt = _write_outputs(out, cfg, initial, model, total_steps, total_steps, eval_before,
                               eval_after, len(train_paths), len(held_paths), dist)
         (out / "eval.json").write_text(json.dumps(
@@ -316,10 +320,26 @@ def _log_row(window: dict, steps: int, images: int, start: float, lr: float, don
             "images_per_s": images / elapsed}
 
 
+def _check_resume(state: dict, cfg: TrainConfig, world_size: int) -> None:
+    """Refuse to continue a run under options that would change its result."""
+    saved = state.get("config")
+    if saved is None:  # written before configs were saved: nothing to compare
+        log.warning("--resume: %s records no configuration; not checking options", STATE_NAME)
+        return
+    conflicts = resume_conflicts(saved, cfg)
+    if int(state.get("world_size", world_size)) != world_size:
+        conflicts.append(f"processes (GPUs): {state['world_size']} -> {world_size}")
+    if conflicts:
+        raise ConfigError("--resume: these options differ from the run being resumed and would "
+                         "change its result: " + "; ".join(conflicts) + ". Resume with the "
+                         "original options, or start a new run in another --output-dir")
+
+
 def _save_state(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, step: int, total_steps: int, history: list,
-                eval_before: dict | None) -> None:
+                eval_before: dict | None, cfg: TrainConfig, world_size: int) -> None:
     atomic_torch_save({"step": step, "total_steps": total_steps,
+                       "config": cfg.to_dict(), "world_size": world_size,
                        "visual": model.visual.state_dict(), "optimizer": optimizer.state_dict(),
                        "scaler": scaler.state_dict(), "eval_history": history,
                        "eval_before": eval_before}, out / STATE_NAME)

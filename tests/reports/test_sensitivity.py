@@ -66,14 +66,14 @@ def test_cli_writes_24_types_by_5_levels(tiny_checkpoint, tmp_path):
     assert {(r["type"], int(r["level"])) for r in rows} == {(t, lv) for t in DISTORTIONS
                                                              for lv in range(1, 6)}
     for r in rows:
-        assert r["weights"] == tiny_checkpoint.name
+        assert r["weights"] == str(tiny_checkpoint)
         assert r["group"] == DISTORTIONS[r["type"]].group
         assert int(r["n_images"]) == 3  # the broken file was skipped
         assert 0 <= float(r["mean_score"]) <= 1 and 0 <= float(r["pristine_score"]) <= 1
         assert 0 <= float(r["std_score"]) <= 0.5
         assert -1 <= float(r["srcc"]) <= 1
         d = DISTORTIONS[r["type"]]
-        assert float(r["value"]) == pytest.approx(abs(d.values[int(r["level"]) - 1])
+        assert float(r["value"]) == pytest.approx(d.values[int(r["level"]) - 1]
                                                   if not d.signed else
                                                   max(abs(v) for v in d.values)
                                                   * int(r["level"]) / 5)
@@ -84,3 +84,44 @@ def test_cli_writes_24_types_by_5_levels(tiny_checkpoint, tmp_path):
     assert png.format == "PNG" and png.size[0] > 800 and png.size[1] > 600
     pixels = np.asarray(png.convert("L"))
     assert (pixels < 128).mean() > 0.01  # curves and axes were drawn
+
+
+def test_cli_keeps_runs_with_the_same_checkpoint_name_apart(tiny_checkpoint, tmp_path):
+    """Every training run writes qualiclip-finetuned.pth: two runs compared in one call must
+    stay two curves, labelled by the path given."""
+    import shutil
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(_uint8_images(2, size=72)):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"p{i}.png")
+    runs = [tmp_path / "runs" / name / "qualiclip-finetuned.pth" for name in ("a", "b")]
+    for path in runs:
+        path.parent.mkdir(parents=True)
+        shutil.copy(tiny_checkpoint, path)
+
+    from qualiclip.cli import main
+
+    result = CliRunner().invoke(main, [
+        "sensitivity", str(folder), "--weights", str(runs[0]), "--weights", str(runs[1]),
+        "--device", "cpu", "--crop", "64", "--type", "saturation_hsv", "-o", str(tmp_path / "o"),
+    ])
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "o" / "sensitivity.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["weights"] for r in rows] == [str(runs[0])] * 5 + [str(runs[1])] * 5
+    # HSV saturation is not a sign-alternating ladder: its last level (-0.4) keeps its sign.
+    assert [float(r["value"]) for r in rows[:5]] == [0.4, 0.2, 0.1, 0.0, -0.4]
+
+
+def test_plot_labels_are_the_shortest_distinct_path_tails():
+    from training.sensitivity_plot import short_labels
+
+    names = ["qualiclip", "/x/runs/a/qualiclip-finetuned.pth", "/x/runs/b/qualiclip-finetuned.pth",
+             "/y/other.pth"]
+    assert short_labels(names) == {
+        "qualiclip": "qualiclip", "/y/other.pth": "y/other.pth",
+        "/x/runs/a/qualiclip-finetuned.pth": "a/qualiclip-finetuned.pth",
+        "/x/runs/b/qualiclip-finetuned.pth": "b/qualiclip-finetuned.pth",
+    }
+    assert short_labels(["same", "same"]) == {"same": "same"}

@@ -162,3 +162,22 @@ def test_epochs_resolve_to_steps():
     assert resolve_steps(cfg, n_train=100, world_size=2) == 16  # ceil(250 / 16)
     assert resolve_steps(TrainConfig(steps=7), n_train=100, world_size=1) == 7
     assert resolve_steps(TrainConfig(), n_train=100, world_size=1) == 2000
+
+
+def test_resume_refuses_options_that_change_the_run(tmp_path, pristine_dir):
+    """A different seed (data order and held-out split) or batch size cannot be resumed; options
+    that only change logging or speed can."""
+    common = ["--pristine-dir", str(pristine_dir), "--steps", "4", "--checkpoint-every", "2",
+              *TINY, "--output-dir", str(tmp_path / "run")]
+    assert run([*common, "--stop-after", "2"]).exit_code == 0
+    state_file = tmp_path / "run" / "train_state.pt"
+    saved = state_file.read_bytes()
+
+    changed = CliRunner().invoke(main, [*common, "--resume", "--seed", "1", "--batch-size", "3"])
+    assert changed.exit_code != 0
+    assert "--seed: 0 -> 1" in changed.output and "--batch-size: 2 -> 3" in changed.output
+    assert state_file.read_bytes() == saved  # nothing was trained or overwritten
+
+    allowed = run([*common, "--resume", "--log-every", "1", "--checkpoint-every", "4"])
+    assert allowed.exit_code == 0, allowed.output
+    assert torch.load(state_file, weights_only=True)["step"] == 4

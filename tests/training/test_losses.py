@@ -66,3 +66,23 @@ def test_lr_schedule():
     assert lr_at(100, 1.0, 10, 100, min_lr_ratio=0.1) == pytest.approx(0.1)
     values = [lr_at(s, 1.0, 10, 100) for s in range(10, 101)]
     assert all(b <= a for a, b in zip(values, values[1:], strict=False))
+
+
+def test_prompt_similarities_stay_fp32_under_bf16_autocast(tiny_checkpoint):
+    """The losses' margins (0.05) are a few bf16 steps wide near 0.5, so the similarities are
+    computed in fp32 even inside the training step's autocast."""
+    from training.model_init import PromptSimilarity, initial_model, trainable_model
+
+    scorer = PromptSimilarity(trainable_model(initial_model(str(tiny_checkpoint)))).eval()
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        exact = scorer(x)
+        features = scorer.model.image_features(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = scorer(x)
+            mixed_features = scorer.model.image_features(x)
+    assert exact.dtype == mixed.dtype == torch.float32
+    # The same fp32 normalise-and-project applied to the (bf16) features, by hand.
+    e = torch.nn.functional.normalize(mixed_features.float(), dim=-1)
+    assert torch.allclose(mixed, e @ scorer.model.prompt_features.float().t(), atol=1e-6)
+    assert features.dtype == torch.float32 and not torch.equal(mixed, exact)  # bf16 did run

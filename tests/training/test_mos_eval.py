@@ -68,3 +68,12 @@ def test_eval_command(tmp_path, tiny_checkpoint, tiny_official_checkpoint, tiny_
         scores = [float(tiny_model(load_rgb(tmp_path / f"img{i}.png")[None].float() / 255))
                   for i in range(6)]
     assert r["srcc"] == pytest.approx(stats.spearmanr(scores, list(range(6))).statistic)
+
+
+def test_dmos_column_is_negated_with_a_warning(tmp_path):
+    from training.mos_eval import read_mos_csv
+
+    (tmp_path / "labels.csv").write_text("image,dmos\na.png,10\nb.png,55.5\n")
+    with pytest.warns(UserWarning, match="dmos.*negated"):
+        rows = read_mos_csv(tmp_path / "labels.csv")
+    assert rows == [(tmp_path / "a.png", -10.0), (tmp_path / "b.png", -55.5)]
