@@ -198,6 +198,14 @@ def write_official_checkpoint(
     return atomic_torch_save(payload, path)
 
 
+def use_default_permissions(path: Path) -> None:
+    """Give a ``mkstemp`` file (always 0600) the mode a plain ``open`` would have given it
+    (0666 less the umask), so checkpoints and cached weights in a shared folder stay readable."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temp file in the target folder, then rename: a reader never sees a
     half-written file, and a crash leaves the previous file intact."""
@@ -207,6 +215,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
+        use_default_permissions(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -118,10 +118,12 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
     Columns: path, score, the 7 pair scores, width, height, error. Exits 0 when the run
     completed even if some files could not be read (their rows carry the error).
     """
+    import torch
+
     from qualiclip.checkpoint import CheckpointError
-    from qualiclip.loading import load_model
+    from qualiclip.loading import default_device, load_model
     from qualiclip.precision import resolve_precision
-    from qualiclip.scoring import iter_scores
+    from qualiclip.scoring import describe_preprocessing, iter_scores
     from qualiclip.weights import WeightsDownloadError
 
     images = collect_images(paths, recursive)
@@ -130,14 +132,28 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
         raise click.UsageError(f"no images found in {', '.join(paths)}{hint}")
     if output is not None and not output.parent.exists():
         raise click.BadParameter(f"folder {output.parent} does not exist", param_hint="--output")
+    try:  # before the weights, which may mean a download
+        resolve_precision(precision, torch.device(device or default_device()))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--precision") from exc
+    except RuntimeError as exc:  # a malformed device string
+        raise click.BadParameter(str(exc), param_hint="--device") from exc
     try:
         model = load_model(weights, device=device, expected_sha256=expected_sha256,
                            progress=not no_progress)
-        resolve_precision(precision, next(model.parameters()).device)
     except (CheckpointError, WeightsDownloadError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(f"cannot load weights: {exc}") from exc
     except RuntimeError as exc:  # e.g. an unavailable CUDA device
         raise click.ClickException(f"cannot use device {device!r}: {exc}") from exc
+
+    device_used = next(model.parameters()).device
+    info = describe_preprocessing(model, max_side, resolve_precision(precision, device_used),
+                                  device_used)
+    click.echo(f"weights {info['weights']} (SHA-256 {str(info['weights_sha256'])[:12]}...), "
+               f"{info['resize']}, precision {info['precision']} on {info['device']}", err=True)
+    if output is not None:  # the full record beside the table, for whoever reads it later
+        meta = output.with_name(output.name + ".preprocessing.json")
+        meta.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
     names = list(model.PAIR_NAMES)
     columns = ["path", "score", *names, "width", "height", "error"]

@@ -165,8 +165,11 @@ def _open(name: str) -> Image.Image:
             # Between MAX_IMAGE_PIXELS and twice that PIL only warns; treat it as the error it
             # guards against so a huge file cannot exhaust memory.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
-            image.load()
+            with Image.open(path) as opened:  # closed here, also when decoding fails
+                opened.load()
+                # A detached copy: multi-frame files (GIF, TIFF) would otherwise keep the file
+                # open for their other frames.
+                image = _oriented(opened)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageReadError(
             name,
@@ -179,16 +182,22 @@ def _open(name: str) -> Image.Image:
         raise ImageReadError(name, f"not an image file PIL can read{hint}") from exc
     except OSError as exc:  # truncated or corrupt data, permissions
         raise ImageReadError(name, f"cannot decode image ({exc})") from exc
+    return image
+
+
+def _oriented(image: Image.Image) -> Image.Image:
+    """A loaded copy of ``image`` turned by its EXIF orientation, detached from its file."""
     try:
-        return ImageOps.exif_transpose(image)
+        turned = ImageOps.exif_transpose(image)
     except Exception:  # a corrupt EXIF block must not cost the image its score
-        return image
+        turned = None
+    return image.copy() if turned is None or turned is image else turned
 
 
 def _pil_to_rgb(image: Image.Image, name: str) -> np.ndarray:
     """PIL image in any mode -> ``(H, W, 3)`` uint8, or float32 in [0, 1] for high bit depths."""
     mode = image.mode
-    if mode == "RGB":
+    if mode == "RGB" and "transparency" not in image.info:
         return np.asarray(image)
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         grey = np.asarray(image).astype(np.float32) / 65535.0

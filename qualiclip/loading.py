@@ -68,7 +68,16 @@ def model_from_checkpoint(checkpoint: Checkpoint, source: str = "checkpoint") ->
                         if k.startswith("visual.")}
         _load_state(visual, visual_state, source, prefix="visual.")
     names = PAIR_NAMES if pairs == PROMPT_PAIRS else _names_for(pairs)
-    return QualiCLIP(visual, features, pair_names=names, prompt_pairs=pairs)
+    width = getattr(visual, "output_dim", None)
+    if width is not None and features.ndim == 2 and features.shape[1] != width:
+        raise CheckpointError(
+            f"{source}: prompt embeddings are {features.shape[1]}-dimensional but the image "
+            f"tower outputs {width}; the checkpoint's prompts_features and model config do not "
+            "belong together")
+    try:
+        return QualiCLIP(visual, features, pair_names=names, prompt_pairs=pairs)
+    except ValueError as exc:  # prompt embeddings of the wrong shape
+        raise CheckpointError(f"{source}: {exc}") from exc
 
 
 def _load_state(module: torch.nn.Module, state: dict, source: str, prefix: str) -> None:

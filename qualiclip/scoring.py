@@ -17,6 +17,7 @@ Design (why each piece is there):
 
 from __future__ import annotations
 
+import io
 import os
 import platform
 from collections.abc import Iterator, Sequence
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from qualiclip.images import ImageReadError, ImageSource, load_image, source_name, to_float
@@ -108,6 +110,7 @@ def describe_preprocessing(model: QualiCLIP, max_side: int | None, precision: st
 
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
+_JPEG_END = b"\xff\xd9"
 
 
 class _DecodeDataset(Dataset):
@@ -151,6 +154,18 @@ def _read_jpeg_bytes(path: str | os.PathLike) -> torch.Tensor | None:
         return None
     if not data.startswith(_JPEG_MAGIC):
         return None
+    # Hand nvJPEG only files the CPU reader would accept too, so both paths fail alike: a file
+    # without its end-of-image marker (truncated) or over PIL's decompression-bomb limit goes
+    # to the CPU reader, which reports it.
+    if not data.rstrip(b"\x00\r\n ").endswith(_JPEG_END):
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as header:  # parses the header only
+            width, height = header.size
+    except Exception:  # noqa: BLE001 - anything odd: let the CPU reader say what it is
+        return None
+    if Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS:
+        return None
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
@@ -179,7 +194,7 @@ def default_num_workers(n_images: int) -> int:
 
 
 def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
+    if isinstance(exc, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)):
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and ("out of memory" in text

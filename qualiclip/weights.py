@@ -7,6 +7,7 @@ are not cached yet.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import tempfile
@@ -15,8 +16,13 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+from qualiclip.checkpoint import use_default_permissions
 
 CACHE_ENV = "QUALICLIP_CACHE"
+#: Pins the SHA-256 of the registered official weights (not of other files).
+SHA256_ENV = "QUALICLIP_SHA256"
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,9 @@ def resolve_weights(
 ) -> tuple[Path, str]:
     """Turn a registered name, a local path or a URL into a local file, downloading if needed.
 
+    ``expected_sha256`` pins any file; ``$QUALICLIP_SHA256`` pins the registered official
+    weights only (so it does not get in the way of your own checkpoints).
+
     Returns:
         ``(path, display_name)``.
     Raises:
@@ -94,15 +103,15 @@ def resolve_weights(
         WeightsDownloadError: the download failed or the hash did not match.
     """
     text = os.fspath(weights)
-    expected = expected_sha256 or os.environ.get("QUALICLIP_SHA256") or None
-    if text in REGISTRY:
-        spec = REGISTRY[text]
-        path = download(spec.url, cache_dir() / spec.filename, expected or spec.sha256,
+    spec = REGISTRY.get(text) or next((s for s in REGISTRY.values() if s.url == text), None)
+    if spec is not None:
+        expected = expected_sha256 or os.environ.get(SHA256_ENV) or spec.sha256
+        path = download(spec.url, cache_dir() / spec.filename, expected,
                         progress=progress, license_note=_license_note(spec))
         return path, spec.name
     if is_url(text):
-        name = Path(urllib.parse.urlparse(text).path).name or "weights.pth"
-        return download(text, cache_dir() / name, expected, progress=progress), text
+        return download(text, cache_dir() / cache_filename(text), expected_sha256,
+                        progress=progress), text
     path = Path(text).expanduser()
     if not path.is_file():
         known = ", ".join(sorted(REGISTRY))
@@ -110,9 +119,16 @@ def resolve_weights(
             f"weights {text!r} not found: give a registered name ({known}), an existing "
             ".pth file, or an http(s) URL"
         )
-    if expected:
-        _check_hash(path, expected, source=str(path))
+    if expected_sha256:
+        _check_hash(path, expected_sha256, source=str(path), downloaded=False)
     return path, str(path)
+
+
+def cache_filename(url: str) -> str:
+    """Cache file name for an unregistered URL: its last path part prefixed with a short hash of
+    the whole URL, so ``.../a/model.pth`` and ``.../b/model.pth`` never share a file."""
+    name = Path(urllib.parse.urlparse(url).path).name or "weights.pth"
+    return f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
 
 
 def _license_note(spec: WeightsSpec) -> str:
@@ -129,8 +145,13 @@ def download(
 ) -> Path:
     """Fetch ``url`` to ``destination`` unless it is already there (hash checked when known).
 
-    Streams to a temp file in the same folder and renames it into place only once complete and
-    verified, so an interrupted download never leaves a truncated file in the cache.
+    Streams to a temp file in the same folder and renames it into place only once complete
+    (every byte the server announced) and verified, so an interrupted download never leaves a
+    truncated file in the cache.
+
+    Raises:
+        WeightsDownloadError: unreachable URL, connection lost or body cut short, hash mismatch;
+            the message names the URL and where to place the file by hand.
     """
     if destination.is_file():
         if expected_sha256:
@@ -143,34 +164,48 @@ def download(
                                     dir=destination.parent)
     tmp = Path(tmp_name)
     try:
-        digest = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
             try:
-                response = urllib.request.urlopen(url, timeout=60)  # noqa: S310 (http/https/file)
-            except (urllib.error.URLError, OSError) as exc:
+                actual = _stream(url, out, destination.name, progress)
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
                 raise WeightsDownloadError(_offline_message(url, destination, exc)) from exc
-            with response:
-                total = int(response.headers.get("Content-Length") or 0) or None
-                from tqdm.auto import tqdm
-
-                with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                          desc=destination.name, disable=not progress) as bar:
-                    while chunk := response.read(1 << 20):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        bar.update(len(chunk))
-        actual = digest.hexdigest()
         if expected_sha256 and actual.lower() != expected_sha256.lower():
             raise WeightsDownloadError(
                 f"SHA-256 mismatch for {url}: expected {expected_sha256}, got {actual}. "
                 "The file was not saved; check the URL or the pinned hash."
             )
+        use_default_permissions(tmp)
         os.replace(tmp, destination)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     print(f"Saved {destination} (SHA-256 {actual})", file=sys.stderr)
     return destination
+
+
+def _stream(url: str, out: BinaryIO, label: str, progress: bool) -> str:
+    """Copy the body of ``url`` into ``out`` with a progress bar; returns its SHA-256.
+
+    Raises:
+        OSError: the body ended before its announced Content-Length (a dropped connection
+            looks like a normal end to ``read``, so the byte count is the only tell).
+    """
+    from tqdm.auto import tqdm
+
+    digest = hashlib.sha256()
+    received = 0
+    with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (http/https/file)
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
+                  disable=not progress) as bar:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    if total is not None and received < total:
+        raise OSError(f"connection closed after {received} of {total} bytes")
+    return digest.hexdigest()
 
 
 def _offline_message(url: str, destination: Path, exc: BaseException) -> str:
@@ -181,10 +216,10 @@ def _offline_message(url: str, destination: Path, exc: BaseException) -> str:
     )
 
 
-def _check_hash(path: Path, expected: str, source: str) -> None:
+def _check_hash(path: Path, expected: str, source: str, downloaded: bool = True) -> None:
     actual = sha256_file(path)
     if actual.lower() != expected.lower():
+        fix = ("Delete the file and download it again, or fix the pinned hash." if downloaded
+               else "Check that this is the file you meant, or fix the pinned hash.")
         raise WeightsDownloadError(
-            f"SHA-256 mismatch for {source}: expected {expected}, got {actual}. Delete the file "
-            "and download it again, or fix the pinned hash."
-        )
+            f"SHA-256 mismatch for {source}: expected {expected}, got {actual}. {fix}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 
@@ -46,6 +47,11 @@ def test_score_folder_writes_csv_and_summary(tmp_path, tiny_checkpoint):
     summary = result.stderr.strip().splitlines()[-1]
     assert summary.startswith("scored 5, failed 1, mean ")
     assert abs(float(summary.split("mean ")[1].split()[0]) - sum(good) / 5) < 1e-4
+    # How the scores were made: one line on stderr, the full record beside the CSV.
+    assert "native resolution, precision fp32 on cpu" in result.stderr
+    meta = json.loads((tmp_path / "scores.csv.preprocessing.json").read_text())
+    assert meta["precision"] == "fp32" and meta["max_side"] is None
+    assert meta["weights_sha256"] == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
 
 
 def test_score_non_recursive_and_jsonl(tmp_path, tiny_checkpoint):
@@ -73,9 +79,12 @@ def test_usage_errors(tmp_path, tiny_checkpoint):
     assert result.exit_code == 1 and "missing.pth" in result.output
     result = runner.invoke(main, ["score", str(tmp_path / "x.png"), "--batch-size", "0"])
     assert result.exit_code == 2
+    # A precision the device cannot run is a usage error, found before any weights are loaded
+    # (the weights named here do not even exist).
     result = runner.invoke(main, ["score", str(tmp_path / "x.png"), "--precision", "fp16",
-                                  "--device", "cpu", "--weights", str(tiny_checkpoint)])
-    assert result.exit_code == 1 and "fp16" in result.output
+                                  "--device", "cpu", "--weights", str(tmp_path / "none.pth")])
+    assert result.exit_code == 2 and "--precision" in result.output and "fp16" in result.output
+    assert "cannot load weights" not in result.output
 
 
 def test_download_and_info(tmp_path, monkeypatch, tiny_checkpoint):
@@ -83,7 +92,9 @@ def test_download_and_info(tmp_path, monkeypatch, tiny_checkpoint):
     runner = CliRunner()
     result = runner.invoke(main, ["download", "--weights", tiny_checkpoint.as_uri()])
     assert result.exit_code == 0, result.output
-    assert str(tmp_path / "cache" / "tiny.pth") in result.output
+    from qualiclip.weights import cache_filename
+
+    assert str(tmp_path / "cache" / cache_filename(tiny_checkpoint.as_uri())) in result.output
     import hashlib
 
     assert hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest() in result.output

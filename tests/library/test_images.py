@@ -143,3 +143,39 @@ def test_heic_without_its_decoder_names_the_package(tmp_path):
     with pytest.raises(ImageReadError, match="pip install pillow-heif") as info:
         load_image(path)
     assert "phone.HEIC" in str(info.value)
+
+
+def test_rgb_png_with_a_transparent_colour_is_composited_over_white(tmp_path):
+    pixels = np.zeros((6, 8, 3), np.uint8)
+    pixels[..., :] = (10, 20, 30)
+    pixels[0, 0] = (200, 100, 50)
+    Image.fromarray(pixels).save(tmp_path / "key.png", transparency=(10, 20, 30))
+    tensor = load_image(tmp_path / "key.png").tensor
+    assert torch.allclose(tensor[:, 1:, 1:], torch.ones(3, 5, 7))  # the keyed colour -> white
+    assert torch.allclose(tensor[:, 0, 0], torch.tensor([200, 100, 50]) / 255.0)
+
+
+@pytest.mark.parametrize("name, make", [
+    ("anim.gif", lambda p: Image.new("P", (8, 8)).save(
+        p, save_all=True, append_images=[Image.new("P", (8, 8), 3)])),
+    ("cut.png", lambda p: (make_png_bytes(p), p.write_bytes(p.read_bytes()[:60]))),
+])
+def test_files_are_closed_after_reading(tmp_path, name, make):
+    """Multi-frame files and files that fail to decode leave no open handle behind."""
+    import gc
+    import warnings
+
+    path = tmp_path / name
+    make(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        try:
+            load_image(path)
+        except ImageReadError:
+            pass
+        gc.collect()  # an unclosed handle warns when it is collected
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def make_png_bytes(path):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)).save(path)

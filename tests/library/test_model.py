@@ -158,6 +158,11 @@ def test_bad_checkpoints_give_clear_errors(tmp_path, tiny_clip, tiny_prompt_feat
         load_model(truncated, device="cpu")
     with pytest.raises(FileNotFoundError, match="not found"):
         load_model(tmp_path / "absent.pth", device="cpu")
+    narrow = tmp_path / "narrow_prompts.pth"  # prompt embeddings of another model's width
+    write_checkpoint(narrow, model_config=TINY_TEST_CONFIG, state_dict=tiny_clip.state_dict(),
+                     prompt_features=tiny_prompt_features[:, :-8])
+    with pytest.raises(CheckpointError, match="prompt embeddings are .*-dimensional"):
+        load_model(narrow, device="cpu")
 
 
 def test_checkpoint_loading_refuses_pickled_code(tmp_path):

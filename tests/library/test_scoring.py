@@ -171,3 +171,25 @@ def test_jpeg_byte_path_decodes_like_pil(tmp_path):
     reference = load_image(jpeg, as_uint8=True).tensor
     assert decoded.shape == reference.shape == (3, 60, 40)
     assert (decoded.float() - reference.float()).abs().mean() < 2.0
+
+
+def test_jpeg_byte_path_leaves_truncated_and_oversized_files_to_the_cpu_reader(
+        tmp_path, monkeypatch):
+    """nvJPEG may decode a truncated JPEG without complaint and has no decompression-bomb guard,
+    so such files take the CPU reader, which reports them like every other path does."""
+    from qualiclip.scoring import _DecodeDataset
+
+    image = Image.fromarray((np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8))
+    whole = tmp_path / "whole.jpg"
+    image.save(whole, quality=90)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    dataset = _DecodeDataset([whole, cut], max_side=None, jpeg_bytes=True)
+    assert dataset[0][2].ndim == 1  # bytes for the GPU decoder
+    index, name, tensor, *_, error = dataset[1]
+    assert tensor is None and "cut.jpg" in error
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)  # whole.jpg is now "too big"
+    index, name, tensor, *_, error = _DecodeDataset([whole], None, jpeg_bytes=True)[0]
+    assert tensor is None and "decompression-bomb" in error
