@@ -119,9 +119,16 @@ def parse_request(params: dict[str, Any]) -> ScoreRequest:
     flag_field = p.get("flag_field") or (f"{field}_flagged" if flagging else None)
     if flag_field is not None:
         _check_field_name(flag_field, "flag_field")
+        if flag_field in _score_fields(field):
+            raise RequestError(f"flag_field {flag_field!r} is one of the fields the scores go "
+                               f"into ('{field}', '{field}_error', '{field}_<attribute>'); "
+                               f"choose another name, e.g. '{field}_flagged'")
     tag = p.get("flag_tag", DEFAULT_FLAG_TAG)
     tag = None if tag in (None, False) else str(tag).strip() or None
     view_name = p.get("flag_view")
+    view_name = None if view_name is None else str(view_name).strip() or None
+    if view_name is not None:
+        _check_view_name(view_name)
 
     shard_index = _int(p.get("shard_index"), "shard_index", None, minimum=0)
     bounds = p.get("shard_bounds")
@@ -144,6 +151,22 @@ def _check_field_name(name: str, what: str) -> None:
     if not _IDENTIFIER.match(name) or name in _RESERVED:
         raise RequestError(f"{what} {name!r} is not usable: use letters, digits and '_', "
                            "starting with a letter, and not a built-in field")
+
+
+def _score_fields(field: str) -> set[str]:
+    from qualiclip.prompts import PAIR_NAMES  # torch-free module
+
+    return {field, f"{field}_error", *(f"{field}_{name}" for name in PAIR_NAMES)}
+
+
+def _check_view_name(name: str) -> None:
+    import fiftyone.core.utils as fou
+
+    try:
+        fou.to_slug(name)
+    except ValueError as exc:
+        raise RequestError(f"flag_view {name!r} cannot name a saved view ({exc}); use letters, "
+                           "digits, spaces, '-' or '_'") from None
 
 
 def _is_registered_or_url(weights: str) -> bool:

@@ -4,7 +4,8 @@ The operator (App or Python) and nothing else drives this; it never computes a s
 Order of work, so that a refused request changes nothing:
 
 1. :meth:`ScoringRun.prepare` checks everything (target, field types, weights, precision,
-   comparability with scores already in the field) and loads the model; it writes nothing.
+   comparability with scores already in the field, the flag view's name) and loads the model;
+   it writes nothing.
 2. :meth:`ScoringRun.steps` records provenance, then scores the samples still to do with
    :func:`qualiclip.scoring.iter_scores` and writes every ``chunk_size`` results in bulk,
    yielding ``(fraction, label)`` progress; then flags, and stores a summary.
@@ -12,6 +13,7 @@ Order of work, so that a refused request changes nothing:
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -43,6 +45,7 @@ class ScoringRun:
         self.description: dict[str, Any] | None = None
         self.summary: dict[str, Any] = {}
         self._todo = None
+        self._replace_all = False  # set by prepare(): old scores to clear before scoring
 
     # --- 1. checks, no writes -------------------------------------------------------------
     def prepare(self) -> None:
@@ -51,6 +54,12 @@ class ScoringRun:
         if self.dataset.media_type not in ("image", None):
             raise RequestError(f"dataset '{self.dataset.name}' holds {self.dataset.media_type} "
                                "samples; QualiCLIP scores images")
+        if getattr(self.target, "_is_generated", False):
+            # Patches, frames and clips have IDs of their own that match no sample of the
+            # dataset the scores are written to.
+            raise RequestError("the target is a generated view (patches, frames or clips); "
+                               "score the images themselves: run on the dataset or on a view "
+                               "of its samples")
         total = self.target.count()
         if total == 0:
             raise RequestError("the target holds no samples: nothing to score (check the "
@@ -78,7 +87,13 @@ class ScoringRun:
                      "flag_percent": req.flag_percent, "flag_threshold": req.flag_threshold,
                      "flag_field": req.flag_field, "flag_tag": req.flag_tag,
                      "num_shards": req.num_shards})
-        self._check_comparable()
+        if req.flag_view:
+            taken = writing.flag_view_conflict(self.dataset, req.flag_view)
+            if taken is not None:
+                raise RequestError(f"flag_view {req.flag_view!r} would replace your saved view "
+                                   f"'{taken}'; choose another name")
+        self._replace_all = self._check_comparable()
+        self.target = _frozen(self.dataset, self.target, self.layout)
         self._todo = self.target if req.overwrite else self.target.exists(req.field, False)
         self.summary = {"field": req.field, "target": total, "to_score": self._todo.count(),
                         "run_key": provenance.run_key(req.field)}
@@ -91,19 +106,45 @@ class ScoringRun:
         except Exception as exc:  # missing file, bad checkpoint, offline download, bad device
             raise RequestError(f"cannot load weights {self.request.weights!r}: {exc}") from exc
 
-    def _check_comparable(self) -> None:
+    def _check_comparable(self) -> bool:
+        """Refuse to mix scores made differently into one field.
+
+        Returns:
+            True when the field holds scores made with other settings that this run replaces
+            (``overwrite`` over all of them): they are cleared before scoring, so a run cut off
+            half-way and resumed never leaves old and new scores side by side.
+        """
         req = self.request
-        why = provenance.incompatibility(provenance.recorded(self.dataset, req.field),
-                                         self.description)
-        if why is None:
-            return
+        if req.shard_index is not None:  # the run that queued the shards checked the target
+            return False
         existing = self.dataset.exists(req.field).count()
+        if existing == 0:
+            return False
+        old = provenance.recorded(self.dataset, req.field)
+        why = (provenance.incompatibility(old, self.description) if old is not None else
+               "no record of how they were made: written by apply_model or another tool")
+        if why is None:
+            return False
         replaced = self.target.exists(req.field).count() if req.overwrite else 0
         if existing > replaced:
             raise RequestError(
                 f"field '{req.field}' holds {existing} scores made with other settings ({why}); "
                 "mixing them would make scores look comparable when they are not. Write to a "
                 "new field, or set overwrite on a target that covers all of them")
+        return True
+
+    def clear_replaced_scores(self) -> None:
+        """Unset the old scores an overwrite with new settings replaces (see
+        :meth:`_check_comparable`); called once all checks have passed, before scoring."""
+        if not self._replace_all:
+            return
+        assert self.layout is not None
+        fields = [self.layout.score, self.layout.error, *self.layout.pairs.values()]
+        schema = self.dataset.get_field_schema(flat=True)
+        for name in fields:
+            if name in schema:
+                self.target.set_field(name, None).save(name)
+        self._replace_all = False
 
     # --- 2. writes ---------------------------------------------------------------------------
     def steps(self) -> Iterator[tuple[float, str]]:
@@ -113,11 +154,13 @@ class ScoringRun:
         req, layout = self.request, self.layout
         assert layout is not None and self._todo is not None, "call prepare() first"
         started = time.perf_counter()
+        self.clear_replaced_scores()
         provenance.record(self.dataset, self.description)
         writing.declare_fields(self.dataset, layout)
         ids, paths = self._todo.values(["id", "filepath"])
         n = len(ids)
-        num_workers = 0 if self.immediate else req.num_workers
+        # Inside the App server, decode in-process unless the caller asked for workers.
+        num_workers = 0 if self.immediate and req.num_workers is None else req.num_workers
         yield 0.0, f"Scoring {n} samples ({self.summary['target'] - n} already scored)"
 
         scored = failed = 0
@@ -178,6 +221,22 @@ def plan_shards(todo: Any, num_shards: int) -> list[tuple[str, str | None]]:
     size = math.ceil(len(ids) / num_shards)
     starts = ids[::size]
     return [(lo, starts[i + 1] if i + 1 < len(starts) else None) for i, lo in enumerate(starts)]
+
+
+def _frozen(dataset: fo.Dataset, target: Any, layout: writing.FieldLayout) -> Any:
+    """``target`` pinned to the samples it holds now, where its stages read a field this run
+    writes: ``dataset.exists("quality", False)`` would otherwise be empty again once scored, and
+    flags and the mean would be computed over nothing. Stages that do not mention those fields
+    (the usual case) are kept as they are; matching by name over-approximates, which is safe."""
+    if isinstance(target, fo.Dataset):
+        return target
+    written = [layout.score, layout.error, *layout.pairs.values()]
+    if layout.flag:
+        written.append(layout.flag)
+    stages = json.dumps(target._serialize(), default=str)  # every stage with its full kwargs
+    if not any(name in stages for name in written):
+        return target
+    return dataset.select(target.values("id"))
 
 
 def _restrict_to_shard(target: Any, bounds: tuple[str, str | None] | None) -> Any:

@@ -11,15 +11,16 @@ import datetime
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import fiftyone as fo
 from bson import ObjectId
 from fiftyone import ViewField as F
 from pymongo import UpdateOne
 
-#: Field types the operator may write into, per kind of output.
+#: Field types the operator may write scores into: floats only, since bulk writes bypass
+#: FiftyOne's validation and floats in an IntField break the App's range filters.
 _SCORE_TYPES = (fo.FloatField,)
-_NUMERIC_TYPES = (fo.FloatField, fo.IntField)
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,9 @@ class FieldLayout:
 
     def expected_types(self) -> dict[str, tuple[type, ...]]:
         """Field name -> the field types that may already hold it."""
-        types: dict[str, tuple[type, ...]] = {self.score: _NUMERIC_TYPES,
+        types: dict[str, tuple[type, ...]] = {self.score: _SCORE_TYPES,
                                               self.error: (fo.StringField,)}
-        types.update({name: _NUMERIC_TYPES for name in self.pairs.values()})
+        types.update({name: _SCORE_TYPES for name in self.pairs.values()})
         if self.flag:
             types[self.flag] = (fo.BooleanField,)
         return types
@@ -120,6 +121,12 @@ def write_results(dataset: fo.Dataset, ids: Sequence[str], results: Sequence,
     bulk_write(ops, ids=list(ids))
 
 
+def flag_count(n: int, percent: float) -> int:
+    """``ceil(n * percent / 100)`` computed exactly: in floats 16.1 % of 1000 is 161.00000000000003
+    and would round up to 162. ``percent`` is taken as the decimal the user typed."""
+    return math.ceil(Fraction(n) * Fraction(str(percent)) / 100)
+
+
 @dataclass
 class FlagResult:
     flagged_ids: list[str]
@@ -140,7 +147,7 @@ def flag_low_quality(dataset: fo.Dataset, target: fo.core.collections.SampleColl
         raise ValueError("layout has no flag field")
     scored = target.exists(layout.score)  # `F(x) < t` alone would also match missing scores
     if percent is not None:
-        k = math.ceil(scored.count() * percent / 100.0)
+        k = flag_count(scored.count(), percent)
         worst = scored.sort_by(layout.score).limit(k)
         flagged_ids = worst.values("id") if k else []
         cutoff = max(worst.values(layout.score)) if k else None
@@ -159,7 +166,26 @@ def flag_low_quality(dataset: fo.Dataset, target: fo.core.collections.SampleColl
     return FlagResult(flagged_ids=list(flagged_ids), cutoff=cutoff)
 
 
+#: Description of the saved views this plugin makes; only views carrying it are replaced.
+FLAG_VIEW_MARK = "QualiCLIP low-quality flags"
+
+
+def flag_view_conflict(dataset: fo.Dataset, name: str) -> str | None:
+    """The saved view that saving ``name`` would replace although this plugin did not make it
+    (FiftyOne replaces views whose names share a slug: "my_worst" replaces "My Worst")."""
+    import fiftyone.core.utils as fou
+
+    slug = fou.to_slug(name)
+    for info in dataset.list_saved_views(info=True):
+        if fou.to_slug(info["name"]) == slug and not str(
+                info.get("description") or "").startswith(FLAG_VIEW_MARK):
+            return info["name"]
+    return None
+
+
 def save_flag_view(dataset: fo.Dataset, name: str, layout: FieldLayout) -> None:
-    """Save the flagged samples, worst first, as a named view (replacing one of that name)."""
+    """Save the flagged samples, worst first, as a named view (replacing one of that name that
+    this plugin made; :func:`flag_view_conflict` is checked before any write)."""
     view = dataset.match(F(layout.flag) == True).sort_by(layout.score)  # noqa: E712
-    dataset.save_view(name, view, overwrite=True)
+    dataset.save_view(name, view, overwrite=True,
+                      description=f"{FLAG_VIEW_MARK} in '{layout.flag}', worst first")

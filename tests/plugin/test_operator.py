@@ -123,6 +123,8 @@ def test_selected_samples_target(make_dataset, tiny_checkpoint):
 @pytest.mark.parametrize("case", [
     "string_field", "missing_weights", "invalid_weights", "empty_target", "batch_size_0",
     "percent_150", "both_flags", "max_side_tiny", "bad_field_name", "other_settings",
+    "flag_field_is_score", "flag_field_is_attribute", "flag_view_bad_name", "flag_view_taken",
+    "int_field", "patches_view", "unrecorded_values",
 ])
 def test_refusals_leave_dataset_unchanged(case, make_dataset, operator, tiny_checkpoint,
                                           tmp_path):
@@ -157,6 +159,26 @@ def test_refusals_leave_dataset_unchanged(case, make_dataset, operator, tiny_che
     elif case == "other_settings":
         operator(dataset.limit(3), **params)
         params["max_side"] = 64  # different preprocessing, same field, no overwrite
+    elif case == "flag_field_is_score":
+        params.update(flag_percent=10, flag_field="quality")
+    elif case == "flag_field_is_attribute":
+        params.update(flag_percent=10, flag_field="quality_noise_free")
+    elif case == "flag_view_bad_name":
+        params.update(flag_percent=10, flag_view="!!!")
+    elif case == "flag_view_taken":
+        dataset.save_view("My Worst", dataset.limit(2))  # same slug as "my_worst"
+        params.update(flag_percent=10, flag_view="my_worst")
+    elif case == "int_field":
+        dataset.add_sample_field("quality", fo.IntField)
+    elif case == "patches_view":
+        sample = dataset.first()
+        sample["gt"] = fo.Detections(detections=[fo.Detection(label="a",
+                                                               bounding_box=[0, 0, .5, .5])])
+        sample.save()
+        target = dataset.to_patches("gt")
+    elif case == "unrecorded_values":  # e.g. written by apply_model: no record of the settings
+        dataset.add_sample_field("quality", fo.FloatField)
+        dataset.set_values("quality", [0.5] * len(dataset))
     before = _snapshot(dataset)
     with pytest.raises(Exception) as info:
         operator(target, **params)
@@ -166,5 +188,81 @@ def test_refusals_leave_dataset_unchanged(case, make_dataset, operator, tiny_che
                 "invalid_weights": "cannot load weights", "empty_target": "no samples",
                 "batch_size_0": "batch_size", "percent_150": "flag_percent",
                 "both_flags": "not both", "max_side_tiny": "max_side",
-                "bad_field_name": "not usable", "other_settings": "other settings"}[case]
+                "bad_field_name": "not usable", "other_settings": "other settings",
+                "flag_field_is_score": "fields the scores go into",
+                "flag_field_is_attribute": "fields the scores go into",
+                "flag_view_bad_name": "cannot name a saved view",
+                "flag_view_taken": "would replace your saved view 'My Worst'",
+                "int_field": "IntField", "patches_view": "generated view",
+                "unrecorded_values": "no record of how they were made"}[case]
     assert expected in message
+
+
+def test_flag_count_is_exact_for_decimal_percents():
+    from qualiclip_plugin.writing import flag_count
+
+    assert math.ceil(1000 * 16.1 / 100) == 162  # the float formula's error
+    assert flag_count(1000, 16.1) == 161
+    assert flag_count(100_000, 1.1) == 1100
+    assert flag_count(7, 10) == 1 and flag_count(7, 100) == 7 and flag_count(0, 50) == 0
+    assert flag_count(3, 33.34) == 2  # a genuine fraction still rounds up
+
+
+def test_target_that_selects_on_the_score_field_is_flagged_after_scoring(
+        make_dataset, operator, tiny_checkpoint):
+    """`exists("quality", False)` (the unscored samples) is empty once scored; the run must keep
+    flagging and summarising the samples it was given."""
+    dataset = make_dataset()
+    operator(dataset.limit(4), **_params(tiny_checkpoint))
+    unscored = dataset.exists("quality", False)
+    n = unscored.count()
+    summary = operator(unscored, **_params(tiny_checkpoint, flag_percent=50))
+    dataset.reload()
+    new = [s for s in dataset.skip(4) if s["quality"] is not None]
+    assert summary["scored"] == len(new) == n - 1  # the broken file has no score
+    assert summary["flagged"] == math.ceil(len(new) / 2)
+    assert summary["mean"] == pytest.approx(sum(s["quality"] for s in new) / len(new))
+    assert {s.id for s in dataset if "low_quality" in s.tags} <= {s.id for s in new}
+
+
+def test_interrupted_overwrite_with_new_settings_then_resume_leaves_no_old_scores(
+        make_dataset, tiny_checkpoint):
+    """An overwrite with new settings clears the old scores first: a run cut off after its first
+    chunk and resumed (overwrite off, as the README says) holds only new-setting scores."""
+    from qualiclip_plugin.request import parse_request
+    from qualiclip_plugin.runner import ScoringRun
+
+    dataset = make_dataset()
+    old = _params(tiny_checkpoint, chunk_size=4)
+    run = ScoringRun(dataset, dataset, parse_request(old), immediate=True)
+    run.prepare()
+    list(run.steps())
+    old_scores = dict(zip(dataset.values("id"), dataset.values("quality"), strict=True))
+
+    new = {**old, "max_side": 48}
+    run = ScoringRun(dataset, dataset, parse_request({**new, "overwrite": True}),
+                     immediate=True)
+    run.prepare()
+    steps = run.steps()
+    next(steps)  # "Scoring N samples"
+    next(steps)  # first chunk written
+    steps.close()  # the worker dies here
+    dataset.reload()
+    assert sum(v is not None for v in dataset.values("quality")) == 4
+
+    resumed = ScoringRun(dataset, dataset, parse_request(new), immediate=True)
+    resumed.prepare()
+    list(resumed.steps())
+    dataset.reload()
+    from qualiclip.scoring import score_images
+
+    expected = {r.path: r.score for r in score_images(
+        dataset.values("filepath"), weights=str(tiny_checkpoint), device="cpu",
+        precision="fp32", max_side=48, num_workers=0, progress=False)}
+    changed = 0
+    for sample in dataset:
+        if expected[sample.filepath] is None:
+            continue
+        assert sample["quality"] == pytest.approx(expected[sample.filepath], abs=TOL)
+        changed += abs(old_scores[sample.id] - sample["quality"]) > TOL
+    assert changed >= 8  # the settings do change the scores, so old ones would be caught
