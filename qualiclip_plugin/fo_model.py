@@ -10,6 +10,11 @@ Built like FiftyOne's own open_clip wrapper (config + ``_load_model`` / ``_build
   images are read by our own ``GetItem`` (in the DataLoader workers, so ``num_workers`` works)
   that turns a read error into a :class:`ReadFailure` value. The failed sample gets no score (with
   ``pair_scores=True`` an ``<label_field>_error`` string); its batch mates are scored normally.
+* **Reruns**: like every FiftyOne model, ``apply_model`` writes only the values a prediction
+  has (FiftyOne does not persist ``None`` through the field-selected views it writes with), so
+  rerunning into the same ``label_field`` keeps an old score for an image that now fails, and an
+  old error for one fixed since. :meth:`QualiCLIPModel.clear_outputs` empties those fields on a
+  collection first, for a clean rerun; the operator does this itself.
 * Scores come from the QualiCLIP module's own methods (``image_features`` then
   ``pair_scores_from_features``) under :func:`qualiclip.precision.autocast_context`, the same
   path :mod:`qualiclip.scoring` runs, so ``apply_model`` and the operator agree.
@@ -110,6 +115,31 @@ class QualiCLIPModel(fout.TorchImageModel):
         self._last_embeddings: np.ndarray | None = None
 
     # --- TorchImageModel overrides ----------------------------------------------------------
+    def output_fields(self, label_field: str) -> dict[str, type]:
+        """The fields ``apply_model(model, label_field=...)`` writes, with their types."""
+        import fiftyone as fo
+
+        if not self.config.pair_scores:
+            return {label_field: fo.FloatField}
+        fields = {f"{label_field}_{k}": fo.FloatField for k in ("score", *self.pair_names)}
+        return {**fields, f"{label_field}_error": fo.StringField}
+
+    def clear_outputs(self, samples, label_field: str) -> list[str]:
+        """Set the fields this model writes into ``label_field`` to None on ``samples``, so that
+        a following ``samples.apply_model(model, label_field=...)`` leaves no stale values.
+
+        Only fields that exist with the type this model writes are touched (a field of another
+        type is left for ``apply_model`` to refuse). Returns the fields cleared.
+        """
+        if samples.media_type != "image":  # frames of videos: FiftyOne's own rules apply
+            return []
+        schema = samples._dataset.get_field_schema()
+        fields = [name for name, ftype in self.output_fields(label_field).items()
+                  if type(schema.get(name)) is ftype]
+        if fields:
+            samples.clear_sample_fields(fields)
+        return fields
+
     def _load_model(self, config: QualiCLIPModelConfig):
         from qualiclip import load_model
 

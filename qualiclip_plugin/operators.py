@@ -26,6 +26,10 @@ from qualiclip_plugin.request import (
     parse_request,
 )
 
+#: Operator icon, relative to the plugin folder (the one holding ``fiftyone.yml``). Both layouts
+#: carry the file: ``assets/icon.svg`` at the repository root and in ``qualiclip_plugin/``.
+ICON = "/assets/icon.svg"
+
 _SUMMARY_FIELDS = (
     ("scored", "Scored in this run"),
     ("skipped", "Skipped (already scored)"),
@@ -45,7 +49,7 @@ class ComputeImageQuality(foo.Operator):
             name=OPERATOR_NAME,
             label="Compute image quality (QualiCLIP)",
             description="Score image quality; flag and tag the worst images",
-            icon="/assets/icon.svg",
+            icon=ICON,
             dynamic=True,
             allow_immediate_execution=True,
             allow_delegated_execution=True,
@@ -54,17 +58,24 @@ class ComputeImageQuality(foo.Operator):
 
     # --- execution mode --------------------------------------------------------------------
     def resolve_delegation(self, ctx) -> bool | None:
+        """The form's "delegate" (default: on above :data:`IMMEDIATE_MAX_SAMPLES` samples).
+
+        True forces delegation server-side whichever button was pressed; False/None leave it
+        to the button (the App's Schedule, or ``request_delegation``).
+        """
         delegate = ctx.params.get("delegate")
-        return None if delegate is None else bool(delegate)
+        if delegate is None:
+            return True if _target_size(ctx) > IMMEDIATE_MAX_SAMPLES else None
+        return bool(delegate)
 
     def resolve_execution_options(self, ctx) -> foo.ExecutionOptions:
-        forced = self.resolve_delegation(ctx)
-        if forced is not None:
-            return foo.ExecutionOptions(allow_immediate_execution=not forced,
-                                        allow_delegated_execution=forced)
-        return foo.ExecutionOptions(
-            allow_immediate_execution=True, allow_delegated_execution=True,
-            default_choice_to_delegated=_target_size(ctx) > IMMEDIATE_MAX_SAMPLES)
+        # Both modes stay allowed whatever the form says: with the App's default settings (no
+        # orchestrator registered, legacy orchestrators off) an operator that allows only
+        # delegated execution gets no run button at all. The Execute button still queues the
+        # run when "delegate" is on, because resolve_delegation forces it.
+        return foo.ExecutionOptions(allow_immediate_execution=True,
+                                    allow_delegated_execution=True,
+                                    default_choice_to_delegated=bool(self.resolve_delegation(ctx)))
 
     # --- form ------------------------------------------------------------------------------
     def resolve_input(self, ctx) -> types.Property:
@@ -145,7 +156,8 @@ class ComputeImageQuality(foo.Operator):
         for progress, label in run.steps():
             yield ctx.trigger("set_progress", dict(progress=progress, label=label))
         yield ctx.trigger("reload_dataset")
-        yield ctx.trigger("show_output", dict(outputs=_summary_outputs().to_json(),
+        # The App reads `outputs` with Property.fromJSON: a Property's JSON, not an Object's.
+        yield ctx.trigger("show_output", dict(outputs=types.Property(_summary_outputs()).to_json(),
                                               results=run.summary))
 
     def _queue_shards(self, ctx, run) -> dict[str, Any]:
@@ -155,6 +167,9 @@ class ComputeImageQuality(foo.Operator):
         from qualiclip_plugin.runner import plan_shards
 
         bounds = plan_shards(run._todo, run.request.num_shards)
+        # Shards do not re-check the whole target, so old scores that an overwrite with new
+        # settings replaces are cleared here, once, before any shard writes.
+        run.clear_replaced_scores()
         service = DelegatedOperationService()
         ids = []
         for index, (lo, hi) in enumerate(bounds):

@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -82,9 +83,15 @@ def test_app_lists_resolves_and_executes(app_server, make_dataset, tiny_checkpoi
     assert not any("ERROR" in str(m.get("type")) for m in messages), messages
     triggered = [m.get("body", {}).get("operator_uri", "") for m in messages]
     assert "set_progress" in triggered and "reload_dataset" in triggered, triggered
-    shown = [m["body"]["params"]["results"] for m in messages
+    shown = [m["body"]["params"] for m in messages
              if m.get("body", {}).get("operator_uri") == "show_output"]
-    assert shown and shown[0]["scored"] == len(dataset) - 1 and shown[0]["failed"] == 1
+    assert shown and shown[0]["results"]["scored"] == len(dataset) - 1
+    assert shown[0]["results"]["failed"] == 1
+    # The App reads `outputs` with Property.fromJSON: a Property ({"type": {"name": ...}}),
+    # not a bare Object ({"name": "Object", "properties": ...}).
+    outputs = shown[0]["outputs"]
+    assert outputs["type"]["name"] == "Object", outputs
+    assert {"scored", "failed", "mean"} <= set(outputs["type"]["properties"])
 
     dataset.reload()
     for sample in dataset.exists("quality"):
@@ -92,3 +99,76 @@ def test_app_lists_resolves_and_executes(app_server, make_dataset, tiny_checkpoi
                                                   abs=TOL)
     assert len(dataset.exists("quality")) == len(dataset) - 1
     assert len(dataset.match_tags("low_quality")) == 3
+
+
+def test_large_target_defaults_to_delegation_and_keeps_a_run_button(app_server, make_dataset,
+                                                                    image_files,
+                                                                    tiny_checkpoint):
+    """Above IMMEDIATE_MAX_SAMPLES the form's "delegate" defaults on. The execution options must
+    still allow immediate execution: with the App's default settings (no orchestrator
+    registered, legacy orchestrators off) a delegated-only operator gets no run button at all.
+    Execute then queues the run, because the operator forces delegation for that form."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    from qualiclip_plugin.request import IMMEDIATE_MAX_SAMPLES
+
+    paths = (image_files * (IMMEDIATE_MAX_SAMPLES // len(image_files) + 1))
+    dataset = make_dataset(paths[:IMMEDIATE_MAX_SAMPLES + 1])
+    base = {"dataset_name": dataset.name, "view": [], "selected": [], "selected_labels": [],
+            "operator_uri": OPERATOR_URI}
+
+    form = json.loads(_post(app_server, "/operators/resolve-type", {
+        **base, "target": "inputs", "params": {}}))
+    assert form["type"]["properties"]["delegate"]["default"] is True
+
+    params = {"view_target": "DATASET", "weights": str(tiny_checkpoint), "device": "cpu",
+              "delegate": True}
+    for delegate in (True, False, None):
+        sent = {**params, "delegate": delegate} if delegate is not None else {
+            k: v for k, v in params.items() if k != "delegate"}
+        options = json.loads(_post(app_server, "/operators/resolve-execution-options",
+                                   {**base, "params": sent}))
+        assert options["allow_immediate_execution"] is True, (delegate, options)
+        assert options["allow_delegated_execution"] is True, (delegate, options)
+        assert options["default_choice_to_delegated"] is (delegate is not False), (delegate,
+                                                                                   options)
+    assert options["orchestrator_registration_enabled"] is True  # the App's default settings
+
+    # The App's Execute button with the form's default: queued, nothing scored in the server.
+    body = _post(app_server, "/operators/execute/generator", {**base, "params": params})
+    result = json.loads(body)
+    assert result.get("delegated") is True, result
+    service = DelegatedOperationService()
+    ops = service.list_operations(dataset_name=dataset.name)
+    try:
+        assert [op.run_state for op in ops] == ["queued"]
+        assert len(dataset.exists("quality")) == 0
+    finally:
+        for op in ops:
+            service.delete_operation(op.id)
+
+
+def test_operator_icons_exist_in_both_layouts(app_server, make_dataset):
+    """Each operator's icon is a path inside the plugin folder: served by the App under the
+    plugin's server path (the package layout the tests install), and present next to the
+    repository root's fiftyone.yml (the `fiftyone plugins download` layout)."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    dataset = make_dataset()
+    listed = json.loads(_post(app_server, "/operators", {"dataset_name": dataset.name}))
+    ours = {op["uri"]: op for op in listed["operators"]
+            if op["uri"].startswith("@qualiclip/qualiclip/")}
+    manifest = yaml.safe_load((repo / "fiftyone.yml").read_text())
+    assert sorted(uri.rsplit("/", 1)[-1] for uri in ours) == sorted(manifest["operators"])
+    plugins = json.loads(urllib.request.urlopen(app_server + "/plugins", timeout=30).read())
+    [plugin] = [p for p in plugins["plugins"] if p["name"] == "@qualiclip/qualiclip"]
+    for uri, op in ours.items():
+        icon = op["config"]["icon"]
+        assert icon and icon.startswith("/") and icon.endswith(".svg"), (uri, icon)
+        with urllib.request.urlopen(app_server + plugin["server_path"] + icon,
+                                    timeout=30) as response:
+            served = response.read()
+        assert b"<svg" in served, uri
+        for manifest_dir in (repo, repo / "qualiclip_plugin"):
+            assert (manifest_dir / icon.lstrip("/")).read_bytes() == served, (manifest_dir, icon)

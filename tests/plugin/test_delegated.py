@@ -53,3 +53,24 @@ def test_sharded_run_splits_work_over_operations(make_dataset, operator, tiny_ch
     for sample in dataset.exists("quality"):
         assert sample["quality"] == pytest.approx(reference_scores[sample.filepath].score,
                                                   abs=TOL)
+
+
+def test_sharded_overwrite_with_new_settings(make_dataset, operator, tiny_checkpoint):
+    """Replacing every score with new settings over shards: the shards do not refuse their
+    ranges (the queuing run checked the whole target) and no old score survives."""
+    dataset = make_dataset()
+    operator(dataset, **_params(tiny_checkpoint))
+    old = dict(zip(dataset.values("id"), dataset.values("quality"), strict=True))
+    summary = operator(dataset, **_params(tiny_checkpoint, max_side=48, overwrite=True,
+                                          num_shards=2))
+    assert summary["queued_shards"] == 2
+    dataset.reload()
+    assert len(dataset.exists("quality")) == 0  # old scores cleared before the shards run
+    _run_queue(dataset)
+    ops = _ops(dataset)
+    assert [op.run_state for op in ops] == ["completed"] * 2, [op.result.error for op in ops]
+    dataset.reload()
+    assert len(dataset.exists("quality")) == len(dataset) - 1
+    assert dataset.get_run_info("qualiclip_quality").config.max_side == 48
+    changed = sum(abs(old[s.id] - s["quality"]) > TOL for s in dataset.exists("quality"))
+    assert changed >= 8

@@ -75,3 +75,73 @@ def test_predict_on_arrays(fo_model, image_files, reference_scores):
     image = np.asarray(Image.open(image_files[0]).convert("RGB"))
     assert fo_model.predict(image) == pytest.approx(reference_scores[str(image_files[0])].score,
                                                     abs=TOL)
+
+
+def test_apply_model_rerun_leaves_no_stale_values(make_dataset, tiny_checkpoint, tmp_path):
+    """A rerun after ``model.clear_outputs`` replaces every value: a file broken since the last
+    run loses its old score and attribute scores, a file fixed since then loses its old error."""
+    import shutil
+
+    import qualiclip_plugin
+    from tests.conftest import make_image
+
+    model = qualiclip_plugin.load_model(weights=tiny_checkpoint, device="cpu",
+                                        precision="fp32", pair_scores=True)
+    folder = tmp_path / "rerun"
+    folder.mkdir()
+    to_fix = folder / "a_fixed_later.jpg"
+    to_fix.write_bytes(b"not an image yet")  # first in the dataset: a failure comes first
+    to_break = make_image(folder / "b_broken_later.jpg", seed=7)
+    good = make_image(folder / "c_good.jpg", seed=8)
+    dataset = make_dataset([to_fix, to_break, good])
+    fields = ["q_score", "q_error", *(f"q_{name}" for name in PAIR_NAMES)]
+
+    def by_name():
+        dataset.reload()
+        return {s.filepath.rsplit("/", 1)[-1]: {f: s[f] for f in fields} for s in dataset}
+
+    dataset.apply_model(model, label_field="q", batch_size=4, num_workers=0)
+    first = by_name()
+    assert first["a_fixed_later.jpg"]["q_score"] is None
+    assert "not an image" in first["a_fixed_later.jpg"]["q_error"]
+    assert first["b_broken_later.jpg"]["q_score"] is not None
+    assert first["b_broken_later.jpg"]["q_error"] is None
+
+    shutil.copyfile(good, to_fix)
+    to_break.write_bytes(b"not an image any more")
+    assert set(model.clear_outputs(dataset, "q")) == set(fields)
+    dataset.apply_model(model, label_field="q", batch_size=4, num_workers=0)
+    second = by_name()
+    assert second["a_fixed_later.jpg"]["q_error"] is None  # no stale error
+    assert second["a_fixed_later.jpg"]["q_score"] == pytest.approx(
+        second["c_good.jpg"]["q_score"], abs=TOL)
+    broken = second["b_broken_later.jpg"]
+    assert "not an image" in broken["q_error"]
+    assert all(broken[f] is None for f in fields if f != "q_error"), broken  # no stale scores
+    assert second["c_good.jpg"] == first["c_good.jpg"]
+
+    # A new label field on a dataset that already holds QualiCLIP fields of another one.
+    dataset.apply_model(model, label_field="r", batch_size=1, num_workers=0)
+    dataset.reload()
+    r_scores = dataset.values("r_score")
+    assert r_scores[1] is None and "not an image" in dataset.values("r_error")[1]
+    assert r_scores[0] == pytest.approx(second["a_fixed_later.jpg"]["q_score"], abs=TOL)
+    assert r_scores[2] == pytest.approx(second["c_good.jpg"]["q_score"], abs=TOL)
+
+
+def test_clear_outputs_then_rerun_touches_the_target_only(make_dataset, fo_model,
+                                                                tmp_path):
+    from tests.conftest import make_image
+
+    to_break = make_image(tmp_path / "broken_later.jpg", seed=9)
+    other = make_image(tmp_path / "other.jpg", seed=10)
+    dataset = make_dataset([to_break, other])
+    dataset.apply_model(fo_model, label_field="f", batch_size=2, num_workers=0)
+    before = dataset.values("f")
+    assert None not in before
+    to_break.write_bytes(b"not an image any more")
+    other.write_bytes(b"broken too, but outside the target")
+    target = dataset.match({"filepath": str(to_break)})
+    assert fo_model.clear_outputs(target, "f") == ["f"]
+    target.apply_model(fo_model, label_field="f", batch_size=2, num_workers=0)
+    assert dataset.values("f") == [None, before[1]]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -84,3 +85,32 @@ def test_both_layouts_register_the_operator(tmp_path):
     install_plugin(linked)
     assert _registered_operators(downloaded) == listed
     assert _registered_operators(linked) == listed
+
+
+def test_wheel_ships_the_plugin_manifest_and_icon(tmp_path):
+    """A non-editable install must carry what FiftyOne loads from the package folder."""
+    import zipfile
+
+    pytest.importorskip("setuptools")
+    pytest.importorskip("wheel")
+    import shutil
+
+    source = tmp_path / "src"  # a clean copy: no build/ left over from earlier builds
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for name in ("qualiclip", "qualiclip_plugin", "training"):
+        shutil.copytree(REPO / name, source / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+         "-q", "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    (wheel,) = tmp_path.glob("qualiclip-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    manifest = _manifest(PACKAGE / "fiftyone.yml")
+    assert "qualiclip_plugin/fiftyone.yml" in names
+    from qualiclip_plugin.operators import ICON
+
+    assert "qualiclip_plugin/" + ICON.lstrip("/") in names
+    assert manifest["name"] == "@qualiclip/qualiclip"

@@ -138,3 +138,125 @@ def test_quality_maps_operator_writes_heatmaps(scored_dataset, tiny_checkpoint, 
         assert list(heatmap.range) == [0.0, 1.0]
         np.testing.assert_allclose(heatmap.map, ref.map, atol=1e-6)
     assert heatmaps[-1] is None
+
+
+def _snapshot(dataset):
+    """Everything a refused run must leave unchanged: samples and schema."""
+    dataset.reload()
+    return [s.to_dict() for s in dataset.iter_samples()], sorted(dataset.get_field_schema())
+
+
+def test_report_operator_empty_params_fall_back_to_defaults(scored_dataset, tmp_path):
+    """The App sends None for a cleared number or list box: the defaults apply."""
+    import fiftyone.operators as foo
+
+    out = tmp_path / "defaults.html"
+    result = foo.execute_operator(f"{PLUGIN}/write_quality_report", ctx=dict(
+        view=scored_dataset.view(), params=dict(field=None, output=str(out), n=None,
+                                                threshold=None, group_by=None)))
+    assert result.error is None, result.error
+    page = out.read_text()
+    scores = [s for s in scored_dataset.values("quality") if s is not None]
+    flagged = re.search(r'data-key="flagged">.*?<td>(\d+)</td>', page).group(1)
+    assert int(flagged) == sum(1 for s in scores if s < 0.5)  # default threshold
+    worst_html = page[page.index('id="worst"'):page.index('id="best"')]
+    assert len(re.findall(r'data-path="', worst_html)) == min(12, len(scores))  # default n
+
+
+@pytest.mark.parametrize("case", ["no_output", "empty_output", "output_is_dir", "threshold_2",
+                                  "threshold_text", "n_0", "missing_field"])
+def test_report_operator_refuses_bad_input(case, scored_dataset, tmp_path):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionError
+
+    out = tmp_path / "r.html"
+    params = dict(field="quality", output=str(out))
+    # Some are caught by FiftyOne's own check against the form ("Path: output. Reason: ...").
+    expected = {"no_output": "output", "empty_output": "output", "output_is_dir": "is a folder",
+                "threshold_2": "threshold", "threshold_text": "threshold", "n_0": "Path: n.",
+                "missing_field": "no field 'nope'"}[case]
+    if case == "no_output":
+        del params["output"]
+    elif case == "empty_output":
+        params["output"] = ""
+    elif case == "output_is_dir":
+        params["output"] = str(tmp_path)
+    elif case == "threshold_2":
+        params["threshold"] = 2
+    elif case == "threshold_text":
+        params["threshold"] = "low"
+    elif case == "n_0":
+        params["n"] = 0
+    elif case == "missing_field":
+        params["field"] = "nope"
+    with pytest.raises(ExecutionError) as info:
+        foo.execute_operator(f"{PLUGIN}/write_quality_report", ctx=dict(
+            view=scored_dataset.view(), params=params))
+    assert expected in str(info.value)
+    assert not out.exists()
+
+
+def test_quality_maps_operator_empty_params_use_defaults(scored_dataset, tiny_checkpoint):
+    import fiftyone as fo
+    import fiftyone.operators as foo
+
+    result = foo.execute_operator(f"{PLUGIN}/compute_quality_maps", ctx=dict(
+        view=scored_dataset.limit(2), params=dict(field=None, weights=str(tiny_checkpoint),
+                                                  device=None, max_side=None)))
+    assert result.error is None, result.error
+    heatmaps = scored_dataset.values("quality_map")
+    assert all(isinstance(h, fo.Heatmap) for h in heatmaps[:2])
+    assert heatmaps[2:] == [None] * (len(heatmaps) - 2)
+
+
+@pytest.mark.parametrize("case", ["missing_weights", "invalid_weights", "max_side_8",
+                                  "max_side_text", "bad_field_name", "field_of_other_type",
+                                  "empty_target", "generated_view", "video_dataset"])
+def test_quality_maps_operator_refuses_bad_input_before_writing(case, scored_dataset,
+                                                                tiny_checkpoint, tmp_path):
+    import fiftyone as fo
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionError
+
+    dataset = scored_dataset
+    target = dataset.view()
+    params = dict(field="qmap", weights=str(tiny_checkpoint), device="cpu")
+    expected = {"missing_weights": "no such file", "invalid_weights": "cannot load weights",
+                "max_side_8": "max_side", "max_side_text": "max_side",
+                "bad_field_name": "not usable", "field_of_other_type": "FloatField",
+                "empty_target": "no samples", "generated_view": "generated view",
+                "video_dataset": "video"}[case]
+    if case == "missing_weights":
+        params["weights"] = str(tmp_path / "nope.pth")
+    elif case == "invalid_weights":
+        bad = tmp_path / "bad.pth"
+        bad.write_bytes(b"\x00garbage" * 100)
+        params["weights"] = str(bad)
+    elif case == "max_side_8":
+        params["max_side"] = 8
+    elif case == "max_side_text":
+        params["max_side"] = "big"
+    elif case == "bad_field_name":
+        params["field"] = "filepath"
+    elif case == "field_of_other_type":
+        params["field"] = "quality"
+    elif case == "empty_target":
+        target = dataset.match({"filepath": "nothing"})
+    elif case == "generated_view":
+        dataset.set_values("boxes", [fo.Detections(detections=[fo.Detection(
+            label="x", bounding_box=[0.1, 0.1, 0.5, 0.5])]) for _ in range(len(dataset))])
+        target = dataset.to_patches("boxes")
+    elif case == "video_dataset":
+        dataset = fo.Dataset(f"qualiclip-video-{uuid.uuid4().hex[:8]}")
+        dataset.add_sample(fo.Sample(filepath=str(tmp_path / "clip.mp4")))
+        target = dataset.view()
+    before = _snapshot(dataset)
+    try:
+        with pytest.raises(ExecutionError) as info:
+            foo.execute_operator(f"{PLUGIN}/compute_quality_maps",
+                                 ctx=dict(view=target, params=params))
+        assert expected in str(info.value)
+        assert _snapshot(dataset) == before
+    finally:
+        if case == "video_dataset":
+            dataset.delete()
