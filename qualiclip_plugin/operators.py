@@ -130,7 +130,10 @@ class ComputeImageQuality(foo.Operator):
                        description="Split into N delegated operations so N workers score "
                                    "together")
         try:
-            parse_request(ctx.params)
+            request = parse_request(ctx.params)
+            if ctx.params.get("delegate", size > IMMEDIATE_MAX_SAMPLES) or \
+                    request.num_shards > 1:
+                _check_persistent(ctx.dataset)
         except RequestError as exc:
             inputs.view("invalid", types.Error(label="Cannot run", description=str(exc)))
         else:
@@ -213,6 +216,8 @@ class ComputeImageQuality(foo.Operator):
                       flag_view=flag_view, num_shards=num_shards, delegate=delegate,
                       chunk_size=chunk_size)
         view = sample_collection.view()
+        if delegate or num_shards > 1:
+            _check_persistent(view._root_dataset)
         result = foo.execute_operator(self.uri, ctx=dict(view=view, params=params),
                                       request_delegation=delegate)
         if delegate or isinstance(result.result, dict):
@@ -220,6 +225,14 @@ class ComputeImageQuality(foo.Operator):
         from qualiclip_plugin import provenance
 
         return provenance.load_summary(view._root_dataset, field)
+
+
+def _check_persistent(dataset) -> None:
+    """Delegated work runs in another process, which can only open persistent datasets."""
+    if dataset is not None and not dataset.persistent:
+        raise RequestError(
+            f"dataset '{dataset.name}' is not persistent, so a background worker cannot open "
+            "it: set `dataset.persistent = True`, or run immediately (delegate off, 1 shard)")
 
 
 def _target_size(ctx) -> int:

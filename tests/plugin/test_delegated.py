@@ -74,3 +74,18 @@ def test_sharded_overwrite_with_new_settings(make_dataset, operator, tiny_checkp
     assert dataset.get_run_info("qualiclip_quality").config.max_side == 48
     changed = sum(abs(old[s.id] - s["quality"]) > TOL for s in dataset.exists("quality"))
     assert changed >= 8
+
+
+@pytest.mark.parametrize("how", [{"delegate": True}, {"num_shards": 2}])
+def test_non_persistent_dataset_is_not_queued(operator, image_files, tiny_checkpoint, how):
+    """A worker process cannot open a non-persistent dataset: refuse instead of queueing."""
+    import fiftyone as fo
+
+    dataset = fo.Dataset()  # not persistent
+    try:
+        dataset.add_samples([fo.Sample(filepath=str(p)) for p in image_files[:3]])
+        with pytest.raises(Exception, match="not persistent"):
+            operator(dataset, **_params(tiny_checkpoint), **how)
+        assert _ops(dataset) == [] and len(dataset.exists("quality")) == 0
+    finally:
+        dataset.delete()
