@@ -297,6 +297,13 @@ def iter_scores(
         max_batch_pixels = default_max_batch_pixels(dev)
     engine = _Engine(model, dev, resolve_precision(precision, dev))
     workers = default_num_workers(len(sources)) if num_workers is None else int(num_workers)
+    if workers and any(isinstance(src, torch.Tensor) and src.device.type != "cpu"
+                       for src in sources):
+        # Worker processes cannot touch CUDA memory (forked workers fail on it), and the
+        # images are already decoded: read them in this process.
+        workers = 0
+    elif num_workers is None and not any(isinstance(src, (str, os.PathLike)) for src in sources):
+        workers = 0  # in-memory images only: nothing to decode, pickling them costs more
     gpu_jpeg = gpu_jpeg and dev.type == "cuda"
     loader = DataLoader(
         _DecodeDataset(sources, max_side, jpeg_bytes=gpu_jpeg), batch_size=None, shuffle=False,

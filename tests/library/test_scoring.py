@@ -193,3 +193,21 @@ def test_jpeg_byte_path_leaves_truncated_and_oversized_files_to_the_cpu_reader(
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)  # whole.jpg is now "too big"
     index, name, tensor, *_, error = _DecodeDataset([whole], None, jpeg_bytes=True)[0]
     assert tensor is None and "decompression-bomb" in error
+
+
+def test_in_memory_sources_are_read_in_process(tiny_model, monkeypatch):
+    """Arrays and tensors need no decoding: no worker processes by default (and never for GPU
+    tensors, which worker processes cannot read)."""
+    import qualiclip.scoring as scoring
+
+    seen = []
+    real_loader = scoring.DataLoader
+
+    def recording_loader(*args, **kwargs):
+        seen.append(kwargs["num_workers"])
+        return real_loader(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "DataLoader", recording_loader)
+    arrays = [np.random.default_rng(i).random((40, 48, 3), dtype=np.float32) for i in range(20)]
+    results = scoring.score_images(arrays, model=tiny_model, precision="fp32", progress=False)
+    assert seen == [0] and all(r.error is None for r in results)
