@@ -141,7 +141,14 @@ def train(cfg: TrainConfig) -> Path:
              dist.world_size)
 
     # --- model ----------------------------------------------------------------------------
+    # One process per machine fetches --init weights into the cache (LOCAL_RANK 0 goes first,
+    # the others then find the file), instead of every process downloading the same file.
+    local_first = os.environ.get("LOCAL_RANK", "0") == "0"
+    if not local_first:
+        _barrier(dist)
     initial = initial_model(cfg.init, cfg.arch, cfg.seed)
+    if local_first:
+        _barrier(dist)
     if initial.license:
         log.info("starting from %s; licence: %s", initial.source, initial.license)
     model = trainable_model(initial).to(device)
