@@ -312,17 +312,15 @@ def iter_scores(
     )
     from tqdm.auto import tqdm
 
-    buckets: dict[tuple, list[tuple]] = {}
+    buckets = SizeBuckets(batch_size, max_batch_pixels)
     finished: dict[int, ScoreResult] = {}
     next_index = 0
-    # A bucket holding an image this many inputs older than the newest runs even if not full,
-    # so in-order results keep flowing to callers that write them as they come.
-    max_lag = 4 * batch_size
 
     with tqdm(total=len(sources), unit="img", desc="Scoring", disable=not progress) as bar:
-        def run(key: tuple) -> None:
-            for result in engine.score(buckets.pop(key)):
-                finished[result.index] = result
+        def run(batches: list[list[tuple]]) -> None:
+            for batch in batches:
+                for result in engine.score(batch):
+                    finished[result.index] = result
 
         def in_order() -> Iterator[ScoreResult]:
             """Hand out the finished results that continue the input order."""
@@ -345,18 +343,62 @@ def iter_scores(
             if tensor is None:
                 finished[index] = ScoreResult(index, name, width=width, height=height, error=error)
             else:
-                key = tuple(tensor.shape)
-                bucket = buckets.setdefault(key, [])
-                bucket.append(item)
-                pixels = key[1] * key[2]
-                if len(bucket) >= batch_size or (len(bucket) + 1) * pixels > max_batch_pixels:
-                    run(key)
-            for key in [k for k, b in buckets.items() if index - b[0][0] >= max_lag]:
-                run(key)
+                run(buckets.add(item))
+            run(buckets.overdue(index))
             yield from in_order()
-        for key in list(buckets):
-            run(key)
+        run(buckets.drain())
         yield from in_order()
+
+
+class SizeBuckets:
+    """Groups decoded images of identical shape into batches (padding would change scores).
+
+    Items are ``(index, name, tensor (3, H, W), width, height, error)`` tuples. A bucket is
+    released as a batch when it holds ``batch_size`` images or one more would exceed
+    ``max_batch_pixels``; when it holds an image ``max_lag`` inputs older than the newest (so
+    in-order results keep flowing to callers that write them as they come); and, oldest first,
+    whenever all waiting images together exceed ``max_pending_pixels`` (default 4 batches'
+    worth), which bounds memory for folders where every image has its own size.
+    """
+
+    def __init__(self, batch_size: int, max_batch_pixels: int, max_lag: int | None = None,
+                 max_pending_pixels: int | None = None) -> None:
+        self.batch_size = batch_size
+        self.max_batch_pixels = max_batch_pixels
+        self.max_lag = 4 * batch_size if max_lag is None else max_lag
+        self.max_pending_pixels = (4 * max_batch_pixels if max_pending_pixels is None
+                                   else max_pending_pixels)
+        self._buckets: dict[tuple, list[tuple]] = {}
+        #: Pixels of all images waiting in buckets.
+        self.pending_pixels = 0
+
+    def add(self, item: tuple) -> list[list[tuple]]:
+        """Queue one image; returns the batches that became ready (possibly none)."""
+        key = tuple(item[2].shape)
+        bucket = self._buckets.setdefault(key, [])
+        bucket.append(item)
+        pixels = key[-2] * key[-1]
+        self.pending_pixels += pixels
+        ready = []
+        if len(bucket) >= self.batch_size or (len(bucket) + 1) * pixels > self.max_batch_pixels:
+            ready.append(self._pop(key))
+        while self.pending_pixels > self.max_pending_pixels and self._buckets:
+            ready.append(self._pop(min(self._buckets, key=lambda k: self._buckets[k][0][0])))
+        return ready
+
+    def overdue(self, newest_index: int) -> list[list[tuple]]:
+        """Batches of the buckets whose oldest image is ``max_lag`` inputs behind."""
+        late = [k for k, b in self._buckets.items() if newest_index - b[0][0] >= self.max_lag]
+        return [self._pop(k) for k in late]
+
+    def drain(self) -> list[list[tuple]]:
+        """Everything still waiting, as batches."""
+        return [self._pop(k) for k in list(self._buckets)]
+
+    def _pop(self, key: tuple) -> list[tuple]:
+        batch = self._buckets.pop(key)
+        self.pending_pixels -= len(batch) * key[-2] * key[-1]
+        return batch
 
 
 def score_images(

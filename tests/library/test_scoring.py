@@ -211,3 +211,23 @@ def test_in_memory_sources_are_read_in_process(tiny_model, monkeypatch):
     arrays = [np.random.default_rng(i).random((40, 48, 3), dtype=np.float32) for i in range(20)]
     results = scoring.score_images(arrays, model=tiny_model, precision="fp32", progress=False)
     assert seen == [0] and all(r.error is None for r in results)
+
+
+def test_size_buckets_bound_the_pixels_waiting():
+    """Every image its own size (nothing ever fills a batch): the pixels waiting stay under the
+    cap, every image comes out exactly once, and same-size images still share batches."""
+    from qualiclip.scoring import SizeBuckets
+
+    buckets = SizeBuckets(batch_size=32, max_batch_pixels=10_000, max_lag=10_000,
+                          max_pending_pixels=20_000)
+    batches, peak = [], 0
+    sizes = [(40 + i, 50) for i in range(60)] + [(64, 64)] * 3
+    for index, (h, w) in enumerate(sizes):
+        batches += buckets.add((index, f"im{index}", torch.zeros(3, h, w), w, h, None))
+        assert buckets.pending_pixels <= 20_000
+        peak = max(peak, buckets.pending_pixels)
+    batches += buckets.drain()
+    assert buckets.pending_pixels == 0 and peak > 10_000
+    assert sorted(item[0] for batch in batches for item in batch) == list(range(len(sizes)))
+    assert all(len({tuple(item[2].shape) for item in batch}) == 1 for batch in batches)
+    assert [len(b) for b in batches if tuple(b[0][2].shape) == (3, 64, 64)] == [2, 1]
