@@ -1,8 +1,10 @@
 """Throughput of ``qualiclip.score_images`` against a naive loop like the official example.
 
 The naive loop does what the authors' example does for each image: open with PIL, convert to
-RGB, ToTensor, score one image at a time in fp32 (``torch.no_grad``). Both use the same weights
-in the same process; every score of the fast path is compared with the naive fp32 score.
+RGB, ToTensor, score one image at a time (``torch.no_grad``), in fp32 on CPU and under fp16
+autocast on CUDA, as that example does. Both use the same weights in the same process; every
+score is compared with an exact fp32 score of the same image (on CUDA: a separate, untimed
+one-at-a-time pass without autocast and with TF32 off).
 
 No weights can be downloaded here, so by default a randomly initialised full-size RN50 QualiCLIP
 is written to a temp checkpoint and loaded through the real loading path (speed does not depend
@@ -60,12 +62,17 @@ def random_rn50_checkpoint(folder: Path) -> Path:
                             prompt_features=F.normalize(torch.randn(14, 1024), dim=-1))
 
 
-def naive_loop(model, paths: list[Path], device: torch.device) -> list[float]:
-    """One image at a time, fp32, the way the official example scores an image."""
+def naive_loop(model, paths: list[Path], device: torch.device,
+               precision_context=None) -> list[float]:
+    """One image at a time, the way the official example scores an image: PIL decode,
+    ``to_tensor``, one forward pass. ``precision_context`` is entered around the loop (the
+    official example uses fp16 autocast on CUDA; the exact reference uses strict fp32)."""
+    import contextlib
+
     from torchvision.transforms.functional import to_tensor
 
     scores = []
-    with torch.no_grad():
+    with torch.no_grad(), (precision_context or contextlib.nullcontext()):
         for path in paths:
             image = Image.open(path).convert("RGB")
             x = to_tensor(image).unsqueeze(0).to(device)
@@ -88,6 +95,7 @@ def cpu_name() -> str:
 
 def main() -> None:
     from qualiclip import load_model, score_images
+    from qualiclip.precision import autocast_context
 
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,19 +115,30 @@ def main() -> None:
         paths = make_jpegs(tmp_path, args.n_images, args.width, args.height)
         weights = args.weights or random_rn50_checkpoint(tmp_path)
         model = load_model(weights, device=device)
-        naive_loop(model, paths[:2], device)  # warm-up (allocator, cuDNN autotune)
+        # Baseline as the official example runs: fp32 on CPU, fp16 autocast on CUDA. Score
+        # differences are measured against exact fp32 (no autocast, TF32 off), untimed.
+        if device.type == "cuda":
+            baseline_precision = "fp16 autocast"
+            baseline_context = lambda: torch.autocast("cuda", dtype=torch.float16)  # noqa: E731
+        else:
+            baseline_precision, baseline_context = "fp32", lambda: None  # noqa: E731
+        naive_loop(model, paths[:2], device, baseline_context())  # warm-up (cuDNN autotune)
         start = time.perf_counter()
-        reference = naive_loop(model, paths, device)
+        baseline = naive_loop(model, paths, device, baseline_context())
         naive_s = time.perf_counter() - start
         naive_ips = len(paths) / naive_s
+        reference = (naive_loop(model, paths, device, autocast_context("fp32", device))
+                     if device.type == "cuda" else baseline)
         device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
         print(f"device: {device_name}; torch {torch.__version__}; threads "
               f"{torch.get_num_threads()}; {len(paths)} JPEGs {args.width}x{args.height} "
               f"(half portrait); weights: {'random RN50' if not args.weights else args.weights}")
         print("| method | precision | images/s | speed-up vs naive | max abs score diff vs "
-              "naive fp32 |")
+              "exact fp32 |")
         print("|---|---|---|---|---|")
-        print(f"| naive loop (official example style) | fp32 | {naive_ips:.2f} | 1.00x | 0 |")
+        base_diff = max(abs(a - b) for a, b in zip(baseline, reference, strict=True))
+        print(f"| naive loop (official example style) | {baseline_precision} | {naive_ips:.2f} "
+              f"| 1.00x | {base_diff:.5f} |")
         variants = [(p, False) for p in args.precisions.split(",")]
         if device.type == "cuda":
             variants.append(("auto", True))
