@@ -46,7 +46,7 @@ def _float_or_none(text: str | None) -> float | None:
     if text is None or text.strip() == "":
         return None
     value = float(text)
-    return None if math.isnan(value) else value
+    return value if math.isfinite(value) else None  # NaN / inf: not a score
 
 
 def read_scores_csv(
@@ -64,7 +64,7 @@ def read_scores_csv(
     """
     path = Path(path)
     rows = []
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # tolerate Excel's BOM
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
         missing = [c for c in ("path", "score", *group_by) if c not in columns]
@@ -99,9 +99,10 @@ def scored(rows: Sequence[ReportRow]) -> list[ReportRow]:
 def histogram(rows: Sequence[ReportRow], bins: int = 20) -> tuple[np.ndarray, np.ndarray]:
     """Counts of scores in ``bins`` equal bins over [0, 1] -> ``(counts (bins,), edges (bins+1,))``.
 
-    The range is fixed to [0, 1] so reports of different datasets compare bin for bin.
+    The range is fixed to [0, 1] so reports of different datasets compare bin for bin; a score
+    outside it (not from QualiCLIP) is counted in the nearest end bin, so counts add up.
     """
-    values = np.array([r.score for r in scored(rows)], dtype=np.float64)
+    values = np.clip(np.array([r.score for r in scored(rows)], dtype=np.float64), 0.0, 1.0)
     return np.histogram(values, bins=bins, range=(0.0, 1.0))
 
 

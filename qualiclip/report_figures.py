@@ -34,7 +34,8 @@ def _hboxplot(ax, data: list[list[float]], labels: list[str]) -> None:
         ax.boxplot(data, orientation="horizontal")
     except TypeError:
         ax.boxplot(data, vert=False)
-    ax.set_yticks(range(1, len(labels) + 1), labels)
+    # Labels are user data (tags, label names): "$" would start matplotlib mathtext.
+    ax.set_yticks(range(1, len(labels) + 1), [label.replace("$", r"\$") for label in labels])
     ax.invert_yaxis()
 
 

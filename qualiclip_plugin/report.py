@@ -12,6 +12,7 @@ see :mod:`qualiclip_plugin.writing`) with bulk ``values()`` calls, and the break
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,6 +82,8 @@ def rows_from_collection(
 
     Args:
         field: the score field; ``<field>_<pair>`` and ``<field>_error`` are read when present.
+            For ``apply_model(..., label_field=field)`` with pair scores, the score is read
+            from ``<field>_score``.
         group_by: breakdown keys (``"tags"``, a field name, a label field); ``None`` picks
             :func:`default_group_fields`.
 
@@ -88,7 +91,11 @@ def rows_from_collection(
         ValueError: ``field`` is not a field of the collection.
     """
     schema = collection.get_field_schema()
-    if field not in schema:
+    score_field = field
+    if field not in schema and f"{field}_score" in schema:
+        # apply_model(pair_scores=True) layout: <label>_score, <label>_<pair>, <label>_error
+        score_field = f"{field}_score"
+    if score_field not in schema:
         raise ValueError(f"{_dataset_name(collection)!r} has no field {field!r}; score it first")
     keys = default_group_fields(collection) if group_by is None else list(group_by)
     unknown = [k for k in keys if k != "tags" and k not in schema]
@@ -96,7 +103,7 @@ def rows_from_collection(
         raise ValueError(f"no such field(s) to break down by: {', '.join(unknown)}")
 
     paths = collection.values("filepath")
-    scores = collection.values(field)
+    scores = collection.values(score_field)
     pairs = {p: collection.values(f"{field}_{p}") for p in PAIR_NAMES
              if f"{field}_{p}" in schema}
     errors = (collection.values(f"{field}_error") if f"{field}_error" in schema
@@ -105,6 +112,8 @@ def rows_from_collection(
     rows = []
     for i, path in enumerate(paths):
         score = scores[i]
+        if score is not None and not math.isfinite(score):
+            score = None  # NaN / inf: not a score
         rows.append(ReportRow(
             path=path,
             score=None if score is None else float(score),

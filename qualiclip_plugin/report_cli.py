@@ -67,6 +67,10 @@ def report(scores_csv, dataset_name, field, saved_view, output, n, threshold, bi
         if not fo.dataset_exists(dataset_name):
             raise click.ClickException(f"no FiftyOne dataset named {dataset_name!r}")
         dataset = fo.load_dataset(dataset_name)
+        if saved_view and not dataset.has_saved_view(saved_view):
+            known = ", ".join(dataset.list_saved_views()) or "none"
+            raise click.ClickException(f"dataset {dataset_name!r} has no saved view "
+                                       f"{saved_view!r} (saved views: {known})")
         collection = dataset.load_saved_view(saved_view) if saved_view else dataset
         try:
             path = write_collection_report(collection, output, field=field,

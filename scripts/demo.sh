@@ -8,10 +8,12 @@
 # Weights: the official release (CC BY-NC 4.0, downloaded once into the cache), or set
 # QUALICLIP_WEIGHTS to a local checkpoint path.
 set -euo pipefail
+# Arguments are relative to where the script was called from, not to the repository.
+FOLDER_ARG=${1:+$(realpath -m -- "$1")}
+OUTPUT=$(realpath -m -- "${2:-scores.csv}")
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-FOLDER=${1:-$(.venv/bin/python -c 'import os, skimage.data as d; print(os.path.dirname(d.__file__))')}
-OUTPUT=${2:-scores.csv}
+FOLDER=${FOLDER_ARG:-$(.venv/bin/python -c 'import os, skimage.data as d; print(os.path.dirname(d.__file__))')}
 .venv/bin/qualiclip score "$FOLDER" -r -o "$OUTPUT" --weights "${QUALICLIP_WEIGHTS:-qualiclip}"
 echo "==> wrote $OUTPUT; lowest scores first:"
 .venv/bin/python - "$OUTPUT" <<'PY'

@@ -14,9 +14,13 @@ PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
 VENV=.venv
 
-if [ ! -x "$VENV/bin/python" ]; then
+# A venv whose pip is missing (e.g. a failed earlier attempt without python3-venv) is remade.
+if ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
     echo "==> creating $VENV"
-    "$PYTHON" -m venv "$VENV"
+    "$PYTHON" -m venv --clear "$VENV" || {
+        echo "error: '$PYTHON -m venv' failed; on Debian/Ubuntu install python3-venv" >&2
+        exit 1
+    }
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 

@@ -110,6 +110,9 @@ def test_report_cli_from_dataset(scored_dataset, tmp_path):
     assert 'data-key="split"' in page and 'data-key="ground_truth"' not in page
     missing = CliRunner().invoke(main, ["report", "--dataset", "no-such-dataset-xyz"])
     assert missing.exit_code != 0 and "no FiftyOne dataset" in missing.output
+    no_view = CliRunner().invoke(main, ["report", "--dataset", scored_dataset.name, "--view",
+                                        "nope", "-o", str(out)])
+    assert no_view.exit_code == 1 and "no saved view 'nope'" in no_view.output
 
 
 def test_quality_maps_operator_writes_heatmaps(scored_dataset, tiny_checkpoint, tmp_path):
@@ -260,3 +263,28 @@ def test_quality_maps_operator_refuses_bad_input_before_writing(case, scored_dat
     finally:
         if case == "video_dataset":
             dataset.delete()
+
+
+def test_report_reads_the_apply_model_pair_scores_layout(tmp_path, tiny_checkpoint):
+    """apply_model(pair_scores=True) writes <label>_score, <label>_<pair>, <label>_error: the
+    report of that label field has the scores, the pair scores and the read errors."""
+    import fiftyone as fo
+
+    import qualiclip_plugin
+    from qualiclip_plugin.report import rows_from_collection
+
+    paths = [make_image(tmp_path / f"a{i}.jpg", size=(64, 48), seed=i) for i in range(3)]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    dataset = fo.Dataset()
+    try:
+        dataset.add_samples([fo.Sample(filepath=str(p)) for p in [*paths, broken]])
+        model = qualiclip_plugin.load_model(weights=tiny_checkpoint, device="cpu",
+                                            precision="fp32", pair_scores=True)
+        dataset.apply_model(model, label_field="qa", batch_size=2, num_workers=0)
+        rows = rows_from_collection(dataset, field="qa", group_by=[])
+        assert [r.score for r in rows[:3]] == pytest.approx(dataset.values("qa_score")[:3])
+        assert all(set(r.pair_scores) == set(PAIR_NAMES) for r in rows[:3])
+        assert rows[3].score is None and "broken.jpg" in rows[3].error
+    finally:
+        dataset.delete()

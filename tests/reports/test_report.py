@@ -205,3 +205,26 @@ def test_thumbnails_show_transparency_over_white_like_scoring(tmp_path):
     uri = re.search(r'src="data:image/jpeg;base64,([^"]+)"', page).group(1)
     thumb = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri))).convert("RGB"))
     assert thumb.shape[2] == 3 and thumb.min() >= 250
+
+
+def test_dollar_signs_in_group_labels_are_plain_text(tmp_path):
+    """Tags are user data; matplotlib would parse "$...$" as math and fail on bad math."""
+    path = make_image(tmp_path / "a.jpg", size=(48, 40))
+    rows = [ReportRow(path=str(path), score=s, groups={"tags": (tag,)})
+            for s, tag in [(0.2, "$x^$"), (0.7, r"$\frac$"), (0.5, "$5-$10")]]
+    page = render_report(rows)
+    assert html.escape("$x^$") in page and html.escape("$5-$10") in page
+
+
+def test_csv_with_a_byte_order_mark_and_non_finite_scores(tmp_path):
+    """Excel saves CSVs with a BOM; NaN / inf are no scores; out-of-range scores still land in
+    a histogram bin, so the bins add up to the scored count."""
+    from qualiclip.report_data import histogram
+
+    csv_path = tmp_path / "scores.csv"
+    csv_path.write_text("path,score\na.jpg,0.4\nb.jpg,nan\nc.jpg,inf\nd.jpg,1.5\ne.jpg,-0.1\n",
+                        encoding="utf-8-sig")
+    rows = read_scores_csv(csv_path)
+    assert [r.score for r in rows] == [0.4, None, None, 1.5, -0.1]
+    counts, _ = histogram(rows)
+    assert counts.sum() == 3 and counts[0] == 1 and counts[-1] == 1
