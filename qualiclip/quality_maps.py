@@ -60,8 +60,9 @@ def iter_quality_maps(
     """Yield one :class:`QualityMap` per source, in order, one image at a time.
 
     Images run at native resolution, as in scoring (sizes differ, so no batching); ``max_side``
-    downscales larger images first, to bound memory. Unreadable files give a result with
-    ``error`` set instead of raising, so one bad file does not stop a dataset.
+    downscales larger images first, to bound memory. Unreadable files, and images too large for
+    the device's memory, give a result with ``error`` set instead of raising, so one bad file
+    does not stop a dataset.
     """
     for source in sources:
         if isinstance(source, torch.Tensor):
@@ -76,8 +77,22 @@ def iter_quality_maps(
                 yield QualityMap(path=path, map=None, width=0, height=0, error=str(exc))
                 continue
             tensor = loaded.float_tensor()
-        yield QualityMap(path=path, map=quality_map(model, tensor),
-                         width=int(tensor.shape[-1]), height=int(tensor.shape[-2]))
+        height, width = int(tensor.shape[-2]), int(tensor.shape[-1])
+        try:
+            qmap = quality_map(model, tensor)
+        except Exception as exc:
+            from qualiclip.scoring import is_out_of_memory
+
+            if not is_out_of_memory(exc):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            # One huge image must not stop the others.
+            yield QualityMap(path=path, map=None, width=width, height=height,
+                             error=f"{path or 'image'}: out of memory at {width}x{height}; "
+                                   "use max_side")
+            continue
+        yield QualityMap(path=path, map=qmap, width=width, height=height)
 
 
 def compute_quality_maps(

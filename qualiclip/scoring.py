@@ -193,7 +193,8 @@ def default_num_workers(n_images: int) -> int:
     return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA / CPU allocation failures (which PyTorch raises in several types)."""
     if isinstance(exc, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)):
         return True
     text = str(exc).lower()
@@ -229,7 +230,7 @@ class _Engine:
         try:
             pair = self._forward([item[2] for item in items])
         except Exception as exc:
-            if not _is_oom(exc):
+            if not is_out_of_memory(exc):
                 raise
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()

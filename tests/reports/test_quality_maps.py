@@ -85,3 +85,26 @@ def test_maps_from_files_shape_range_and_errors(tiny_model, image_folder, tmp_pa
     blended = overlay(np.zeros((results[0].height, results[0].width, 3), np.uint8), results[0].map)
     assert blended.size == (results[0].width, results[0].height)
     assert np.asarray(blended).max() > 0  # the colours are there
+
+
+def test_an_image_too_large_for_memory_gets_an_error_and_the_others_their_maps(
+        tiny_model, tmp_path):
+    from qualiclip.model import QualiCLIP
+    from tests.conftest import make_image
+
+    class SmallMemory(QualiCLIP):
+        """A device that cannot hold an image over 100 px wide."""
+
+        def quality_map(self, x):
+            if x.shape[-1] > 100:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8 GiB")
+            return super().quality_map(x)
+
+    model = SmallMemory(tiny_model.visual, tiny_model.prompt_features).eval()
+    paths = [make_image(tmp_path / "small.png", size=(96, 64)),
+             make_image(tmp_path / "huge.png", size=(160, 64), seed=1),
+             make_image(tmp_path / "small2.png", size=(64, 96), seed=2)]
+    maps = compute_quality_maps(paths, model)
+    assert [m.error is None for m in maps] == [True, False, True]
+    assert "out of memory at 160x64" in maps[1].error and "max_side" in maps[1].error
+    assert maps[0].map is not None and maps[2].map is not None
