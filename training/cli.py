@@ -63,12 +63,16 @@ def main(**kwargs: Any) -> None:
         validate(cfg)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
+    from qualiclip.checkpoint import CheckpointError
+    from qualiclip.weights import WeightsDownloadError
     from training.trainer import train
 
     try:
         path = train(cfg)
     except ConfigError as exc:  # found once the run's state is read (e.g. --resume mismatches)
         raise click.ClickException(str(exc)) from exc
+    except (WeightsDownloadError, CheckpointError) as exc:  # --init weights: offline, corrupt
+        raise click.ClickException(f"cannot load --init weights: {exc}") from exc
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0 only
         click.echo(str(path))
 

@@ -123,6 +123,12 @@ def train(cfg: TrainConfig) -> Path:
     else:
         log.setLevel(logging.WARNING)
 
+    # The run being resumed decides the options: check them before any weights are fetched.
+    state = (torch.load(out / STATE_NAME, map_location="cpu", weights_only=True)
+             if cfg.resume else None)
+    if state is not None:
+        _check_resume(state, cfg, dist.world_size)
+
     # --- data -----------------------------------------------------------------------------
     paths = readable_images(find_images(cfg.pristine_dir))
     if not paths:
@@ -133,6 +139,9 @@ def train(cfg: TrainConfig) -> Path:
                     "held-out SRCC is not a held-out measure", len(paths))
     held_images = [load_rgb(p) for p in held_paths] if dist.main else []
     total_steps = resolve_steps(cfg, len(train_paths), dist.world_size)
+    if state is not None and int(state["total_steps"]) != total_steps:
+        raise ConfigError(f"--resume: the saved run has {state['total_steps']} steps, this "
+                          f"configuration {total_steps}; use the same --steps/--epochs")
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(0.05 * total_steps)
     base_lr = cfg.peak_lr()
     train_bn = cfg.train_bn or cfg.init == "random"  # random BN statistics mean nothing
@@ -161,17 +170,12 @@ def train(cfg: TrainConfig) -> Path:
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     start_step, history, eval_before = 0, [], None
-    if cfg.resume:
-        state = torch.load(out / STATE_NAME, map_location="cpu", weights_only=True)
-        _check_resume(state, cfg, dist.world_size)
+    if state is not None:
         model.visual.load_state_dict(state["visual"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_step, history = int(state["step"]), list(state["eval_history"])
         eval_before = state["eval_before"]
-        if int(state["total_steps"]) != total_steps:
-            raise ConfigError(f"--resume: the saved run has {state['total_steps']} steps, this "
-                             f"configuration {total_steps}; use the same --steps/--epochs")
         log.info("resuming at step %d of %d", start_step, total_steps)
     ddp_scorer: torch.nn.Module = scorer
     if dist.world_size > 1:

@@ -181,3 +181,17 @@ def test_resume_refuses_options_that_change_the_run(tmp_path, pristine_dir):
     allowed = run([*common, "--resume", "--log-every", "1", "--checkpoint-every", "4"])
     assert allowed.exit_code == 0, allowed.output
     assert torch.load(state_file, weights_only=True)["step"] == 4
+
+
+def test_resume_checks_options_before_reading_init_weights(tmp_path, pristine_dir,
+                                                           tiny_checkpoint):
+    """A changed --init is reported as such; the new file is never read (it would fail)."""
+    common = ["--pristine-dir", str(pristine_dir), "--steps", "4", "--checkpoint-every", "2",
+              "--crop-size", "48", "--batch-size", "2", "--workers", "0", "--val-images", "2",
+              "--no-progress", "--output-dir", str(tmp_path / "run")]
+    assert run([*common, "--init", str(tiny_checkpoint), "--stop-after", "2"]).exit_code == 0
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    result = CliRunner().invoke(main, [*common, "--init", str(garbage), "--resume"])
+    assert result.exit_code == 1 and "--init: " in result.output
+    assert "garbage.pth" in result.output and "cannot load" not in result.output
