@@ -128,6 +128,9 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
 
     images = collect_images(paths, recursive)
     if not any(p.exists() for p in images):
+        missing = [p for p in paths if not Path(p).exists()]
+        if len(missing) == len(paths):
+            raise click.UsageError(f"no such file or folder: {', '.join(missing)}")
         hint = "" if recursive else " (use -r to search sub-folders)"
         raise click.UsageError(f"no images found in {', '.join(paths)}{hint}")
     if output is not None and not output.parent.exists():

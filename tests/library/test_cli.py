@@ -72,7 +72,7 @@ def test_usage_errors(tmp_path, tiny_checkpoint):
     result = runner.invoke(main, ["score", str(empty), "--weights", str(tiny_checkpoint)])
     assert result.exit_code == 2 and "no images found" in result.output
     result = runner.invoke(main, ["score", str(tmp_path / "nope.jpg")])
-    assert result.exit_code == 2 and "no images found" in result.output
+    assert result.exit_code == 2 and "no such file or folder" in result.output
     make_image(tmp_path / "x.png")
     result = runner.invoke(main, ["score", str(tmp_path / "x.png"), "--weights",
                                   str(tmp_path / "missing.pth")])
