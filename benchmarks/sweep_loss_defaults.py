@@ -4,7 +4,7 @@ Each run trains the tiny random-init model (crop 64, batch 4) on 60 generated sc
 out, and prints the held-out mean Spearman correlation between degradation level and score before
 and after (ideal -1) as one JSON line:
 
-    .venv/bin/python benchmarks/sweep_loss_defaults.py RUN STEPS WORKDIR
+    .venv/bin/python benchmarks/sweep_loss_defaults.py RUN STEPS WORKDIR [SEED]
     for r in m01_l1 m05_l1 m05_l0 m05_l01 m05_l0_adj m05_l0_good m05_l01_md1; do
         .venv/bin/python benchmarks/sweep_loss_defaults.py $r 400 /tmp/sweep; done
 """
@@ -45,6 +45,7 @@ RUNS: dict[str, dict] = {
 
 def main() -> None:
     name, steps, root = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+    seed = int(sys.argv[4]) if len(sys.argv) > 4 else 0  # crops, ladders, split and init
     torch.set_num_threads(2)
     images = root / "imgs"
     if not images.exists():
@@ -53,10 +54,10 @@ def main() -> None:
     config = TrainConfig(pristine_dir=str(images), output_dir=str(root / name), init="random",
                          arch="tiny-test-rn", steps=steps, batch_size=4, crop_size=64,
                          workers=0, val_images=10, eval_every=100, checkpoint_every=0,
-                         log_every=50, progress=False, **RUNS[name])
+                         log_every=50, progress=False, seed=seed, **RUNS[name])
     meta = read_checkpoint(train(config)).metadata
     after = meta["eval_after"]
-    print(json.dumps({"run": name, "before": round(meta["eval_before"]["srcc"], 3),
+    print(json.dumps({"run": name, "seed": seed, "before": round(meta["eval_before"]["srcc"], 3),
                       "after": round(after["srcc"], 3),
                       "groups": {k: round(v, 2) for k, v in after["per_group"].items()},
                       "seconds": round(time.time() - start)}), flush=True)
