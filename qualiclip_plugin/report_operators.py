@@ -10,7 +10,6 @@ the App starts.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from qualiclip_plugin.request import (
     MIN_MAX_SIDE,
     RequestError,
     _check_field_name,
+    _float,
+    _int,
     _is_registered_or_url,
 )
 
@@ -72,8 +73,9 @@ class WriteQualityReport(foo.Operator):
         from qualiclip_plugin.report import write_collection_report
 
         p = _given(ctx.params)
-        n = _whole(p.get("n"), "n", DEFAULT_N, minimum=1)
-        threshold = _number(p.get("threshold"), "threshold", DEFAULT_THRESHOLD)
+        n = _int(p.get("n"), "n", DEFAULT_N, minimum=1)
+        threshold = _float(p.get("threshold"), "threshold")
+        threshold = DEFAULT_THRESHOLD if threshold is None else threshold
         if not 0 <= threshold <= 1:
             raise RequestError(f"threshold must be in [0, 1] (scores are), got {threshold}")
         output = str(p.get("output") or "").strip()
@@ -161,7 +163,7 @@ def _maps_request(ctx) -> tuple[Any, Any, str, int | None]:
             raise RequestError(f"weights {weights!r}: no such file. Give 'qualiclip' (official "
                                "weights) or the path of a .pth checkpoint readable by the "
                                "machine that runs the operator")
-    max_side = _whole(p.get("max_side"), "max_side", None, minimum=0) or None
+    max_side = _int(p.get("max_side"), "max_side", None, minimum=0) or None
     if max_side is not None and max_side < MIN_MAX_SIDE:
         raise RequestError(f"max_side must be at least {MIN_MAX_SIDE} px (or empty for native "
                            f"resolution), got {max_side}")
@@ -190,24 +192,3 @@ def _maps_request(ctx) -> tuple[Any, Any, str, int | None]:
 def _given(params: dict[str, Any] | None) -> dict[str, Any]:
     """Params with the App's empty values (``None``, ``""``) dropped, so defaults apply."""
     return {k: v for k, v in (params or {}).items() if v is not None and v != ""}
-
-
-def _number(value: Any, name: str, default: float) -> float:
-    if value is None:
-        return default
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise RequestError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise RequestError(f"{name} must be a finite number, got {value!r}")
-    return number
-
-
-def _whole(value: Any, name: str, default: int | None, minimum: int) -> int | None:
-    if value is None:
-        return default
-    number = _number(value, name, 0.0)
-    if number != int(number) or number < minimum:
-        raise RequestError(f"{name} must be a whole number >= {minimum}, got {value!r}")
-    return int(number)
