@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from qualiclip.files import use_default_permissions
 from qualiclip.prompts import PROMPT_PAIRS
 
 FORMAT_NAME = "qualiclip-checkpoint"
@@ -196,14 +197,6 @@ def write_official_checkpoint(
     }
     payload["prompts_features"] = prompt_features.detach().float().cpu().contiguous()
     return atomic_torch_save(payload, path)
-
-
-def use_default_permissions(path: Path) -> None:
-    """Give a ``mkstemp`` file (always 0600) the mode a plain ``open`` would have given it
-    (0666 less the umask), so checkpoints and cached weights in a shared folder stay readable."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from qualiclip.checkpoint import use_default_permissions
+from qualiclip.files import use_default_permissions
 
 CACHE_ENV = "QUALICLIP_CACHE"
 #: Pins the SHA-256 of the registered official weights (not of other files).

@@ -194,3 +194,14 @@ def test_import_does_not_download_or_import_heavy_packages():
             "('fiftyone', 'training', 'qualiclip_plugin')]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_weights_module_is_torch_free():
+    """The plugin's request parsing imports qualiclip.weights to check names before any model
+    is built; that must not pull in torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, qualiclip.weights; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
