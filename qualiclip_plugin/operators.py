@@ -125,14 +125,14 @@ class ComputeImageQuality(foo.Operator):
                     label="Run in the background (delegated)",
                     description=f"Default on above {IMMEDIATE_MAX_SAMPLES} samples. Needs a "
                                 "worker: `fiftyone delegated launch`")
-        if ctx.params.get("delegate", size > IMMEDIATE_MAX_SAMPLES):
+        delegating = bool(ctx.params.get("delegate", size > IMMEDIATE_MAX_SAMPLES))
+        if delegating:
             inputs.int("num_shards", default=1, min=1, label="Shards",
                        description="Split into N delegated operations so N workers score "
                                    "together")
         try:
             request = parse_request(ctx.params)
-            if ctx.params.get("delegate", size > IMMEDIATE_MAX_SAMPLES) or \
-                    request.num_shards > 1:
+            if delegating or request.num_shards > 1:
                 _check_persistent(ctx.dataset)
         except RequestError as exc:
             inputs.view("invalid", types.Error(label="Cannot run", description=str(exc)))

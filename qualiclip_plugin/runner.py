@@ -139,11 +139,10 @@ class ScoringRun:
         if not self._replace_all:
             return
         assert self.layout is not None
-        fields = [self.layout.score, self.layout.error, *self.layout.pairs.values()]
         schema = self.dataset.get_field_schema(flat=True)
-        for name in fields:
-            if name in schema:
-                self.target.set_field(name, None).save(name)
+        fields = [name for name in self.layout.score_fields() if name in schema]
+        if fields:
+            self.target.clear_sample_fields(fields)  # only the target's samples
         self._replace_all = False
 
     # --- 2. writes ---------------------------------------------------------------------------
@@ -201,8 +200,7 @@ class ScoringRun:
         self.summary.update(
             scored=scored, skipped=self.summary["target"] - n, failed=failed,
             mean=None if mean is None else float(mean), flagged=flagged,
-            fields=[layout.score, layout.error, *layout.pairs.values()]
-            + ([layout.flag] if layout.flag else []),
+            fields=layout.all_fields(),
             seconds=round(time.perf_counter() - started, 3),
         )
         provenance.save_summary(self.dataset, req.field, self.summary)
@@ -230,11 +228,8 @@ def _frozen(dataset: fo.Dataset, target: Any, layout: writing.FieldLayout) -> An
     (the usual case) are kept as they are; matching by name over-approximates, which is safe."""
     if isinstance(target, fo.Dataset):
         return target
-    written = [layout.score, layout.error, *layout.pairs.values()]
-    if layout.flag:
-        written.append(layout.flag)
     stages = json.dumps(target._serialize(), default=str)  # every stage with its full kwargs
-    if not any(name in stages for name in written):
+    if not any(name in stages for name in layout.all_fields()):
         return target
     return dataset.select(target.values("id"))
 

@@ -45,6 +45,14 @@ class FieldLayout:
         return cls(score=score, error=f"{score}_error",
                    pairs={name: f"{score}_{name}" for name in pair_names}, flag=flag)
 
+    def score_fields(self) -> list[str]:
+        """The fields holding a score or its absence: score, error, attribute scores."""
+        return [self.score, self.error, *self.pairs.values()]
+
+    def all_fields(self) -> list[str]:
+        """Every field the run writes: :meth:`score_fields` plus the flag field, if any."""
+        return self.score_fields() + ([self.flag] if self.flag else [])
+
     def expected_types(self) -> dict[str, tuple[type, ...]]:
         """Field name -> the field types that may already hold it."""
         types: dict[str, tuple[type, ...]] = {self.score: _SCORE_TYPES,
