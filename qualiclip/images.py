@@ -5,12 +5,14 @@ Conversions (documented contract, shared by scoring, the plugin and training):
 * EXIF orientation is applied first, so the image is scored the way viewers show it.
 * ``1``, ``L``: grey replicated to R, G, B.
 * ``I;16*`` / ``I`` (16- or 32-bit integer grey): divided by 65535 and clipped to [0, 1].
-* ``F`` (float grey): taken as already in [0, 1] and clipped.
+* ``F`` (float grey): taken as already in [0, 1] and clipped; NaN / inf pixels make the image
+  unreadable (:class:`ImageReadError`), never a score.
 * Anything with transparency (``RGBA``, ``LA``, ``PA``, ``P`` with a transparent index, ``La``):
   composited over a **white** background, the way most viewers show it.
 * ``P`` without transparency, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``: PIL's conversion to RGB.
 * numpy arrays ``(H, W)``, ``(H, W, 1|3|4)``: ``uint8`` / 255, ``uint16`` / 65535, floats taken
-  as [0, 1] and clipped, ``bool`` as 0 / 1; a 4th channel is alpha (white background).
+  as [0, 1] and clipped (NaN / inf refused, as for ``F``), ``bool`` as 0 / 1; a 4th channel is
+  alpha (white background).
 * Native resolution by default (the official protocol); ``max_side`` caps the longer side with an
   antialiased bilinear downscale (aspect ratio kept). Images are never upscaled here.
 * PIL's decompression-bomb guard stays on: an image over ``PIL.Image.MAX_IMAGE_PIXELS`` (about
@@ -49,13 +51,38 @@ _PLUGIN_FORMATS = {".heic": "pillow-heif", ".heif": "pillow-heif", ".avif": "pil
 _WHITE = 1.0
 
 
+#: Why an image whose decoded pixels hold NaN or inf (e.g. a float TIFF) is not scored.
+NONFINITE_PIXELS = "non-finite pixel values (NaN/inf) in the image"
+
+
+def short_name(name: str) -> str:
+    """The file's base name, which is what error texts lead with (the folder is noise there:
+    the full path sits beside the error in every result). ``<ndarray #3>`` stays as it is."""
+    return os.path.basename(os.path.normpath(name)) or name
+
+
 class ImageReadError(Exception):
-    """An image that cannot be read; ``str(error)`` names the file and the reason."""
+    """An image that cannot be read.
+
+    ``str(error)`` is short: the file's base name, then the reason (``"broken.jpg: not an image
+    file PIL can read"``). The full path is :attr:`path` (also :attr:`source`), the reason alone
+    :attr:`reason`.
+    """
 
     def __init__(self, source: str, reason: str) -> None:
-        super().__init__(f"{source}: {reason}")
+        super().__init__(f"{short_name(source)}: {reason}")
+        self.path = source
         self.source = source
         self.reason = reason
+
+
+def read_error_text(name: str, exc: Exception) -> str:
+    """The per-file error text for an exception raised while reading ``name``: an
+    :class:`ImageReadError`'s own text, else the base name, the exception's type and text
+    (whatever else a decoder throws stays with that one image)."""
+    if isinstance(exc, ImageReadError):
+        return str(exc)
+    return f"{short_name(name)}: {exc.__class__.__name__}: {exc}"
 
 
 @dataclass
@@ -181,7 +208,10 @@ def _open(name: str) -> Image.Image:
         hint = f" (for {path.suffix} files, `pip install {package}`)" if package else ""
         raise ImageReadError(name, f"not an image file PIL can read{hint}") from exc
     except OSError as exc:  # truncated or corrupt data, permissions
-        raise ImageReadError(name, f"cannot decode image ({exc})") from exc
+        # A file-system error's text repeats the full path; its strerror alone says it.
+        reason = (f"cannot read file ({exc.strerror})" if exc.filename and exc.strerror
+                  else f"cannot decode image ({exc})")
+        raise ImageReadError(name, reason) from exc
     return image
 
 
@@ -203,7 +233,7 @@ def _pil_to_rgb(image: Image.Image, name: str) -> np.ndarray:
         grey = np.asarray(image).astype(np.float32) / 65535.0
         return np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2)
     if mode == "F":
-        grey = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
+        grey = _finite_unit(np.asarray(image, dtype=np.float32), name)
         return np.repeat(grey[..., None], 3, axis=2)
     has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
         mode in ("P", "L", "RGB") and "transparency" in image.info
@@ -215,6 +245,17 @@ def _pil_to_rgb(image: Image.Image, name: str) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
     except (ValueError, OSError) as exc:
         raise ImageReadError(name, f"cannot convert PIL mode {mode!r} to RGB ({exc})") from exc
+
+
+def _finite_unit(values: np.ndarray, name: str) -> np.ndarray:
+    """Float pixels -> the same clipped to [0, 1]; refuses NaN / inf.
+
+    Checked before clipping, which would hide an inf as 1.0 (and keeps NaN): a broken pixel
+    means broken data, and an image must not reach the model (or get a score) that way.
+    """
+    if not np.isfinite(values).all():
+        raise ImageReadError(name, NONFINITE_PIXELS)
+    return np.clip(values, 0.0, 1.0)
 
 
 def _composite_white(rgba: np.ndarray) -> np.ndarray:
@@ -236,7 +277,7 @@ def _array_to_rgb(array: np.ndarray, name: str) -> np.ndarray:
     elif array.dtype == np.bool_:
         values = array.astype(np.float32)
     elif np.issubdtype(array.dtype, np.floating):
-        values = np.clip(np.nan_to_num(array.astype(np.float32)), 0.0, 1.0)
+        values = _finite_unit(array.astype(np.float32), name)
     else:
         raise ImageReadError(name, f"unsupported array dtype {array.dtype}: use uint8, uint16 "
                                    "or float in [0, 1]")

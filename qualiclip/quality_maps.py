@@ -36,7 +36,8 @@ class QualityMap:
         path: the source path (``None`` for a tensor source).
         map: ``(h, w)`` float32 in [0, 1], higher is better; ``None`` when ``error`` is set.
         width, height: size in pixels of the image the map was computed on (after ``max_side``).
-        error: why the image could not be read, else ``None``.
+        error: why the image has no map (unreadable, out of memory, or a map holding NaN /
+            inf, which is never shown as quality), else ``None``.
     """
 
     path: str | None
@@ -62,14 +63,16 @@ def iter_quality_maps(
     Images run at native resolution, as in scoring (sizes differ, so no batching); ``max_side``
     downscales larger images first, to bound memory. Unreadable files, and images too large for
     the device's memory, give a result with ``error`` set instead of raising, so one bad file
-    does not stop a dataset.
+    does not stop a dataset. A map with a NaN / inf cell is an error too (the same rule and text
+    as for scores: :func:`qualiclip.scoring.nonfinite_error`).
     """
+    from qualiclip.images import ImageReadError, load_image, short_name
+    from qualiclip.scoring import is_out_of_memory, nonfinite_error
+
     for source in sources:
         if isinstance(source, torch.Tensor):
             tensor, path = source, None
         else:
-            from qualiclip.images import ImageReadError, load_image
-
             path = os.fspath(source)
             try:
                 loaded = load_image(path, max_side=max_side)
@@ -81,18 +84,18 @@ def iter_quality_maps(
         try:
             qmap = quality_map(model, tensor)
         except Exception as exc:
-            from qualiclip.scoring import is_out_of_memory
-
             if not is_out_of_memory(exc):
                 raise
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             # One huge image must not stop the others.
             yield QualityMap(path=path, map=None, width=width, height=height,
-                             error=f"{path or 'image'}: out of memory at {width}x{height}; "
-                                   "use max_side")
+                             error=f"{short_name(path or 'image')}: out of memory at "
+                                   f"{width}x{height}; use max_side")
             continue
-        yield QualityMap(path=path, map=qmap, width=width, height=height)
+        error = nonfinite_error(path or "image", torch.from_numpy(qmap), tensor)
+        yield QualityMap(path=path, map=None if error else qmap, width=width, height=height,
+                         error=error)
 
 
 def compute_quality_maps(

@@ -13,6 +13,8 @@ Design (why each piece is there):
   error still splits the batch in halves down to single images.
 * **One bad file costs nothing else**: decoding errors are caught per image in the worker and
   come back as results with ``.error``.
+* **Non-finite is never a score**: an image whose pair scores hold NaN / inf becomes a result
+  with ``.error`` saying why (:func:`nonfinite_error`); its batch mates keep their scores.
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from qualiclip.images import ImageReadError, ImageSource, load_image, source_name, to_float
+from qualiclip.images import (
+    NONFINITE_PIXELS,
+    ImageReadError,
+    ImageSource,
+    load_image,
+    read_error_text,
+    short_name,
+    source_name,
+    to_float,
+)
 from qualiclip.model import MIN_SIDE, QualiCLIP
 from qualiclip.precision import autocast_context, resolve_precision
 
@@ -39,6 +50,31 @@ DEFAULT_MAX_BATCH_PIXELS_CUDA = 1 << 23
 #: On CPU, 2**19 px (about ten 224x224 images, one 640x480): bigger batches were measured slower
 #: (activations fall out of cache; benchmarks/RESULTS.md), smaller ones lose batching gains.
 DEFAULT_MAX_BATCH_PIXELS_CPU = 1 << 19
+
+
+#: Why an image with finite pixels gets no score when the model's output for it is NaN / inf.
+NONFINITE_SCORE = "the model returned a non-finite score (NaN/inf): the weights may be corrupt"
+
+
+def nonfinite_error(name: str, values: torch.Tensor,
+                    image: torch.Tensor | None = None) -> str | None:
+    """``None`` when all of one image's outputs are finite, else the error text for that image.
+
+    Shared by every place that turns model outputs into scores (this engine, the quality maps,
+    the FiftyOne model), so a NaN never passes for a score anywhere.
+
+    Args:
+        name: the image's path or name; the text leads with its base name.
+        values: that image's outputs, any shape (``(P,)`` pair scores, an ``(h, w)`` map).
+        image: its input, ``(3, H, W)``; looked at only when ``values`` fail, to tell NaN
+            pixels (a data problem; :func:`qualiclip.images.load_image` refuses those already)
+            from a model that made the NaN itself (corrupt weights, fp16 overflow).
+    """
+    if bool(torch.isfinite(values).all()):
+        return None
+    bad_pixels = (image is not None and image.is_floating_point()
+                  and not bool(torch.isfinite(image).all()))
+    return f"{short_name(name)}: {NONFINITE_PIXELS if bad_pixels else NONFINITE_SCORE}"
 
 
 def default_max_batch_pixels(device: torch.device) -> int:
@@ -138,10 +174,8 @@ class _DecodeDataset(Dataset):
                 return index, name, data, None, None, None
         try:
             image = load_image(source, max_side=self.max_side, as_uint8=True)
-        except ImageReadError as exc:
-            return index, name, None, None, None, str(exc)
-        except Exception as exc:  # anything else a decoder throws stays with this image
-            return index, name, None, None, None, f"{name}: {exc.__class__.__name__}: {exc}"
+        except Exception as exc:  # anything a decoder throws stays with this image
+            return index, name, None, None, None, read_error_text(name, exc)
         return index, name, image.tensor, image.width, image.height, None
 
 
@@ -237,16 +271,22 @@ class _Engine:
             if len(items) == 1:
                 index, name, _, width, height, _ = items[0]
                 return [ScoreResult(index, name, width=width, height=height,
-                                    error=f"{name}: out of memory even alone; use max_side")]
+                                    error=f"{short_name(name)}: out of memory even alone; "
+                                          "use max_side")]
             half = len(items) // 2
             return self.score(items[:half]) + self.score(items[half:])
-        results = []
-        for (index, name, _, width, height, _), row in zip(items, pair.tolist()):
-            results.append(ScoreResult(
-                index, name, score=sum(row) / len(row),
-                pair_scores=dict(zip(self.pair_names, row)), width=width, height=height,
-            ))
-        return results
+        return [self._result(item, row) for item, row in zip(items, pair)]
+
+    def _result(self, item: tuple, pair: torch.Tensor) -> ScoreResult:
+        """One decoded item and its ``(P,)`` pair scores -> its result (an error if not finite)."""
+        index, name, tensor, width, height, _ = item
+        error = nonfinite_error(name, pair, tensor)
+        if error is not None:
+            return ScoreResult(index, name, width=width, height=height, error=error)
+        row = pair.tolist()
+        return ScoreResult(index, name, score=sum(row) / len(row),
+                           pair_scores=dict(zip(self.pair_names, row)), width=width,
+                           height=height)
 
 
 def _prepare(model: QualiCLIP | None, weights: Any, device: Any) -> tuple[QualiCLIP, torch.device]:

@@ -179,3 +179,47 @@ def test_files_are_closed_after_reading(tmp_path, name, make):
 
 def make_png_bytes(path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)).save(path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_float_tiff_with_a_non_finite_pixel_is_refused(tmp_path, bad):
+    """A float TIFF (PIL mode "F") with one NaN / inf pixel is unreadable, never a tensor
+    holding NaN (which would reach the model) and never silently clipped (inf -> 1.0)."""
+    pixels = np.full((8, 10), 0.5, np.float32)
+    pixels[3, 4] = bad
+    path = _save(tmp_path, "float.tif", Image.fromarray(pixels, mode="F"))
+    assert Image.open(path).mode == "F"
+    with pytest.raises(ImageReadError, match=r"non-finite pixel values \(NaN/inf\)") as info:
+        load_image(path)
+    assert str(info.value).startswith("float.tif: ")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_float_arrays_and_tensors_with_a_non_finite_pixel_are_refused(bad):
+    pixels = np.full((8, 10, 3), 0.5, np.float32)
+    pixels[1, 2, 0] = bad
+    for source in (pixels, torch.from_numpy(pixels).permute(2, 0, 1)):
+        with pytest.raises(ImageReadError, match="non-finite pixel values"):
+            load_image(source)
+
+
+def test_finite_float_tiff_is_clipped_not_refused(tmp_path):
+    pixels = np.array([[-0.5, 0.25], [0.75, 2.0]], np.float32)
+    tensor = load_image(_save(tmp_path, "ok.tif", Image.fromarray(pixels, mode="F"))).tensor
+    assert torch.allclose(tensor[0], torch.tensor([[0.0, 0.25], [0.75, 1.0]]))
+
+
+def test_error_text_is_short_and_the_full_path_is_kept(tmp_path):
+    """Error texts lead with the base name (the folder is in the result's path column); the
+    full path stays available on the exception."""
+    folder = tmp_path / "a" / "long" / "folder"
+    folder.mkdir(parents=True)
+    path = folder / "broken.jpg"
+    path.write_bytes(b"this is not an image at all")
+    with pytest.raises(ImageReadError) as info:
+        load_image(path)
+    assert str(info.value) == "broken.jpg: not an image file PIL can read"
+    assert info.value.path == str(path) and info.value.reason == "not an image file PIL can read"
+    with pytest.raises(ImageReadError) as info:
+        load_image(folder / "missing.png")
+    assert str(info.value) == "missing.png: file not found"

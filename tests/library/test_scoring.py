@@ -231,3 +231,94 @@ def test_size_buckets_bound_the_pixels_waiting():
     assert sorted(item[0] for batch in batches for item in batch) == list(range(len(sizes)))
     assert all(len({tuple(item[2].shape) for item in batch}) == 1 for batch in batches)
     assert [len(b) for b in batches if tuple(b[0][2].shape) == (3, 64, 64)] == [2, 1]
+
+
+def _float_tiff(path, bad=None):
+    pixels = np.random.default_rng(0).uniform(0, 1, (40, 48)).astype(np.float32)
+    if bad is not None:
+        pixels[5, 6] = bad
+    Image.fromarray(pixels, mode="F").save(path)
+    return path
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_nan_pixels_are_a_per_file_error_not_a_score(tiny_model, tmp_path, workers):
+    sources = [_float_tiff(tmp_path / "good.tif"), _float_tiff(tmp_path / "nan.tif", np.nan),
+               _float_tiff(tmp_path / "inf.tif", np.inf), _float_tiff(tmp_path / "good2.tif")]
+    results = score_images(sources, model=tiny_model, precision="fp32", num_workers=workers,
+                           progress=False)
+    for bad in results[1:3]:
+        name = bad.path.rsplit("/", 1)[-1]
+        assert bad.score is None and bad.pair_scores == {}
+        assert bad.error == f"{name}: non-finite pixel values (NaN/inf) in the image"
+    assert results[0].error is None and results[3].error is None
+    assert np.isfinite(results[0].score) and results[0].score == pytest.approx(results[3].score)
+
+
+def _nan_for_black_images(model, monkeypatch):
+    """Make ``model`` return NaN features for all-black inputs (as corrupt weights would for
+    every image), leaving the other rows of a batch alone."""
+    original = model.image_features
+
+    def image_features(x):
+        out = original(x)
+        black = x.flatten(1).amax(dim=1) == 0
+        return torch.where(black[:, None], torch.full_like(out, float("nan")), out)
+
+    monkeypatch.setattr(model, "image_features", image_features)
+
+
+def test_non_finite_model_output_is_an_error_and_batch_mates_keep_their_scores(
+        tiny_model, monkeypatch):
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (40, 48, 3), np.uint8), np.zeros((40, 48, 3), np.uint8),
+              rng.integers(0, 256, (40, 48, 3), np.uint8)]
+    expected = score_images(images, model=tiny_model, precision="fp32", progress=False)
+    _nan_for_black_images(tiny_model, monkeypatch)
+    batches = []
+    original_score = tiny_model.pair_scores_from_features
+    monkeypatch.setattr(tiny_model, "pair_scores_from_features",
+                        lambda f: batches.append(len(f)) or original_score(f))
+    results = score_images(images, model=tiny_model, precision="fp32", progress=False,
+                           batch_size=4)
+    assert batches == [3]  # one batch: the bad image's mates were scored with it
+    bad = results[1]
+    assert bad.score is None and bad.pair_scores == {}
+    assert bad.error == ("<ndarray #1>: the model returned a non-finite score (NaN/inf): the "
+                         "weights may be corrupt")
+    for i in (0, 2):
+        assert results[i].error is None
+        assert results[i].score == pytest.approx(expected[i].score, abs=1e-6)
+        assert results[i].pair_scores == pytest.approx(expected[i].pair_scores, abs=1e-6)
+
+
+def test_nonfinite_error_tells_bad_pixels_from_a_bad_model():
+    from qualiclip.scoring import nonfinite_error
+
+    finite = torch.rand(7)
+    nan = finite.clone()
+    nan[2] = float("inf")
+    image = torch.rand(3, 8, 8)
+    assert nonfinite_error("/x/a.png", finite, image) is None
+    assert nonfinite_error("/x/a.png", nan, image).startswith(
+        "a.png: the model returned a non-finite score")
+    image[0, 1, 1] = float("nan")
+    assert nonfinite_error("/x/a.png", nan, image) == \
+        "a.png: non-finite pixel values (NaN/inf) in the image"
+
+
+def test_quality_maps_with_non_finite_cells_are_errors(tiny_model, monkeypatch):
+    from qualiclip.quality_maps import compute_quality_maps
+
+    good = torch.rand(3, 64, 64)
+    nan_pixel = good.clone()
+    nan_pixel[1, 3, 3] = float("nan")
+    maps = compute_quality_maps([good, nan_pixel, torch.zeros(3, 64, 64)], tiny_model)
+    assert maps[0].error is None and np.isfinite(maps[0].map).all()
+    assert maps[1].map is None and maps[1].error == \
+        "image: non-finite pixel values (NaN/inf) in the image"
+    assert maps[2].error is None
+    original = tiny_model.quality_map
+    monkeypatch.setattr(tiny_model, "quality_map", lambda x: original(x) * float("nan"))
+    [broken] = compute_quality_maps([good], tiny_model)
+    assert broken.map is None and "the model returned a non-finite score" in broken.error
