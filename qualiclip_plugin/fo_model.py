@@ -10,6 +10,13 @@ Built like FiftyOne's own open_clip wrapper (config + ``_load_model`` / ``_build
   images are read by our own ``GetItem`` (in the DataLoader workers, so ``num_workers`` works)
   that turns a read error into a :class:`ReadFailure` value. The failed sample gets no score (with
   ``pair_scores=True`` an ``<label_field>_error`` string); its batch mates are scored normally.
+  A prediction holding NaN / inf is such a failure too, never a score (the library's rule,
+  :func:`qualiclip.scoring.nonfinite_error`).
+* **Field types**: FiftyOne never tells a model which field it writes, and it casts a float into
+  an existing ``IntField`` without a word (every score becomes 0). So no hook inside
+  ``dataset.apply_model`` can refuse that; :func:`apply_model` (this module) and
+  :meth:`QualiCLIPModel.clear_outputs` check the target fields first
+  (:meth:`QualiCLIPModel.check_label_field`) and raise ``ValueError`` before anything is written.
 * **Reruns**: like every FiftyOne model, ``apply_model`` writes only the values a prediction
   has (FiftyOne does not persist ``None`` through the field-selected views it writes with), so
   rerunning into the same ``label_field`` keeps an old score for an image that now fails, and an
@@ -36,10 +43,19 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ReadFailure:
-    """An image that could not be read; stands in for its tensor in a batch."""
+    """An image that could not be read (or scored); stands in for its tensor in a batch."""
 
     path: str
     message: str
+
+
+@dataclass(frozen=True)
+class LoadedInput:
+    """A decoded image, ``(3, H, W)`` uint8 or float in [0, 1], with the name it came from (so a
+    failure found later, at prediction time, can still say which file it was)."""
+
+    path: str
+    tensor: torch.Tensor
 
 
 class QualityGetItem(fout.GetItem):
@@ -53,21 +69,19 @@ class QualityGetItem(fout.GetItem):
     def required_keys(self) -> list[str]:
         return ["filepath"]
 
-    def __call__(self, d: dict) -> torch.Tensor | ReadFailure:
+    def __call__(self, d: dict) -> LoadedInput | ReadFailure:
         return _load(d["filepath"], self.max_side)
 
 
-def _load(source: Any, max_side: int | None) -> torch.Tensor | ReadFailure:
-    from qualiclip.images import ImageReadError, load_image, source_name
+def _load(source: Any, max_side: int | None) -> LoadedInput | ReadFailure:
+    from qualiclip.images import load_image, read_error_text, source_name
 
+    name = source_name(source)
     try:
         # uint8 where possible: a quarter of the bytes to pass between processes.
-        return load_image(source, max_side=max_side, as_uint8=True).tensor
-    except ImageReadError as exc:
-        return ReadFailure(source_name(source), str(exc))
+        return LoadedInput(name, load_image(source, max_side=max_side, as_uint8=True).tensor)
     except Exception as exc:  # whatever a decoder throws stays with this image
-        name = source_name(source)
-        return ReadFailure(name, f"{name}: {exc.__class__.__name__}: {exc}")
+        return ReadFailure(name, read_error_text(name, exc))
 
 
 def _keep_list(batch: list) -> list:
@@ -99,7 +113,8 @@ class QualiCLIPModelConfig(fout.TorchImageModelConfig):
 class QualiCLIPModel(fout.TorchImageModel):
     """A FiftyOne model predicting QualiCLIP quality scores; embeddings are the image features.
 
-    After ``apply_model``, :attr:`read_errors` maps the paths that could not be read to why.
+    After ``apply_model``, :attr:`read_errors` maps the paths that could not be read or scored
+    to why.
     """
 
     def __init__(self, config: QualiCLIPModelConfig) -> None:
@@ -124,18 +139,41 @@ class QualiCLIPModel(fout.TorchImageModel):
         fields = {f"{label_field}_{k}": fo.FloatField for k in ("score", *self.pair_names)}
         return {**fields, f"{label_field}_error": fo.StringField}
 
+    def check_label_field(self, samples, label_field: str) -> None:
+        """Refuse a ``label_field`` whose existing fields have another type than this model
+        writes (e.g. an ``IntField`` named like the score: FiftyOne would truncate every score
+        to 0 without a word).
+
+        FiftyOne's ``apply_model`` never shows a model the field it writes, so this is called by
+        :func:`apply_model` and :meth:`clear_outputs`, before anything is written.
+
+        Raises:
+            ValueError: naming each field, its type and the type this model writes.
+        """
+        if samples.media_type != "image":  # frames of videos: FiftyOne's own rules apply
+            return
+        schema = samples._dataset.get_field_schema()
+        clashes = [f"{name!r} exists as {type(schema[name]).__name__}, not {ftype.__name__}"
+                   for name, ftype in self.output_fields(label_field).items()
+                   if name in schema and not isinstance(schema[name], ftype)]
+        if clashes:
+            raise ValueError(
+                f"cannot write QualiCLIP scores into label_field {label_field!r}: "
+                f"{'; '.join(clashes)}. Choose another label_field, or delete those fields "
+                "first (dataset.delete_sample_fields)")
+
     def clear_outputs(self, samples, label_field: str) -> list[str]:
         """Set the fields this model writes into ``label_field`` to None on ``samples``, so that
         a following ``samples.apply_model(model, label_field=...)`` leaves no stale values.
 
-        Only fields that exist with the type this model writes are touched (a field of another
-        type is left for ``apply_model`` to refuse). Returns the fields cleared.
+        Refuses (``ValueError``, nothing cleared) a ``label_field`` whose fields exist with
+        another type (:meth:`check_label_field`). Returns the fields cleared.
         """
-        if samples.media_type != "image":  # frames of videos: FiftyOne's own rules apply
+        self.check_label_field(samples, label_field)
+        if samples.media_type != "image":
             return []
         schema = samples._dataset.get_field_schema()
-        fields = [name for name, ftype in self.output_fields(label_field).items()
-                  if type(schema.get(name)) is ftype]
+        fields = [name for name in self.output_fields(label_field) if name in schema]
         if fields:
             samples.clear_sample_fields(fields)
         return fields
@@ -170,18 +208,23 @@ class QualiCLIPModel(fout.TorchImageModel):
     def _predict_all(self, imgs) -> list:
         inputs = self._prepare(imgs)
         features = self._features(inputs)
-        outputs: list = []
-        for item, feature in zip(inputs, features):
-            if isinstance(item, ReadFailure):
-                outputs.append(self._failed(item))
-                continue
-            pair = self._model.pair_scores_from_features(feature[None])[0].cpu().tolist()
-            score = float(sum(pair) / len(pair))
-            if self.config.pair_scores:
-                outputs.append({"score": score, **dict(zip(self.pair_names, pair))})
-            else:
-                outputs.append(score)
-        return outputs
+        return [self._prediction(item, feature) for item, feature in zip(inputs, features)]
+
+    def _prediction(self, item: LoadedInput | ReadFailure, feature: torch.Tensor | None):
+        """One image's output: a float (or dict with the pair scores), or its failure."""
+        from qualiclip.scoring import nonfinite_error
+
+        if isinstance(item, LoadedInput):
+            pair = self._model.pair_scores_from_features(feature[None])[0].cpu()
+            error = nonfinite_error(item.path, pair, item.tensor)
+            if error is None:
+                values = pair.tolist()
+                score = float(sum(values) / len(values))
+                if self.config.pair_scores:
+                    return {"score": score, **dict(zip(self.pair_names, values))}
+                return score
+            item = ReadFailure(item.path, error)
+        return self._failed(item)
 
     # --- embeddings -------------------------------------------------------------------------
     @property
@@ -212,13 +255,16 @@ class QualiCLIPModel(fout.TorchImageModel):
         return self._last_embeddings
 
     # --- helpers ----------------------------------------------------------------------------
-    def _prepare(self, imgs) -> list:
-        """Batch items (tensors, PIL, arrays, :class:`ReadFailure`) -> tensors or failures."""
+    def _prepare(self, imgs) -> list[LoadedInput | ReadFailure]:
+        """Batch items (our GetItem's outputs, tensors, PIL, arrays) -> inputs or failures."""
+        from qualiclip.images import source_name
+
         prepared = []
-        for img in imgs:
-            if isinstance(img, (ReadFailure, torch.Tensor)) and not (
-                    isinstance(img, torch.Tensor) and self.config.max_side is not None):
+        for index, img in enumerate(imgs):
+            if isinstance(img, (ReadFailure, LoadedInput)):
                 prepared.append(img)
+            elif isinstance(img, torch.Tensor) and self.config.max_side is None:
+                prepared.append(LoadedInput(source_name(img, index), img))  # already decoded
             else:
                 prepared.append(_load(img, self.config.max_side))
         return prepared
@@ -230,12 +276,13 @@ class QualiCLIPModel(fout.TorchImageModel):
 
         groups: dict[tuple, list[int]] = defaultdict(list)
         for index, item in enumerate(inputs):
-            if isinstance(item, torch.Tensor):
-                groups[tuple(item.shape)].append(index)
+            if isinstance(item, LoadedInput):
+                groups[tuple(item.tensor.shape)].append(index)
         features: list = [None] * len(inputs)
         with torch.inference_mode():
             for indices in groups.values():
-                batch = torch.stack([to_float(inputs[i].to(self._device)) for i in indices])
+                batch = torch.stack([to_float(inputs[i].tensor.to(self._device))
+                                     for i in indices])
                 batch = batch.contiguous(memory_format=self._memory_format)
                 with autocast_context(self._precision, self._device):
                     out = self._model.image_features(batch)
@@ -269,3 +316,28 @@ def load_model(weights: str = "qualiclip", device: str | None = None, pair_score
                                        pair_scores=pair_scores, max_side=max_side,
                                        precision=precision, **options))
     return QualiCLIPModel(config)
+
+
+def apply_model(samples, model: QualiCLIPModel, label_field: str, clear: bool = True,
+                **kwargs: Any) -> None:
+    """``samples.apply_model(model, label_field=label_field, **kwargs)`` plus the checks that
+    FiftyOne's own ``apply_model`` gives a model no chance to make.
+
+    Args:
+        samples: a FiftyOne image collection (dataset or view).
+        model: from :func:`load_model`.
+        label_field: the field (``pair_scores=False``) or field prefix to write.
+        clear: first empty this model's fields on ``samples`` (:meth:`QualiCLIPModel.clear_outputs`)
+            so a rerun leaves no stale score or error.
+        **kwargs: passed on (``batch_size``, ``num_workers``, ``progress``, ...).
+
+    Raises:
+        ValueError: a field this would write exists with another type (e.g. an ``IntField``,
+            into which FiftyOne would truncate every score to 0); raised before anything is
+            written.
+    """
+    if clear:
+        model.clear_outputs(samples, label_field)  # checks the fields first
+    else:
+        model.check_label_field(samples, label_field)
+    samples.apply_model(model, label_field=label_field, **kwargs)

@@ -145,3 +145,91 @@ def test_clear_outputs_then_rerun_touches_the_target_only(make_dataset, fo_model
     assert fo_model.clear_outputs(target, "f") == ["f"]
     target.apply_model(fo_model, label_field="f", batch_size=2, num_workers=0)
     assert dataset.values("f") == [None, before[1]]
+
+
+def _nan_for_width(model, width, monkeypatch):
+    """Make the wrapped QualiCLIP return NaN features for images ``width`` px wide, as corrupt
+    weights would for every image; other sizes (same FiftyOne batch) are left alone."""
+    inner = model._model
+    original = inner.image_features
+
+    def image_features(x):
+        out = original(x)
+        return out * float("nan") if x.shape[-1] == width else out
+
+    monkeypatch.setattr(inner, "image_features", image_features)
+
+
+@pytest.mark.parametrize("pair_scores", [False, True])
+def test_apply_model_non_finite_predictions_are_errors(
+        make_dataset, tiny_checkpoint, reference_scores, monkeypatch, pair_scores):
+    import qualiclip_plugin
+
+    model = qualiclip_plugin.load_model(weights=tiny_checkpoint, device="cpu",
+                                        precision="fp32", pair_scores=pair_scores)
+    _nan_for_width(model, 72, monkeypatch)
+    dataset = make_dataset()
+    dataset.apply_model(model, label_field="q", batch_size=13, num_workers=0)  # one batch
+    dataset.reload()
+    score_field = "q_score" if pair_scores else "q"
+    nan_message = "the model returned a non-finite score (NaN/inf): the weights may be corrupt"
+    seen = 0
+    for sample in dataset:
+        ref = reference_scores[sample.filepath]
+        name = sample.filepath.rsplit("/", 1)[-1]
+        if ref.error:
+            assert sample[score_field] is None
+        elif ref.width == 72:
+            seen += 1
+            assert sample[score_field] is None
+            assert model.read_errors[sample.filepath] == f"{name}: {nan_message}"
+            if pair_scores:
+                assert sample["q_error"] == f"{name}: {nan_message}"
+                assert all(sample[f"q_{p}"] is None for p in PAIR_NAMES)
+        else:  # batch mates keep their scores
+            assert sample[score_field] == pytest.approx(ref.score, abs=TOL)
+    assert seen == 2
+
+
+@pytest.mark.parametrize("pair_scores, field", [(False, "quality"), (True, "quality_error"),
+                                                (True, "quality_sharp_image")])
+def test_a_label_field_of_another_type_is_refused_before_anything_is_written(
+        make_dataset, tiny_checkpoint, pair_scores, field):
+    """FiftyOne would cast every score into an existing IntField (all 0) without a word; the
+    model's apply_model and clear_outputs refuse first and write nothing."""
+    import fiftyone as fo
+
+    import qualiclip_plugin
+    from qualiclip_plugin.fo_model import apply_model
+
+    model = qualiclip_plugin.load_model(weights=tiny_checkpoint, device="cpu",
+                                        precision="fp32", pair_scores=pair_scores)
+    dataset = make_dataset()
+    dataset.add_sample_field(field, fo.IntField)
+    dataset.set_values(field, [7] * len(dataset))
+    refusal = rf"'{field}' exists as IntField, not (Float|String)Field"
+    for clear in (True, False):
+        with pytest.raises(ValueError, match=refusal):
+            apply_model(dataset, model, "quality", clear=clear, num_workers=0)
+    with pytest.raises(ValueError, match="IntField"):
+        model.clear_outputs(dataset, "quality")
+    dataset.reload()
+    assert dataset.values(field) == [7] * len(dataset)  # nothing cleared, nothing truncated
+    written = [f for f in model.output_fields("quality") if f != field]
+    assert not set(written) & set(dataset.get_field_schema())  # nothing else written either
+
+
+def test_module_apply_model_clears_then_scores(make_dataset, fo_model, reference_scores):
+    import fiftyone as fo
+
+    from qualiclip_plugin.fo_model import apply_model
+
+    dataset = make_dataset()
+    dataset.add_sample_field("q", fo.FloatField)
+    dataset.set_values("q", [0.123] * len(dataset))  # a stale value on the broken file too
+    apply_model(dataset, fo_model, "q", batch_size=4, num_workers=0)
+    dataset.reload()
+    for sample in dataset:
+        ref = reference_scores[sample.filepath]
+        expected = None if ref.error else pytest.approx(ref.score, abs=TOL)
+        assert sample["q"] == expected
