@@ -8,7 +8,9 @@
   open_clip ``model_config``, the CLIP ``state_dict`` (at least the ``visual.*`` keys),
   ``prompt_pairs``, their ``prompt_features`` and free-form ``training_config`` / ``metadata``.
 
-Both are read with ``torch.load(weights_only=True)``: a checkpoint can never run code.
+Both are read with ``torch.load(weights_only=True)``: a checkpoint can never run code. A file
+with a NaN / inf in any floating-point tensor is refused as corrupt: every score it gave would be
+NaN, or quietly wrong.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import datetime as _dt
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +64,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read either checkpoint format from ``path``.
 
     Raises:
-        CheckpointError: missing, unreadable, or not a QualiCLIP checkpoint.
+        CheckpointError: missing, unreadable, not a QualiCLIP checkpoint, or corrupt (a NaN /
+            inf in a floating-point tensor; the message names the first such tensor).
     """
     path = Path(path)
     if not path.is_file():
@@ -75,6 +79,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         ) from exc
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} is not a QualiCLIP checkpoint (found {type(raw).__name__})")
+    refuse_non_finite(raw, path)
     if raw.get("format") == FORMAT_NAME:
         return _from_project_format(raw, path)
     if any(isinstance(k, str) and k.startswith(_OFFICIAL_PREFIX) for k in raw):
@@ -83,6 +88,36 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         f"{path} is not a QualiCLIP checkpoint: expected the official format (clip_model.* keys "
         f"and prompts_features) or this project's format (format={FORMAT_NAME!r})"
     )
+
+
+def _tensors(raw: dict[str, Any]) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(key, tensor)`` for the top-level tensors of a loaded file and those one dict down
+    (this project's ``state_dict``), keyed as the file spells them."""
+    for key, value in raw.items():
+        if isinstance(value, torch.Tensor):
+            yield str(key), value
+        elif isinstance(value, dict):
+            yield from ((str(k), v) for k, v in value.items() if isinstance(v, torch.Tensor))
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """True when no element is NaN / inf. A finite sum proves it (any NaN or inf makes the sum
+    NaN or inf) at a seventh of an elementwise pass's cost (measured: 0.04 s vs 0.24 s for the
+    102 M parameters of CLIP RN50 on 2 cores); only a non-finite sum, which may also be a
+    harmless overflow (fp16), gets the exact elementwise check."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
+def refuse_non_finite(raw: dict[str, Any], path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` at the first floating-point tensor of a loaded checkpoint
+    that holds a NaN or inf. Attention masks are exempt: their ``-inf`` entries are by design.
+    """
+    for key, tensor in _tensors(raw):
+        if (tensor.is_floating_point() and not key.endswith("attn_mask")
+                and not _all_finite(tensor)):
+            raise CheckpointError(
+                f"{path} is corrupt: tensor {key!r} holds non-finite values (NaN/inf). Delete "
+                "the file and download it again (or re-export it from training)")
 
 
 def _from_project_format(raw: dict[str, Any], path: Path) -> Checkpoint:

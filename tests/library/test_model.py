@@ -177,3 +177,53 @@ def test_checkpoint_loading_refuses_pickled_code(tmp_path):
         pickle.dump({"format": "qualiclip-checkpoint", "x": Evil()}, handle)
     with pytest.raises(CheckpointError):
         load_model(path, device="cpu")
+
+
+@pytest.mark.parametrize("official", [False, True])
+@pytest.mark.parametrize("where", ["weight", "prompts"])
+def test_checkpoint_with_non_finite_values_is_refused_as_corrupt(
+        tmp_path, tiny_clip, tiny_prompt_features, official, where):
+    from qualiclip.architecture import TINY_TEST_CONFIG
+    from qualiclip.checkpoint import read_checkpoint, write_official_checkpoint
+
+    state = {k: v.clone() for k, v in tiny_clip.state_dict().items()}
+    prompts = tiny_prompt_features.clone()
+    if where == "weight":
+        state["visual.layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+        key = "visual.layer2.0.conv1.weight"
+    else:
+        prompts[3, 5] = float("inf")
+        key = "prompt_features"
+    path = tmp_path / "corrupt.pth"
+    if official:
+        write_official_checkpoint(path, state_dict=state, prompt_features=prompts)
+        key = "prompts_features" if where == "prompts" else f"clip_model.{key}"
+    else:
+        write_checkpoint(path, model_config=TINY_TEST_CONFIG, state_dict=state,
+                         prompt_features=prompts)
+    message = rf"{path} is corrupt: tensor '{key}' holds non-finite values \(NaN/inf\)"
+    with pytest.raises(CheckpointError, match=message):
+        read_checkpoint(path)
+    with pytest.raises(CheckpointError, match=message):
+        load_model(path, device="cpu")
+
+
+def test_checkpoint_refusal_names_the_first_bad_tensor_and_spares_attention_masks(tmp_path):
+    from qualiclip.checkpoint import refuse_non_finite
+
+    raw = {"clip_model.transformer.attn_mask": torch.full((3, 3), -float("inf")).triu(1),
+           "clip_model.a": torch.zeros(2), "clip_model.b": torch.tensor([1.0, float("nan")]),
+           "clip_model.c": torch.tensor([float("inf")]), "clip_model.n": torch.arange(3)}
+    with pytest.raises(CheckpointError, match="'clip_model.b'"):
+        refuse_non_finite(raw, tmp_path / "x.pth")
+    del raw["clip_model.b"], raw["clip_model.c"]
+    refuse_non_finite(raw, tmp_path / "x.pth")  # masks and integer tensors pass
+
+
+def test_a_sum_that_overflows_is_no_reason_to_refuse(tmp_path):
+    """fp16 weights whose sum overflows are still finite: only a real NaN / inf is refused."""
+    from qualiclip.checkpoint import refuse_non_finite
+
+    big = torch.full((100,), 60000.0, dtype=torch.float16)
+    assert not torch.isfinite(big.sum())
+    refuse_non_finite({"clip_model.w": big}, tmp_path / "x.pth")
