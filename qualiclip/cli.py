@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sys
 from collections.abc import Iterable
@@ -71,12 +72,20 @@ def collect_images(paths: Iterable[str], recursive: bool) -> list[Path]:
     return found
 
 
+def finite_row(row: dict) -> dict:
+    """``row`` with NaN / inf values replaced by ``None``: neither is a score, and JSON has no
+    spelling for them (``NaN`` is a Python extension other parsers reject)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in row.items()}
+
+
 def _writer(output: Path | None, columns: list[str]):
-    """Return ``(write_row, close)`` for CSV (default, also stdout) or JSON Lines (.jsonl)."""
+    """Return ``(write_row, close)`` for CSV (default, also stdout) or JSON Lines (.jsonl).
+    Rows should have passed :func:`finite_row`; JSON output refuses NaN rather than write it."""
     handle = open(output, "w", newline="", encoding="utf-8") if output else sys.stdout
     if output is not None and output.suffix.lower() in (".jsonl", ".ndjson"):
         def write_row(row: dict) -> None:
-            handle.write(json.dumps(row) + "\n")
+            handle.write(json.dumps(row, allow_nan=False) + "\n")
     else:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
@@ -167,10 +176,11 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
         for result in iter_scores(images, model=model, batch_size=batch_size,
                                   num_workers=workers, max_side=max_side, precision=precision,
                                   progress=not no_progress):
-            write_row(result.to_row(names))
-            if result.error is None:
+            row = finite_row(result.to_row(names))  # the engine never scores NaN; guard anyway
+            write_row(row)
+            if row["score"] is not None:
                 scored += 1
-                total += result.score
+                total += row["score"]
             else:
                 failed += 1
     finally:

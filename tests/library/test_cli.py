@@ -102,3 +102,37 @@ def test_download_and_info(tmp_path, monkeypatch, tiny_checkpoint):
     assert result.exit_code == 0
     assert "qualiclip 0.1.0" in result.output and "CC BY-NC 4.0" in result.output
     assert str(tmp_path / "cache") in result.output and "torch" in result.output
+
+
+def _strict_json(line: str):
+    """``json.loads`` that rejects NaN / Infinity, as standard JSON parsers do."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_jsonl_is_valid_json_even_for_non_finite_values(tmp_path, tiny_checkpoint, monkeypatch):
+    """Whatever the engine yields, every JSONL line parses as strict JSON; NaN / inf -> null,
+    and such a row does not count as scored."""
+    import qualiclip.scoring
+    from qualiclip.scoring import ScoreResult
+
+    image = make_image(tmp_path / "a.jpg")
+
+    def fake_iter_scores(sources, **kwargs):
+        nan, inf = float("nan"), float("inf")
+        yield ScoreResult(0, str(image), score=nan, width=96, height=64,
+                          pair_scores={name: (inf if i % 2 else nan)
+                                       for i, name in enumerate(PAIR_NAMES)})
+        yield ScoreResult(1, str(image), score=0.25, width=96, height=64,
+                          pair_scores=dict.fromkeys(PAIR_NAMES, 0.25))
+
+    monkeypatch.setattr(qualiclip.scoring, "iter_scores", fake_iter_scores)
+    out = tmp_path / "x.jsonl"
+    result = CliRunner().invoke(main, ["score", str(image), "-o", str(out), "--weights",
+                                       str(tiny_checkpoint), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    rows = [_strict_json(line) for line in out.read_text().splitlines()]
+    assert rows[0]["score"] is None and all(rows[0][name] is None for name in PAIR_NAMES)
+    assert rows[1]["score"] == 0.25
+    assert result.stderr.strip().splitlines()[-1].startswith("scored 1, failed 1, mean 0.2500")
