@@ -68,9 +68,18 @@ def cache_dir() -> Path:
     override = os.environ.get(CACHE_ENV)
     if override:
         return Path(override).expanduser()
-    import torch.hub
+    return _torch_hub_dir() / "qualiclip"
 
-    return Path(torch.hub.get_dir()) / "qualiclip"
+
+def _torch_hub_dir() -> Path:
+    """``torch.hub.get_dir()``, computed without importing torch when it is not loaded yet (the
+    plugin's App forms ask for the cache folder, and importing torch there costs seconds)."""
+    hub = sys.modules.get("torch.hub")
+    if hub is not None:
+        return Path(hub.get_dir())
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or "~/.cache", "torch")
+    return Path(torch_home).expanduser() / "hub"
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
@@ -83,6 +92,7 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
 
 
 def is_url(text: str) -> bool:
+    """True for ``http://``, ``https://`` and ``file://`` addresses."""
     return urllib.parse.urlparse(str(text)).scheme in ("http", "https", "file")
 
 

@@ -1,42 +1,52 @@
-"""The ``compute_image_quality`` operator: App form and Python call -> :class:`ScoringRun`.
+"""The ``compute_image_quality`` operator: App form -> policy-checked request -> one run.
 
-This module only translates input (form, params, execution mode) into a run and reports back;
-scoring lives in :mod:`qualiclip`, writing in :mod:`qualiclip_plugin.writing`. Top-level imports
-are FiftyOne's operator API only: this is imported when the App starts.
+Thin by design: parsing and policy live in :mod:`.request` / :mod:`.policy`, form pieces in
+:mod:`.forms`, the work in :class:`~qualiclip_plugin.runner.ScoringRun`, shard queuing in
+:mod:`.shards`, and trusted Python callers use :mod:`.api`. Every execution of this operator
+follows the server's App policy, however it was started. Top-level imports are FiftyOne's
+operator API only: this is imported when the App starts.
 """
 
 from __future__ import annotations
 
-import copy
+import logging
 from typing import Any
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from qualiclip_plugin import OPERATOR_NAME
+from qualiclip_plugin import OPERATOR_NAME, forms
 from qualiclip_plugin.request import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_FIELD,
     DEFAULT_FLAG_TAG,
-    DEFAULT_WEIGHTS,
     FLAG_MODES,
     IMMEDIATE_MAX_SAMPLES,
+    MAX_BATCH_SIZE,
+    MAX_SHARDS,
     PRECISIONS,
     RequestError,
+    ScoreRequest,
+    given,
     parse_request,
 )
+
+logger = logging.getLogger(__name__)
 
 #: Operator icon, relative to the plugin folder (the one holding ``fiftyone.yml``). Both layouts
 #: carry the file: ``assets/icon.svg`` at the repository root and in ``qualiclip_plugin/``.
 ICON = "/assets/icon.svg"
 
-_SUMMARY_FIELDS = (
+SUMMARY_LABELS = (
+    ("field", "Score field"),
     ("scored", "Scored in this run"),
     ("skipped", "Skipped (already scored)"),
     ("failed", "Failed (see the error field)"),
     ("mean", "Mean score over the target"),
     ("flagged", "Flagged as low quality"),
+    ("flag_cutoff", "Highest flagged score"),
     ("queued_shards", "Delegated shards queued"),
+    ("note", "Note"),
 )
 
 
@@ -80,159 +90,224 @@ class ComputeImageQuality(foo.Operator):
     # --- form ------------------------------------------------------------------------------
     def resolve_input(self, ctx) -> types.Property:
         inputs = types.Object()
+        if ctx.params.get("plan"):  # a queued run: its request was checked when it was planned
+            _check_plan(ctx, inputs)
+            return types.Property(inputs)
+        from qualiclip_plugin.policy import AppPolicy
+
+        policy = AppPolicy.current()
         inputs.view_target(ctx)
         size = _target_size(ctx)
-        field = ctx.params.get("field") or DEFAULT_FIELD
+        field = given(ctx.params).get("field") or DEFAULT_FIELD
+        last = _recorded(ctx.dataset, field)
+        options = last.get("options") or {}
         inputs.str("field", default=DEFAULT_FIELD, label="Output field",
                    description="Float field for the score (higher = better). Also written: "
                                f"{field}_error, and {field}_<attribute> when asked")
-        inputs.str("weights", default=DEFAULT_WEIGHTS, label="Weights",
-                   description="'qualiclip' (official, CC BY-NC 4.0) or the path of a "
-                               "fine-tuned .pth checkpoint on the machine running the operator")
+        weights = forms.weights_input(inputs, ctx.params, policy, last.get("weights_name"))
         inputs.str("device", default="", label="Device",
-                   description="e.g. cuda, cuda:1, cpu; empty = CUDA if available")
-        inputs.int("batch_size", default=DEFAULT_BATCH_SIZE, min=1, label="Batch size")
-        inputs.int("max_side", label="Max side (px)",
+                   description="cpu, cuda or cuda:N; empty = CUDA if available")
+        inputs.int("batch_size", default=options.get("batch_size") or DEFAULT_BATCH_SIZE,
+                   min=1, max=MAX_BATCH_SIZE, label="Batch size")
+        inputs.int("max_side", default=last.get("max_side"), label="Max side (px)",
                    description="Downscale images whose longer side exceeds this; empty = native "
                                "resolution (the official protocol)")
-        inputs.enum("precision", list(PRECISIONS), default="auto", label="Precision",
-                    view=types.DropdownView())
-        inputs.bool("pair_scores", default=True, label="Store the 7 attribute scores",
+        inputs.enum("precision", list(PRECISIONS),
+                    default=last.get("precision") if last.get("precision") in PRECISIONS
+                    else "auto", label="Precision", view=types.DropdownView())
+        inputs.bool("pair_scores", default=options.get("pair_scores", True),
+                    label="Store the 7 attribute scores",
                     description="good photo, sharp image, sharp edges, high resolution, "
                                 "noise-free, high quality, good picture")
         inputs.bool("overwrite", default=False, label="Overwrite existing scores",
                     description="Off: samples that already have a score are skipped (resume)")
+        _flag_inputs(inputs, ctx.params, field, options)
+        delegating = _delegate_inputs(inputs, ctx, size)
 
-        mode_choices = types.RadioGroup()
-        mode_choices.add_choice("none", label="Don't flag")
-        mode_choices.add_choice("percent", label="Worst N percent of the target")
-        mode_choices.add_choice("threshold", label="Score below a threshold")
-        inputs.enum("flag_mode", list(FLAG_MODES), default="none", label="Flag low quality",
-                    view=mode_choices)
-        mode = ctx.params.get("flag_mode") or "none"
-        if mode == "percent":
-            inputs.float("flag_percent", default=10.0, min=0, max=100, required=True,
-                         label="Percent to flag")
-        elif mode == "threshold":
-            inputs.float("flag_threshold", default=0.5, min=0, max=1, required=True,
-                         label="Flag scores below")
-        if mode != "none":
-            inputs.str("flag_field", default=f"{field}_flagged", label="Flag field (boolean)")
-            inputs.str("flag_tag", default=DEFAULT_FLAG_TAG, label="Tag for flagged samples")
-            inputs.str("flag_view", default="", label="Save flagged samples as view (optional)")
-
-        inputs.bool("delegate", default=size > IMMEDIATE_MAX_SAMPLES,
-                    label="Run in the background (delegated)",
-                    description=f"Default on above {IMMEDIATE_MAX_SAMPLES} samples. Needs a "
-                                "worker: `fiftyone delegated launch`")
-        delegating = bool(ctx.params.get("delegate", size > IMMEDIATE_MAX_SAMPLES))
-        if delegating:
-            inputs.int("num_shards", default=1, min=1, label="Shards",
-                       description="Split into N delegated operations so N workers score "
-                                   "together")
-        try:
-            request = parse_request(ctx.params)
-            if delegating or request.num_shards > 1:
-                _check_persistent(ctx.dataset)
-        except RequestError as exc:
-            inputs.view("invalid", types.Error(label="Cannot run", description=str(exc)))
+        problem = _form_problem(ctx, policy, weights, last, delegating)
+        if problem:
+            forms.cannot_run(inputs, problem)
         else:
-            inputs.view("target_size", types.Notice(label=f"{size} samples in the target"))
+            forms.weights_notice(inputs, weights)
+            forms.notice(inputs, "target_size", f"{size} samples in the target")
         return types.Property(inputs, view=types.View(label="Compute image quality"))
 
     # --- execution -------------------------------------------------------------------------
     def execute(self, ctx) -> Any:
-        from qualiclip_plugin.runner import ScoringRun
-
-        request = parse_request(ctx.params)
-        run = ScoringRun(ctx.dataset, ctx.target_view(), request, immediate=not ctx.delegated)
-        run.prepare()  # every refusal happens here, before any write
-        if request.num_shards > 1 and request.shard_index is None:
-            return self._queue_shards(ctx, run)
-        if ctx.delegated:
+        if ctx.delegated:  # a worker: refusals fail the operation with their one sentence
+            run, summary = _start(ctx)
+            if summary is not None:
+                return summary
             for progress, label in run.steps():
                 ctx.set_progress(progress=progress, label=label)
             return run.summary
-        return self._run_immediately(ctx, run)
+        return self._run_immediately(ctx)
 
-    def _run_immediately(self, ctx, run):
-        for progress, label in run.steps():
-            yield ctx.trigger("set_progress", dict(progress=progress, label=label))
+    def _run_immediately(self, ctx):
+        yield _progress(ctx, 0.0, "Loading the QualiCLIP model (the first run on this server "
+                                  "takes up to a minute)")
+        try:
+            run, summary = _start(ctx)
+            if summary is None:
+                for progress, label in run.steps():
+                    yield _progress(ctx, progress, label)
+                summary = run.summary
+        except RequestError as exc:
+            yield ctx.trigger("show_output", forms.show_error(str(exc)))
+            return
+        except Exception as exc:  # a bug or the database: one sentence here, details in the log
+            logger.exception("QualiCLIP scoring failed")
+            yield ctx.trigger("reload_dataset")
+            yield ctx.trigger("show_output", forms.show_error(
+                f"Scoring stopped: {type(exc).__name__}: {str(exc)[:300]}. Scores already "
+                "written are kept; run again with overwrite off to continue (details are in "
+                "the App server's log)", title="Stopped"))
+            return
         yield ctx.trigger("reload_dataset")
-        # The App reads `outputs` with Property.fromJSON: a Property's JSON, not an Object's.
-        yield ctx.trigger("show_output", dict(outputs=types.Property(_summary_outputs()).to_json(),
-                                              results=run.summary))
+        yield ctx.trigger("show_output", forms.show_result(summary, SUMMARY_LABELS))
 
-    def _queue_shards(self, ctx, run) -> dict[str, Any]:
-        """Queue one delegated operation per sample-ID range of the samples still to score."""
-        from fiftyone.operators.delegated import DelegatedOperationService
-
-        from qualiclip_plugin.runner import plan_shards
-
-        bounds = plan_shards(run._todo, run.request.num_shards)
-        # Shards do not re-check the whole target, so old scores that an overwrite with new
-        # settings replaces are cleared here, once, before any shard writes.
-        run.clear_replaced_scores()
-        service = DelegatedOperationService()
-        ids = []
-        for index, (lo, hi) in enumerate(bounds):
-            request_params = copy.deepcopy(ctx.request_params)
-            request_params.pop("run_doc", None)
-            request_params["delegated"] = True
-            request_params["params"] = {**copy.deepcopy(ctx.params), "delegate": True,
-                                        "shard_index": index, "num_shards": len(bounds),
-                                        "shard_bounds": [lo, hi]}
-            op = service.queue_operation(
-                operator=self.uri, delegation_target=ctx.delegation_target,
-                label=f"QualiCLIP -> {run.request.field} (shard {index + 1}/{len(bounds)})",
-                context={"request_params": request_params})
-            ids.append(str(op.id))
-        return {**run.summary, "queued_shards": len(bounds), "operation_ids": ids,
-                "note": "Flags are not applied by shards: when all shards are done, run the "
-                        "operator again on the same target with overwrite off to flag"}
-
-    def resolve_output(self, ctx) -> types.Property:
-        return types.Property(_summary_outputs(), view=types.View(label="Image quality"))
+    def resolve_output(self, ctx) -> types.Property | None:
+        results = ctx.results if isinstance(ctx.results, dict) else {}
+        outputs = types.Object()
+        for name, label in SUMMARY_LABELS:
+            if results.get(name) is not None:
+                outputs.str(name, label=label)
+        if not outputs.properties:
+            return None  # nothing to show: no dialog of empty rows
+        return types.Property(outputs, view=types.View(label="Image quality"))
 
     # --- Python ----------------------------------------------------------------------------
-    def __call__(self, sample_collection, field: str = DEFAULT_FIELD,
-                 weights: str = DEFAULT_WEIGHTS, device: str | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE, num_workers: int | None = None,
-                 max_side: int | None = None, precision: str = "auto", pair_scores: bool = True,
-                 overwrite: bool = False, flag_percent: float | None = None,
-                 flag_threshold: float | None = None, flag_field: str | None = None,
-                 flag_tag: str | None = DEFAULT_FLAG_TAG, flag_view: str | None = None,
-                 num_shards: int = 1, delegate: bool = False,
-                 chunk_size: int | None = None) -> dict[str, Any]:
-        """Score ``sample_collection`` from Python; same parameters as the App form.
+    def __call__(self, sample_collection, **kwargs) -> dict[str, Any]:
+        """Score ``sample_collection`` from Python: :func:`qualiclip_plugin.api.
+        compute_image_quality` (trusted, so not bound by the App policy)."""
+        from qualiclip_plugin.api import compute_image_quality
 
-        Immediate runs return the summary (also stored with the field's run); ``delegate=True``
-        queues the work for ``fiftyone delegated launch`` and returns the queued operation.
-        """
-        params = dict(field=field, weights=str(weights), device=device, batch_size=batch_size,
-                      num_workers=num_workers, max_side=max_side, precision=precision,
-                      pair_scores=pair_scores, overwrite=overwrite, flag_percent=flag_percent,
-                      flag_threshold=flag_threshold, flag_field=flag_field, flag_tag=flag_tag,
-                      flag_view=flag_view, num_shards=num_shards, delegate=delegate,
-                      chunk_size=chunk_size)
-        view = sample_collection.view()
-        if delegate or num_shards > 1:
-            _check_persistent(view._root_dataset)
-        result = foo.execute_operator(self.uri, ctx=dict(view=view, params=params),
-                                      request_delegation=delegate)
-        if delegate or isinstance(result.result, dict):
-            return result.result
-        from qualiclip_plugin import provenance
-
-        return provenance.load_summary(view._root_dataset, field)
+        return compute_image_quality(sample_collection, **kwargs)
 
 
-def _check_persistent(dataset) -> None:
-    """Delegated work runs in another process, which can only open persistent datasets."""
-    if dataset is not None and not dataset.persistent:
+def _start(ctx):
+    """``(run, None)`` ready to score, or ``(None, summary)`` when shards were queued instead.
+
+    Raises:
+        RequestError: refused by the policy or the run's checks; nothing was written.
+    """
+    from qualiclip_plugin import plans
+    from qualiclip_plugin.api import check_persistent
+    from qualiclip_plugin.policy import AppPolicy
+    from qualiclip_plugin.runner import ScoringRun
+    from qualiclip_plugin.shards import queue_shards
+
+    owner = None
+    if ctx.params.get("plan"):
+        plan = plans.load(ctx.dataset, ctx.params["plan"])
+        request, owner = plan.request, plan.claim_owner
+    else:
+        request = parse_request(ctx.params, AppPolicy.current())
+        if ctx.delegated or request.num_shards > 1:
+            check_persistent(ctx.dataset)
+    run = ScoringRun(ctx.dataset, ctx.target_view(), request, immediate=not ctx.delegated,
+                     claim_owner=owner)
+    run.prepare()  # every refusal happens here, before any write
+    if request.num_shards > 1 and request.shard_index is None:
+        return None, queue_shards(run, ctx.target_view(), ctx.delegation_target)
+    return run, None
+
+
+def _progress(ctx, progress: float, label: str):
+    return ctx.trigger("set_progress", dict(progress=progress, label=label))
+
+
+def _check_plan(ctx, inputs: types.Object) -> None:
+    from qualiclip_plugin import plans
+
+    try:
+        plans.load(ctx.dataset, ctx.params["plan"])
+    except RequestError as exc:
+        forms.cannot_run(inputs, str(exc))
+
+
+def _flag_inputs(inputs: types.Object, params: dict, field: str, options: dict) -> None:
+    mode_choices = types.RadioGroup()
+    mode_choices.add_choice("none", label="Don't flag")
+    mode_choices.add_choice("percent", label="Worst N percent of the target")
+    mode_choices.add_choice("threshold", label="Score below a threshold")
+    inputs.enum("flag_mode", list(FLAG_MODES), default="none", label="Flag low quality",
+                view=mode_choices)
+    mode = params.get("flag_mode") or "none"
+    if mode == "percent":
+        inputs.float("flag_percent", default=options.get("flag_percent") or 10.0, min=0,
+                     max=100, required=True, label="Percent to flag")
+    elif mode == "threshold":
+        inputs.float("flag_threshold", default=options.get("flag_threshold") or 0.5, min=0,
+                     max=1, required=True, label="Flag scores below")
+    if mode != "none":
+        inputs.str("flag_field", default=options.get("flag_field") or f"{field}_flagged",
+                   label="Flag field (boolean)")
+        inputs.str("flag_tag", default=options.get("flag_tag") or DEFAULT_FLAG_TAG,
+                   label="Tag for flagged samples")
+        inputs.str("flag_view", default="", label="Save flagged samples as view (optional)")
+
+
+def _delegate_inputs(inputs: types.Object, ctx, size: int) -> bool:
+    inputs.bool("delegate", default=size > IMMEDIATE_MAX_SAMPLES,
+                label="Run in the background (delegated)",
+                description=f"Default on above {IMMEDIATE_MAX_SAMPLES} samples")
+    delegating = bool(ctx.params.get("delegate", size > IMMEDIATE_MAX_SAMPLES))
+    if delegating:
+        inputs.int("num_shards", default=1, min=1, max=MAX_SHARDS, label="Shards",
+                   description="Split into N delegated operations so N workers score together")
+        forms.notice(inputs, "delegation_help", forms.DELEGATION_HELP)
+    return delegating
+
+
+def _form_problem(ctx, policy, weights: str, last: dict, delegating: bool) -> str | None:
+    """The first reason the form's request cannot run, checked without loading the model."""
+    from qualiclip_plugin.api import check_persistent
+
+    problem = forms.weights_problem(weights, policy)
+    if problem:
+        return problem
+    try:
+        request = parse_request(ctx.params, policy)
+        if delegating or request.num_shards > 1:
+            check_persistent(ctx.dataset)
+        _check_fields(ctx, request, last)
+    except RequestError as exc:
+        return str(exc)
+    return None
+
+
+def _check_fields(ctx, request: ScoreRequest, last: dict) -> None:
+    """Field ownership, a run already writing the field, settings that would mix scores."""
+    from qualiclip.prompts import PAIR_NAMES
+    from qualiclip_plugin import claims, protection, provenance, writing
+
+    dataset = ctx.dataset
+    layout = writing.FieldLayout.for_field(
+        request.field, PAIR_NAMES if request.pair_scores else (), request.flag_field)
+    conflicts = writing.schema_conflicts(dataset, layout)
+    if conflicts:
+        raise RequestError("cannot write the scores: " + "; ".join(conflicts)
+                           + ". Choose another field name.")
+    protection.check_not_user_data(dataset, layout, request)
+    held = claims.holder(dataset, request.field)
+    if held is not None:
+        raise RequestError(claims.busy_message(request.field, held))
+    why = provenance.settings_mismatch(last, request) if last else None
+    if why and not request.overwrite and dataset.exists(request.field).count():
         raise RequestError(
-            f"dataset '{dataset.name}' is not persistent, so a background worker cannot open "
-            "it: set `dataset.persistent = True`, or run immediately (delegate off, 1 shard)")
+            f"field '{request.field}' holds scores made with other settings ({why}); mixing "
+            "them would make scores look comparable when they are not. Write to a new field, "
+            "or set overwrite on a target that covers all of them")
+
+
+def _recorded(dataset, field: str) -> dict[str, Any]:
+    from qualiclip_plugin import provenance
+
+    try:
+        return provenance.recorded(dataset, field) or {}
+    except Exception:  # a form must render even if a record cannot be read
+        return {}
 
 
 def _target_size(ctx) -> int:
@@ -240,15 +315,3 @@ def _target_size(ctx) -> int:
         return ctx.target_view().count()
     except Exception:  # a form must render even when the view cannot be resolved yet
         return 0
-
-
-def _summary_outputs() -> types.Object:
-    outputs = types.Object()
-    for name, label in _SUMMARY_FIELDS:
-        if name == "mean":
-            outputs.float(name, label=label)
-        else:
-            outputs.int(name, label=label)
-    outputs.str("field", label="Score field")
-    outputs.str("note", label="Note")
-    return outputs

@@ -59,6 +59,12 @@ def recorded(dataset: fo.Dataset, field: str) -> dict[str, Any] | None:
         "method": config.method}
 
 
+def all_recorded(dataset: fo.Dataset) -> list[dict[str, Any]]:
+    """The provenance of every score field this plugin recorded on ``dataset``."""
+    return [record for key in dataset.list_runs() if key.startswith(RUN_KEY_PREFIX)
+            for record in [recorded(dataset, key[len(RUN_KEY_PREFIX):])] if record is not None]
+
+
 def incompatibility(old: dict[str, Any] | None, new: dict[str, Any]) -> str | None:
     """Why scores made as ``old`` and as ``new`` are not comparable, or ``None`` if they are."""
     if old is None:
@@ -66,6 +72,26 @@ def incompatibility(old: dict[str, Any] | None, new: dict[str, Any]) -> str | No
     diffs = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in COMPARABLE_KEYS
              if old.get(key) != new.get(key)]
     return "; ".join(diffs) or None
+
+
+def settings_mismatch(old: dict[str, Any], request: Any) -> str | None:
+    """What differs between the recorded run ``old`` and a not-yet-loaded ``request``
+    (a :class:`~qualiclip_plugin.request.ScoreRequest`): weights, max side, an explicit
+    precision. The exact check (weights SHA-256, resolved precision) runs before scoring."""
+    diffs = []
+    if old.get("weights_name") != request.weights:
+        diffs.append(f"weights: {_label(old.get('weights_name'))!r} -> "
+                     f"{_label(request.weights)!r}")
+    if old.get("max_side") != request.max_side:
+        diffs.append(f"max_side: {old.get('max_side')!r} -> {request.max_side!r}")
+    if request.precision != "auto" and old.get("precision") != request.precision:
+        diffs.append(f"precision: {old.get('precision')!r} -> {request.precision!r}")
+    return "; ".join(diffs) or None
+
+
+def _label(weights: Any) -> Any:
+    """Checkpoint paths by file name: App users need not see server folders."""
+    return weights.replace("\\", "/").rsplit("/", 1)[-1] if isinstance(weights, str) else weights
 
 
 def record(dataset: fo.Dataset, description: dict[str, Any]) -> None:

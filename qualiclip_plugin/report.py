@@ -13,11 +13,14 @@ see :mod:`qualiclip_plugin.writing`) with bulk ``values()`` calls, and the break
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import fiftyone as fo
 
+from qualiclip.files import use_default_permissions
 from qualiclip.prompts import PAIR_NAMES
 from qualiclip.report import ReportConfig, write_report
 from qualiclip.report_data import NO_GROUP, ReportRow
@@ -131,7 +134,12 @@ def write_collection_report(
     group_by: Sequence[str] | None = None,
     config: ReportConfig | None = None,
 ) -> Path:
-    """Write the HTML report of ``collection``'s ``field`` to ``output``; returns the path."""
+    """Write the HTML report of ``collection``'s ``field`` to ``output``; returns the path.
+
+    The file is written beside ``output`` under a fresh temporary name and then renamed over
+    it: a reader never sees half a report, and a symlink at ``output`` is replaced, not
+    followed.
+    """
     rows = rows_from_collection(collection, field=field, group_by=group_by)
     config = config or ReportConfig()
     if not config.source:
@@ -139,4 +147,15 @@ def write_collection_report(
 
         config = replace(config, source=f"dataset {_dataset_name(collection)!r}, field {field!r}, "
                                         f"{len(rows)} samples")
-    return write_report(rows, output, config)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
+    os.close(fd)
+    try:
+        write_report(rows, tmp_name, config)
+        use_default_permissions(Path(tmp_name))
+        os.replace(tmp_name, output)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return output

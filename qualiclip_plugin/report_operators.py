@@ -1,39 +1,45 @@
 """Operators that explain low scores: ``write_quality_report`` and ``compute_quality_maps``.
 
-Each only turns App input into a call of :func:`qualiclip_plugin.report.write_collection_report`
-or :func:`qualiclip_plugin.quality_map_writing.write_quality_maps`. Empty inputs (the App sends
-``None`` or ``""`` for a cleared box) take the form's defaults; bad input raises
-:class:`~qualiclip_plugin.request.RequestError` before anything is written. Top-level imports are
-FiftyOne's operator API (and the torch-free request checks) only: this module is imported when
-the App starts.
+Each only turns App input into one call (:func:`qualiclip_plugin.report.write_collection_report`
+or :func:`qualiclip_plugin.quality_map_writing.write_quality_maps`), under the App policy
+(:mod:`.policy`): reports go into the dataset's report folder under a name the plugin completes,
+maps are made with weights the server offers. Input checks run in ``resolve_input`` (the form's
+inline "Cannot run" box); empty inputs (the App sends ``None`` or ``""`` for a cleared box) take
+the form's defaults. Top-level imports are FiftyOne's operator API (and the torch-free request
+checks) only: this module is imported when the App starts.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import logging
+import urllib.parse
 from typing import Any
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from qualiclip_plugin import forms
 from qualiclip_plugin.operators import ICON
 from qualiclip_plugin.request import (
-    DEFAULT_WEIGHTS,
-    MIN_MAX_SIDE,
     RequestError,
-    _check_field_name,
-    _float,
-    _int,
-    _is_registered_or_url,
+    check_field_name,
+    given,
+    parse_float,
+    parse_int,
+    parse_model_options,
 )
+
+logger = logging.getLogger(__name__)
 
 REPORT_OPERATOR = "write_quality_report"
 MAPS_OPERATOR = "compute_quality_maps"
 DEFAULT_SCORE_FIELD = "quality"
 DEFAULT_MAP_FIELD = "quality_map"
 DEFAULT_N = 12
+MAX_N = 500
 DEFAULT_THRESHOLD = 0.5
+#: Unreadable files named in a result or progress line (the error field has them all).
+NAMED_FAILURES = 10
 
 
 class WriteQualityReport(foo.Operator):
@@ -54,52 +60,76 @@ class WriteQualityReport(foo.Operator):
     def resolve_input(self, ctx) -> types.Property:
         inputs = types.Object()
         inputs.view_target(ctx)
+        field = given(ctx.params).get("field") or DEFAULT_SCORE_FIELD
         inputs.str("field", default=DEFAULT_SCORE_FIELD, label="Score field",
                    description="Written by 'Compute image quality'; <field>_<attribute> fields "
                                "are shown too when present")
-        inputs.str("output", required=True, label="Output HTML file",
-                   description="Path on the machine running the operator, e.g. "
-                               "/data/reports/quality.html")
-        inputs.int("n", default=DEFAULT_N, min=1, label="Worst / best images to show")
+        inputs.str("name", default=f"{field}-report", label="Report name",
+                   description="Saved as <name>.html in this dataset's report folder on the "
+                               "server; a link to open it follows the run")
+        inputs.int("n", default=DEFAULT_N, min=1, max=MAX_N, label="Worst / best images to show")
         inputs.float("threshold", default=DEFAULT_THRESHOLD, min=0, max=1,
                      label="Flag scores below")
         inputs.list("group_by", types.String(), label="Break down by",
                     description="'tags', a field or a label field; empty = tags, split and "
                                 "every label field found")
+        try:
+            _report_request(ctx)
+        except RequestError as exc:
+            forms.cannot_run(inputs, str(exc))
         return types.Property(inputs, view=types.View(label="Write quality report"))
 
     def execute(self, ctx) -> dict[str, Any]:
-        from qualiclip.report import ReportConfig
         from qualiclip_plugin.report import write_collection_report
 
-        p = _given(ctx.params)
-        n = _int(p.get("n"), "n", DEFAULT_N, minimum=1)
-        threshold = _float(p.get("threshold"), "threshold")
-        threshold = DEFAULT_THRESHOLD if threshold is None else threshold
-        if not 0 <= threshold <= 1:
-            raise RequestError(f"threshold must be in [0, 1] (scores are), got {threshold}")
-        output = str(p.get("output") or "").strip()
-        if not output:
-            raise RequestError("output: give the path of the HTML file to write, e.g. "
-                               "/data/reports/quality.html")
-        output_path = Path(os.path.expanduser(output))
-        if output_path.is_dir():
-            raise RequestError(f"output {output!r} is a folder; give a file path, e.g. "
-                               f"{output_path / 'quality.html'}")
-        group_by = p.get("group_by") or None
-        if isinstance(group_by, str):
-            group_by = [group_by]
-        # A missing field or group raises here, before the file is written.
-        path = write_collection_report(ctx.target_view(), output_path,
-                                       field=p.get("field") or DEFAULT_SCORE_FIELD,
-                                       group_by=group_by,
-                                       config=ReportConfig(n=n, threshold=threshold))
-        return {"path": str(path)}
+        request = _report_request(ctx)  # checked by the form; again here for direct calls
+        path = write_collection_report(ctx.target_view(), request["path"],
+                                       field=request["field"], group_by=request["group_by"],
+                                       config=request["config"])
+        href = "/media?" + urllib.parse.urlencode({"filepath": str(path)})
+        return {"report": path.name, "folder": str(path.parent), "href": href}
 
-    def resolve_output(self, ctx) -> types.Property:
+    def resolve_output(self, ctx) -> types.Property | None:
+        results = ctx.results if isinstance(ctx.results, dict) else {}
+        if not results.get("href"):
+            return None
         outputs = types.Object()
-        outputs.str("path", label="Report written to")
-        return types.Property(outputs)
+        outputs.str("report", label="Report written")
+        outputs.view("open", types.LinkView(label=f"Open {results['report']} in the browser",
+                                            href=results["href"]))
+        return types.Property(outputs, view=types.View(label="Quality report"))
+
+
+def _report_request(ctx) -> dict[str, Any]:
+    """Check the report form: ``path``, ``field``, ``group_by``, ``config``; raises
+    :class:`RequestError` with what to change."""
+    from qualiclip.report import ReportConfig, is_qualiclip_report
+    from qualiclip_plugin.policy import AppPolicy, output_file
+
+    p = given(ctx.params)
+    field = str(p.get("field") or DEFAULT_SCORE_FIELD).strip()
+    check_field_name(field, "field")
+    n = parse_int(p.get("n"), "n", DEFAULT_N, minimum=1, maximum=MAX_N)
+    threshold = parse_float(p.get("threshold"), "threshold")
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    if not 0 <= threshold <= 1:
+        raise RequestError(f"threshold must be in [0, 1] (scores are), got {threshold}")
+    group_by = p.get("group_by") or None
+    if isinstance(group_by, str):
+        group_by = [group_by]
+    schema = ctx.dataset.get_field_schema(flat=True)
+    if field not in schema and f"{field}_score" not in schema:
+        raise RequestError(f"the dataset has no field '{field}': score it first with "
+                           "'Compute image quality'")
+    unknown = [g for g in group_by or () if g != "tags" and g not in schema]
+    if unknown:
+        raise RequestError(f"no such field(s) to break down by: {', '.join(map(str, unknown))}")
+    if ctx.target_view().count() == 0:
+        raise RequestError("the target holds no samples: nothing to report")
+    path = output_file(AppPolicy.current(), ctx.dataset.name,
+                       str(p.get("name") or f"{field}-report"), is_qualiclip_report)
+    return {"path": path, "field": field, "group_by": group_by,
+            "config": ReportConfig(n=n, threshold=threshold)}
 
 
 class ComputeQualityMaps(foo.Operator):
@@ -119,54 +149,67 @@ class ComputeQualityMaps(foo.Operator):
         )
 
     def resolve_input(self, ctx) -> types.Property:
+        from qualiclip_plugin.policy import AppPolicy
+
+        policy = AppPolicy.current()
         inputs = types.Object()
         inputs.view_target(ctx)
         inputs.str("field", default=DEFAULT_MAP_FIELD, label="Heatmap field",
                    description="Local score in [0, 1] per ~32 px cell, higher = better; for "
-                               "comparing regions of one image, not a calibrated measurement")
-        inputs.str("weights", default=DEFAULT_WEIGHTS, label="Weights",
-                   description="'qualiclip' (official, CC BY-NC 4.0) or a local .pth")
+                               "comparing regions of one image, not a calibrated measurement. "
+                               "Unreadable images are named in <field>_error")
+        weights = forms.weights_input(inputs, ctx.params, policy, None)
         inputs.str("device", default="", label="Device", description="empty = CUDA if available")
         inputs.int("max_side", label="Max side (px)",
-                   description=f"Downscale larger images first (at least {MIN_MAX_SIDE}); "
-                               "empty = native resolution")
+                   description="Downscale larger images first; empty = native resolution")
+        problem = forms.weights_problem(weights, policy)
+        if problem is None:
+            try:
+                parse_model_options(ctx.params, policy)
+                _maps_target(ctx)
+            except RequestError as exc:
+                problem = str(exc)
+        if problem:
+            forms.cannot_run(inputs, problem)
+        else:
+            forms.weights_notice(inputs, weights)
         return types.Property(inputs, view=types.View(label="Compute quality maps"))
 
     def execute(self, ctx):
         from qualiclip_plugin.quality_map_writing import write_quality_maps
 
-        target, model, field, max_side = _maps_request(ctx)  # every refusal: before any write
+        try:
+            target, model, field, max_side = _maps_request(ctx)  # refusals: before any write
+        except RequestError as exc:
+            if ctx.delegated:
+                raise
+            logger.warning("quality maps not computed: %s", exc)
+            yield ctx.trigger("show_output", forms.show_error(str(exc)))
+            return
         steps = write_quality_maps(target, model, field=field, max_side=max_side)
-        for progress, label in steps:
+        summary: dict[str, Any] = {}
+        for progress, label, so_far in steps:
+            summary = so_far
             if ctx.delegated:
                 ctx.set_progress(progress=progress, label=label)
             else:
                 yield ctx.trigger("set_progress", dict(progress=progress, label=label))
         if not ctx.delegated:
             yield ctx.trigger("reload_dataset")
+            yield ctx.trigger("show_output", forms.show_result(summary, (
+                ("field", "Heatmap field"), ("mapped", "Maps written"),
+                ("unreadable", "Unreadable images"),
+                ("unreadable_files", f"Unreadable files (first {NAMED_FAILURES})"),
+                ("error_field", "Reasons in field"))))
 
 
-def _maps_request(ctx) -> tuple[Any, Any, str, int | None]:
-    """Check ``compute_quality_maps``' input and load the model: ``(target, model, field,
-    max_side)``; raises :class:`RequestError` with what to change."""
+def _maps_target(ctx) -> tuple[Any, str]:
+    """The target and field of ``compute_quality_maps`` (no model): raises RequestError."""
     import fiftyone as fo
 
-    from qualiclip_plugin.model_cache import get_model
-
-    p = _given(ctx.params)
+    p = given(ctx.params)
     field = str(p.get("field") or DEFAULT_MAP_FIELD).strip()
-    _check_field_name(field, "field")
-    weights = str(p.get("weights") or DEFAULT_WEIGHTS).strip()
-    if not _is_registered_or_url(weights):
-        weights = os.path.expanduser(weights)
-        if not os.path.isfile(weights):
-            raise RequestError(f"weights {weights!r}: no such file. Give 'qualiclip' (official "
-                               "weights) or the path of a .pth checkpoint readable by the "
-                               "machine that runs the operator")
-    max_side = _int(p.get("max_side"), "max_side", None, minimum=0) or None
-    if max_side is not None and max_side < MIN_MAX_SIDE:
-        raise RequestError(f"max_side must be at least {MIN_MAX_SIDE} px (or empty for native "
-                           f"resolution), got {max_side}")
+    check_field_name(field, "field")
     dataset = ctx.dataset
     if dataset.media_type not in ("image", None):
         raise RequestError(f"dataset '{dataset.name}' holds {dataset.media_type} samples; "
@@ -182,13 +225,20 @@ def _maps_request(ctx) -> tuple[Any, Any, str, int | None]:
     if existing is not None and getattr(existing, "document_type", None) is not fo.Heatmap:
         raise RequestError(f"field {field!r} already holds {type(existing).__name__} values, "
                            "not quality maps; choose another field name")
-    try:
-        model = get_model(weights, p.get("device") or None)
-    except Exception as exc:  # missing file, bad checkpoint, offline download, bad device
-        raise RequestError(f"cannot load weights {weights!r}: {exc}") from exc
-    return target, model, field, max_side
+    error_field = dataset.get_field(f"{field}_error")
+    if error_field is not None and not isinstance(error_field, fo.StringField):
+        raise RequestError(f"field '{field}_error' already holds {type(error_field).__name__} "
+                           "values; choose another heatmap field name")
+    return target, field
 
 
-def _given(params: dict[str, Any] | None) -> dict[str, Any]:
-    """Params with the App's empty values (``None``, ``""``) dropped, so defaults apply."""
-    return {k: v for k, v in (params or {}).items() if v is not None and v != ""}
+def _maps_request(ctx) -> tuple[Any, Any, str, int | None]:
+    """Check ``compute_quality_maps``' input and load the model: ``(target, model, field,
+    max_side)``; raises :class:`RequestError` with what to change."""
+    from qualiclip_plugin.policy import AppPolicy
+    from qualiclip_plugin.runner import check_device, load_model
+
+    options = parse_model_options(ctx.params, AppPolicy.current())
+    target, field = _maps_target(ctx)
+    check_device(options.device)
+    return target, load_model(options.weights, options.device), field, options.max_side

@@ -10,8 +10,11 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qualiclip_plugin.policy import AppPolicy
 
 #: Targets larger than this default to delegated (background) execution. An immediate run
 #: blocks an App server thread and is cut off by FIFTYONE_OPERATOR_TIMEOUT (600 s) while the work
@@ -64,43 +67,101 @@ class ScoreRequest:
     def flagging(self) -> bool:
         return self.flag_percent is not None or self.flag_threshold is not None
 
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> ScoreRequest:
+        """Rebuild a request stored with :meth:`to_params` (already validated when stored)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in params.items() if k in known}
+        if values.get("shard_bounds"):
+            values["shard_bounds"] = tuple(values["shard_bounds"])
+        return cls(**values)
+
     def to_params(self) -> dict[str, Any]:
         params = asdict(self)
         params["shard_bounds"] = list(self.shard_bounds) if self.shard_bounds else None
         return params
 
 
-def parse_request(params: dict[str, Any]) -> ScoreRequest:
-    """App or Python params -> :class:`ScoreRequest`; raises :class:`RequestError`.
+#: Form values that only the plugin itself may set (shards come from stored run plans).
+INTERNAL_PARAMS = ("shard_index", "shard_bounds")
+MAX_BATCH_SIZE = 1024
+MAX_CHUNK_SIZE = 100_000
+MAX_SHARDS = 256
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:[0-9]{1,2})?)$")
 
-    Empty strings from App text boxes mean "not set".
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How to load the model: weights (registered name or checkpoint path), device, max side."""
+
+    weights: str
+    device: str | None
+    max_side: int | None
+
+
+def parse_model_options(params: dict[str, Any], policy: AppPolicy | None) -> ModelOptions:
+    """Weights, device and max side from params; raises :class:`RequestError`.
+
+    ``policy`` is the server's policy for operator executions (see :mod:`.policy`); ``None``
+    means a trusted Python caller: any local path or URL is accepted.
     """
-    p = {k: (None if v == "" else v) for k, v in (params or {}).items()}
-    field = p.get("field") or DEFAULT_FIELD
-    _check_field_name(field, "field")
+    p = given(params)
     weights = str(p.get("weights") or DEFAULT_WEIGHTS).strip()
-    if not _is_registered_or_url(weights):
+    if policy is not None:
+        from qualiclip_plugin.policy import check_weights
+
+        weights = check_weights(weights, policy)
+    elif not _is_registered_or_url(weights):
         path = os.path.expanduser(weights)
         if not os.path.isfile(path):
             raise RequestError(
                 f"weights {weights!r}: no such file. Give 'qualiclip' (official weights) or "
                 "the path of a .pth checkpoint readable by the machine that runs the operator")
         weights = path
-
-    batch_size = _int(p.get("batch_size"), "batch_size", DEFAULT_BATCH_SIZE, minimum=1)
-    num_workers = _int(p.get("num_workers"), "num_workers", None, minimum=0)
-    max_side = _int(p.get("max_side"), "max_side", None, minimum=0) or None
+    device = p.get("device")
+    device = None if device is None else str(device).strip().lower() or None
+    if device is not None and not _DEVICE.match(device):
+        raise RequestError(f"device must be cpu, cuda or cuda:N (or empty for CUDA when "
+                           f"available), got {str(device)[:40]!r}")
+    max_side = parse_int(p.get("max_side"), "max_side", None, minimum=0) or None
     if max_side is not None and max_side < MIN_MAX_SIDE:
         raise RequestError(f"max_side must be at least {MIN_MAX_SIDE} px (or empty for native "
                            f"resolution), got {max_side}")
+    return ModelOptions(weights=weights, device=device, max_side=max_side)
+
+
+def parse_request(params: dict[str, Any], policy: AppPolicy | None = None) -> ScoreRequest:
+    """App or Python params -> :class:`ScoreRequest`; raises :class:`RequestError`.
+
+    Empty strings from App text boxes mean "not set". ``policy``: see
+    :func:`parse_model_options`; with a policy, worker counts are bounded by it too.
+    """
+    internal = [k for k in INTERNAL_PARAMS if (params or {}).get(k) not in (None, "")]
+    if internal:
+        raise RequestError(f"{', '.join(internal)} cannot be given: shards are planned by the "
+                           "plugin (set num_shards instead)")
+    p = given(params)
+    field = p.get("field") or DEFAULT_FIELD
+    check_field_name(field, "field")
+    model = parse_model_options(p, policy)
+
+    batch_size = parse_int(p.get("batch_size"), "batch_size", DEFAULT_BATCH_SIZE, minimum=1,
+                           maximum=MAX_BATCH_SIZE)
+    num_workers = parse_int(p.get("num_workers"), "num_workers", None, minimum=0,
+                            maximum=os.cpu_count() or 1)
+    if policy is not None:
+        from qualiclip_plugin.policy import check_workers
+
+        check_workers(num_workers, policy)
     precision = p.get("precision") or "auto"
     if precision not in PRECISIONS:
         raise RequestError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    chunk_size = _int(p.get("chunk_size"), "chunk_size", DEFAULT_CHUNK_SIZE, minimum=1)
-    num_shards = _int(p.get("num_shards"), "num_shards", 1, minimum=1)
+    chunk_size = parse_int(p.get("chunk_size"), "chunk_size", DEFAULT_CHUNK_SIZE, minimum=1,
+                           maximum=MAX_CHUNK_SIZE)
+    num_shards = parse_int(p.get("num_shards"), "num_shards", 1, minimum=1, maximum=MAX_SHARDS)
 
-    percent = _float(p.get("flag_percent"), "flag_percent")
-    threshold = _float(p.get("flag_threshold"), "flag_threshold")
+    percent = parse_float(p.get("flag_percent"), "flag_percent")
+    threshold = parse_float(p.get("flag_threshold"), "flag_threshold")
     mode = p.get("flag_mode")
     if mode is not None:  # the App form: the radio decides which number counts
         if mode not in FLAG_MODES:
@@ -118,36 +179,38 @@ def parse_request(params: dict[str, Any]) -> ScoreRequest:
     flagging = percent is not None or threshold is not None
     flag_field = p.get("flag_field") or (f"{field}_flagged" if flagging else None)
     if flag_field is not None:
-        _check_field_name(flag_field, "flag_field")
+        check_field_name(flag_field, "flag_field")
         if flag_field in _score_fields(field):
             raise RequestError(f"flag_field {flag_field!r} is one of the fields the scores go "
                                f"into ('{field}', '{field}_error', '{field}_<attribute>'); "
                                f"choose another name, e.g. '{field}_flagged'")
-    tag = p.get("flag_tag", DEFAULT_FLAG_TAG)
+    tag = (params or {}).get("flag_tag", DEFAULT_FLAG_TAG)
     tag = None if tag in (None, False) else str(tag).strip() or None
+    if tag is not None and (len(tag) > 100 or any(not c.isprintable() for c in tag)):
+        raise RequestError("flag_tag must be at most 100 printable characters")
     view_name = p.get("flag_view")
     view_name = None if view_name is None else str(view_name).strip() or None
     if view_name is not None:
         _check_view_name(view_name)
 
-    shard_index = _int(p.get("shard_index"), "shard_index", None, minimum=0)
-    bounds = p.get("shard_bounds")
-    if shard_index is not None and (bounds is None or shard_index >= num_shards):
-        raise RequestError("shard_index needs shard_bounds and must be below num_shards")
-
     return ScoreRequest(
-        field=field, weights=weights, device=p.get("device") or None, batch_size=batch_size,
-        num_workers=num_workers, max_side=max_side, precision=precision,
+        field=field, weights=model.weights, device=model.device, batch_size=batch_size,
+        num_workers=num_workers, max_side=model.max_side, precision=precision,
         pair_scores=bool(p.get("pair_scores", True)), overwrite=bool(p.get("overwrite", False)),
         flag_percent=percent, flag_threshold=threshold,
         flag_field=flag_field if flagging else None, flag_tag=tag if flagging else None,
         flag_view=(view_name or None) if flagging else None, chunk_size=chunk_size,
-        num_shards=num_shards, shard_index=shard_index,
-        shard_bounds=tuple(bounds) if bounds else None,
+        num_shards=num_shards,
     )
 
 
-def _check_field_name(name: str, what: str) -> None:
+def given(params: dict[str, Any] | None) -> dict[str, Any]:
+    """Params with the App's empty values (``None``, ``""``) dropped, so defaults apply."""
+    return {k: v for k, v in (params or {}).items() if v is not None and v != ""}
+
+
+def check_field_name(name: str, what: str) -> None:
+    """Refuse names that are not plain identifiers, or are FiftyOne's built-in fields."""
     if not _IDENTIFIER.match(name) or name in _RESERVED:
         raise RequestError(f"{what} {name!r} is not usable: use letters, digits and '_', "
                            "starting with a letter, and not a built-in field")
@@ -175,8 +238,10 @@ def _is_registered_or_url(weights: str) -> bool:
     return weights in REGISTRY or is_url(weights)
 
 
-def _int(value: Any, name: str, default: int | None, minimum: int) -> int | None:
-    if value is None:
+def parse_int(value: Any, name: str, default: int | None, minimum: int,
+              maximum: int | None = None) -> int | None:
+    """A whole number in ``[minimum, maximum]`` from a form value; ``None`` gives ``default``."""
+    if value is None or value == "":
         return default
     try:
         number = float(value)
@@ -184,11 +249,14 @@ def _int(value: Any, name: str, default: int | None, minimum: int) -> int | None
         raise RequestError(f"{name} must be a whole number, got {value!r}") from None
     if not math.isfinite(number) or number != int(number) or number < minimum:
         raise RequestError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    if maximum is not None and number > maximum:
+        raise RequestError(f"{name} must be at most {maximum}, got {value!r}")
     return int(number)
 
 
-def _float(value: Any, name: str) -> float | None:
-    if value is None:
+def parse_float(value: Any, name: str) -> float | None:
+    """A finite number from a form value, or ``None`` when not given."""
+    if value is None or value == "":
         return None
     try:
         number = float(value)

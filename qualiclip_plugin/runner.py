@@ -14,7 +14,6 @@ Order of work, so that a refused request changes nothing:
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -23,7 +22,7 @@ import fiftyone as fo
 from bson import ObjectId
 from fiftyone import ViewField as F
 
-from qualiclip_plugin import provenance, writing
+from qualiclip_plugin import claims, protection, provenance, writing
 from qualiclip_plugin.request import RequestError, ScoreRequest
 
 
@@ -32,13 +31,16 @@ class ScoringRun:
 
     Args:
         immediate: running inside the App server: decode in-process (no worker processes).
+        claim_owner: the claim on the field this run writes under (see :mod:`.claims`); shards
+            share their queuing run's. ``None``: a claim of its own.
     """
 
     def __init__(self, dataset: fo.Dataset, target: Any, request: ScoreRequest,
-                 immediate: bool) -> None:
+                 immediate: bool, claim_owner: str | None = None) -> None:
         self.dataset = dataset
         self.request = request
         self.immediate = immediate
+        self.claim_owner = claim_owner or claims.new_owner()
         self.target = _restrict_to_shard(target, request.shard_bounds)
         self.model = None
         self.layout: writing.FieldLayout | None = None
@@ -64,6 +66,8 @@ class ScoringRun:
         if total == 0:
             raise RequestError("the target holds no samples: nothing to score (check the "
                                "target choice, the current view or the selection)")
+        self._check_claim()
+        check_device(req.device)
         self.model = self._load_model()
         pair_names = list(self.model.PAIR_NAMES) if req.pair_scores else []
         self.layout = writing.FieldLayout.for_field(req.field, pair_names, req.flag_field)
@@ -71,6 +75,8 @@ class ScoringRun:
         if problems:
             raise RequestError("cannot write the scores: " + "; ".join(problems)
                                + ". Choose another field name.")
+        if req.shard_index is None:  # the run that queued the shards checked this
+            protection.check_not_user_data(self.dataset, self.layout, req)
 
         from qualiclip.precision import resolve_precision
         from qualiclip.scoring import describe_preprocessing
@@ -95,16 +101,26 @@ class ScoringRun:
         self._replace_all = self._check_comparable()
         self.target = _frozen(self.dataset, self.target, self.layout)
         self._todo = self.target if req.overwrite else self.target.exists(req.field, False)
-        self.summary = {"field": req.field, "target": total, "to_score": self._todo.count(),
+        to_score = self._todo.count()
+        if req.num_shards > 1 and req.shard_index is None and req.num_shards > max(1, to_score):
+            raise RequestError(f"num_shards ({req.num_shards}) is more than the samples to "
+                               f"score ({to_score}); use at most {max(1, to_score)}")
+        self.summary = {"field": req.field, "target": total, "to_score": to_score,
                         "run_key": provenance.run_key(req.field)}
 
-    def _load_model(self):
-        from qualiclip_plugin.model_cache import get_model
+    @property
+    def todo(self) -> Any:
+        """The samples this run scores (after :meth:`prepare`)."""
+        return self._todo
 
-        try:
-            return get_model(self.request.weights, self.request.device)
-        except Exception as exc:  # missing file, bad checkpoint, offline download, bad device
-            raise RequestError(f"cannot load weights {self.request.weights!r}: {exc}") from exc
+    def _check_claim(self) -> None:
+        """Refuse early when another run writes the field (taken for real in :meth:`steps`)."""
+        held = claims.holder(self.dataset, self.request.field)
+        if held is not None and held["owner"] != self.claim_owner:
+            raise claims.FieldBusyError(claims.busy_message(self.request.field, held))
+
+    def _load_model(self):
+        return load_model(self.request.weights, self.request.device)
 
     def _check_comparable(self) -> bool:
         """Refuse to mix scores made differently into one field.
@@ -147,12 +163,30 @@ class ScoringRun:
 
     # --- 2. writes ---------------------------------------------------------------------------
     def steps(self) -> Iterator[tuple[float, str]]:
-        """Run; yields ``(fraction done, label)`` after each written chunk and at the end."""
-        from qualiclip.scoring import iter_scores
+        """Run; yields ``(fraction done, label)`` after each written chunk and at the end.
 
+        The field is claimed first (a second run on it is refused) and released at the end,
+        whatever happens; a shard hands its part of the claim back instead.
+        """
         req, layout = self.request, self.layout
         assert layout is not None and self._todo is not None, "call prepare() first"
         started = time.perf_counter()
+        claims.claim(self.dataset, req.field, self.claim_owner,
+                     label=f"{'shard' if req.shard_index is not None else 'run'} into "
+                           f"'{req.field}'")
+        try:
+            yield from self._write_steps(started)
+        finally:
+            if req.shard_index is None:
+                claims.release(self.dataset, req.field, self.claim_owner)
+            else:
+                claims.finish_shard(self.dataset, req.field, self.claim_owner)
+
+    def _write_steps(self, started: float) -> Iterator[tuple[float, str]]:
+        from qualiclip.scoring import iter_scores
+
+        req, layout = self.request, self.layout
+        assert layout is not None and self._todo is not None
         self.clear_replaced_scores()
         provenance.record(self.dataset, self.description)
         writing.declare_fields(self.dataset, layout)
@@ -175,7 +209,8 @@ class ScoringRun:
                 done += len(chunk)
                 failed += sum(r.error is not None for r in chunk)
                 chunk = []
-                yield done / max(n, 1), f"Scored {done}/{n} samples"
+                claims.refresh(self.dataset, req.field, self.claim_owner)
+                yield done / max(n, 1), f"Scored {done}/{n} samples ({failed} failed)"
         if chunk:
             writing.write_results(self.dataset, ids[done:done + len(chunk)], chunk, layout)
             done += len(chunk)
@@ -207,20 +242,6 @@ class ScoringRun:
         yield 1.0, f"Done: {scored} scored, {failed} failed"
 
 
-def plan_shards(todo: Any, num_shards: int) -> list[tuple[str, str | None]]:
-    """Split ``todo`` into at most ``num_shards`` contiguous sample-ID ranges ``[lo, hi)``.
-
-    ObjectId hex strings sort like the IDs themselves, so each range is one indexed ``_id``
-    match; ranges of equal sample counts, the last open-ended.
-    """
-    ids = sorted(todo.values("id"))
-    if not ids:
-        return []
-    size = math.ceil(len(ids) / num_shards)
-    starts = ids[::size]
-    return [(lo, starts[i + 1] if i + 1 < len(starts) else None) for i, lo in enumerate(starts)]
-
-
 def _frozen(dataset: fo.Dataset, target: Any, layout: writing.FieldLayout) -> Any:
     """``target`` pinned to the samples it holds now, where its stages read a field this run
     writes: ``dataset.exists("quality", False)`` would otherwise be empty again once scored, and
@@ -232,6 +253,50 @@ def _frozen(dataset: fo.Dataset, target: Any, layout: writing.FieldLayout) -> An
     if not any(name in stages for name in layout.all_fields()):
         return target
     return dataset.select(target.values("id"))
+
+
+def load_model(weights: str, device: str | None):
+    """The (cached) model for ``weights`` on ``device``; raises :class:`RequestError` with one
+    sentence. A failed download is remembered, so the next App forms show it inline."""
+    from qualiclip.weights import WeightsDownloadError
+    from qualiclip_plugin.model_cache import get_model
+    from qualiclip_plugin.policy import remember_failed_download
+
+    try:
+        return get_model(weights, device)
+    except WeightsDownloadError as exc:
+        remember_failed_download(weights, first_sentence(exc))
+        raise RequestError(f"cannot load weights {weights!r}: {exc}") from exc
+    except Exception as exc:  # missing file, bad checkpoint, bad device
+        raise RequestError(f"cannot load weights {_weights_label(weights)!r}: "
+                           f"{first_sentence(exc)}") from exc
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a device this machine does not have, before any model is built on it."""
+    if device is None or device == "cpu":
+        return
+    import torch
+
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= count:
+            raise RequestError(f"device {device!r} is not available here ({count} CUDA "
+                               "devices); leave device empty to use CUDA when available")
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise RequestError("device 'mps' is not available here; leave device empty")
+
+
+def first_sentence(exc: BaseException) -> str:
+    """An exception's message without tracebacks or chained detail, for App users."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]
+
+
+def _weights_label(weights: str) -> str:
+    """Registered names as they are; checkpoint paths by file name (no server folders)."""
+    return weights if "/" not in weights and "\\" not in weights else weights.rsplit("/", 1)[-1]
 
 
 def _restrict_to_shard(target: Any, bounds: tuple[str, str | None] | None) -> Any:

@@ -22,6 +22,8 @@ os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="qualiclip-tests-"))
 _MONGOD: subprocess.Popen | None = None
+#: Where the tiny checkpoints are written: a folder the App policy offers in tests.
+WEIGHTS_DIR = _SESSION_DIR / "weights"
 
 
 def _start_mongod() -> None:
@@ -45,6 +47,11 @@ def pytest_configure(config: pytest.Config) -> None:
     plugins_dir.mkdir(exist_ok=True)
     os.environ.setdefault("FIFTYONE_PLUGINS_DIR", str(plugins_dir))
     os.environ.setdefault("QUALICLIP_CACHE", str(_SESSION_DIR / "cache"))
+    # The App policy (qualiclip_plugin.policy) for operator executions in tests: checkpoints
+    # from WEIGHTS_DIR may be loaded, reports go under the session folder.
+    WEIGHTS_DIR.mkdir(exist_ok=True)
+    os.environ.setdefault("QUALICLIP_APP_WEIGHTS_DIRS", str(WEIGHTS_DIR))
+    os.environ.setdefault("QUALICLIP_APP_OUTPUT_DIR", str(_SESSION_DIR / "app-output"))
     _start_mongod()
 
 
@@ -84,7 +91,7 @@ def tiny_checkpoint(tmp_path_factory, tiny_clip, tiny_prompt_features) -> Path:
     from qualiclip.architecture import TINY_TEST_CONFIG
     from qualiclip.checkpoint import write_checkpoint
 
-    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
+    path = WEIGHTS_DIR / "tiny.pth"
     return write_checkpoint(path, model_config=TINY_TEST_CONFIG, state_dict=tiny_clip.state_dict(),
                             prompt_features=tiny_prompt_features)
 
@@ -94,7 +101,7 @@ def tiny_official_checkpoint(tmp_path_factory, tiny_clip, tiny_prompt_features) 
     """Path to the same tiny model in the official flat format."""
     from qualiclip.checkpoint import write_official_checkpoint
 
-    path = tmp_path_factory.mktemp("weights") / "tiny_official.pth"
+    path = WEIGHTS_DIR / "tiny_official.pth"
     return write_official_checkpoint(path, state_dict=tiny_clip.state_dict(),
                                      prompt_features=tiny_prompt_features)
 
@@ -129,3 +136,23 @@ def image_folder(tmp_path) -> Path:
         size = (96, 64) if i % 2 == 0 else (64, 80)
         make_image(folder / f"img_{i}.{'jpg' if i % 3 else 'png'}", size=size, seed=i)
     return folder
+
+
+def refusal(execute) -> str:
+    """The one sentence an operator refused with: an ``ExecutionError`` raised by
+    ``foo.execute_operator`` (checks in ``resolve_input``), or the error dialog an immediate
+    run showed (checks that need the model). Fails if the operator did not refuse."""
+    from fiftyone.operators.executor import ExecutionError
+
+    try:
+        result = execute()
+    except ExecutionError as exc:
+        return str(exc)
+    for request in result.executor._requests:
+        if request.operator_uri == "show_output":
+            errors = [p.get("view", {}).get("description")
+                      for p in request.params["outputs"]["type"]["properties"].values()
+                      if p.get("view", {}).get("name") == "Error"]
+            if errors:
+                return errors[0]
+    raise AssertionError(f"the operator did not refuse (result: {result.result!r})")

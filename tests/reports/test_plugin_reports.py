@@ -6,13 +6,14 @@ from __future__ import annotations
 import html
 import re
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from qualiclip.prompts import PAIR_NAMES
-from tests.conftest import make_image
+from tests.conftest import make_image, refusal
 
 PLUGIN = "@qualiclip/qualiclip"
 
@@ -72,15 +73,26 @@ def test_rows_from_collection_reads_scores_and_groups(scored_dataset):
         rows_from_collection(scored_dataset, field="nope")
 
 
-def test_report_operator_writes_the_view_report(scored_dataset, tmp_path):
+def _report_folder(dataset):
+    from qualiclip_plugin.policy import AppPolicy, dataset_folder
+
+    return dataset_folder(AppPolicy.current(), dataset.name)
+
+
+def test_report_operator_writes_the_view_report(scored_dataset):
+    import urllib.parse
+
     import fiftyone.operators as foo
 
-    out = tmp_path / "report.html"
     result = foo.execute_operator(f"{PLUGIN}/write_quality_report", ctx=dict(
-        view=scored_dataset.view(), params=dict(field="quality", output=str(out), n=3,
+        view=scored_dataset.view(), params=dict(field="quality", name="report", n=3,
                                                 threshold=0.4)))
     assert result.error is None, result.error
-    assert result.result["path"] == str(out)
+    out = _report_folder(scored_dataset) / "report.html"
+    assert result.result["report"] == "report.html"
+    # The link the App serves the file under (FiftyOne's /media route).
+    query = urllib.parse.urlparse(result.result["href"]).query
+    assert urllib.parse.parse_qs(query)["filepath"] == [str(out)]
     page = out.read_text()
     paths = scored_dataset.values("filepath")
     scores = scored_dataset.values("quality")
@@ -149,16 +161,16 @@ def _snapshot(dataset):
     return [s.to_dict() for s in dataset.iter_samples()], sorted(dataset.get_field_schema())
 
 
-def test_report_operator_empty_params_fall_back_to_defaults(scored_dataset, tmp_path):
-    """The App sends None for a cleared number or list box: the defaults apply."""
+def test_report_operator_empty_params_fall_back_to_defaults(scored_dataset):
+    """The App sends None for a cleared number or list box: the defaults apply, the report
+    gets the default name in the dataset's folder."""
     import fiftyone.operators as foo
 
-    out = tmp_path / "defaults.html"
     result = foo.execute_operator(f"{PLUGIN}/write_quality_report", ctx=dict(
-        view=scored_dataset.view(), params=dict(field=None, output=str(out), n=None,
+        view=scored_dataset.view(), params=dict(field=None, name=None, n=None,
                                                 threshold=None, group_by=None)))
     assert result.error is None, result.error
-    page = out.read_text()
+    page = (_report_folder(scored_dataset) / "quality-report.html").read_text()
     scores = [s for s in scored_dataset.values("quality") if s is not None]
     flagged = re.search(r'data-key="flagged">.*?<td>(\d+)</td>', page).group(1)
     assert int(flagged) == sum(1 for s in scores if s < 0.5)  # default threshold
@@ -166,24 +178,21 @@ def test_report_operator_empty_params_fall_back_to_defaults(scored_dataset, tmp_
     assert len(re.findall(r'data-path="', worst_html)) == min(12, len(scores))  # default n
 
 
-@pytest.mark.parametrize("case", ["no_output", "empty_output", "output_is_dir", "threshold_2",
-                                  "threshold_text", "n_0", "missing_field"])
+@pytest.mark.parametrize("case", ["name_is_path", "threshold_2", "threshold_text", "n_0",
+                                  "missing_field"])
 def test_report_operator_refuses_bad_input(case, scored_dataset, tmp_path):
     import fiftyone.operators as foo
     from fiftyone.operators.executor import ExecutionError
 
-    out = tmp_path / "r.html"
-    params = dict(field="quality", output=str(out))
-    # Some are caught by FiftyOne's own check against the form ("Path: output. Reason: ...").
-    expected = {"no_output": "output", "empty_output": "output", "output_is_dir": "is a folder",
-                "threshold_2": "threshold", "threshold_text": "threshold", "n_0": "Path: n.",
+    out = _report_folder(scored_dataset) / "r.html"
+    params = dict(field="quality", name="r")
+    # Some are caught by FiftyOne's own check against the form ("Path: n. Reason: ...").
+    expected = {"name_is_path": "not a path", "threshold_2": "threshold",
+                "threshold_text": "threshold", "n_0": "Path: n.",
                 "missing_field": "no field 'nope'"}[case]
-    if case == "no_output":
-        del params["output"]
-    elif case == "empty_output":
-        params["output"] = ""
-    elif case == "output_is_dir":
-        params["output"] = str(tmp_path)
+    if case == "name_is_path":
+        params["name"] = str(tmp_path / "r")
+        out = tmp_path / "r.html"
     elif case == "threshold_2":
         params["threshold"] = 2
     elif case == "threshold_text":
@@ -219,20 +228,20 @@ def test_quality_maps_operator_refuses_bad_input_before_writing(case, scored_dat
                                                                 tiny_checkpoint, tmp_path):
     import fiftyone as fo
     import fiftyone.operators as foo
-    from fiftyone.operators.executor import ExecutionError
 
     dataset = scored_dataset
     target = dataset.view()
     params = dict(field="qmap", weights=str(tiny_checkpoint), device="cpu")
-    expected = {"missing_weights": "no such file", "invalid_weights": "cannot load weights",
+    expected = {"missing_weights": "not among the weights this server offers",
+                "invalid_weights": "cannot load weights",
                 "max_side_8": "max_side", "max_side_text": "max_side",
                 "bad_field_name": "not usable", "field_of_other_type": "FloatField",
                 "empty_target": "no samples", "generated_view": "generated view",
                 "video_dataset": "video"}[case]
     if case == "missing_weights":
         params["weights"] = str(tmp_path / "nope.pth")
-    elif case == "invalid_weights":
-        bad = tmp_path / "bad.pth"
+    elif case == "invalid_weights":  # offered by the policy, but not a checkpoint
+        bad = tiny_checkpoint.parent / f"bad-{uuid.uuid4().hex[:6]}.pth"
         bad.write_bytes(b"\x00garbage" * 100)
         params["weights"] = str(bad)
     elif case == "max_side_8":
@@ -255,14 +264,14 @@ def test_quality_maps_operator_refuses_bad_input_before_writing(case, scored_dat
         target = dataset.view()
     before = _snapshot(dataset)
     try:
-        with pytest.raises(ExecutionError) as info:
-            foo.execute_operator(f"{PLUGIN}/compute_quality_maps",
-                                 ctx=dict(view=target, params=params))
-        assert expected in str(info.value)
+        assert expected in refusal(lambda: foo.execute_operator(
+            f"{PLUGIN}/compute_quality_maps", ctx=dict(view=target, params=params)))
         assert _snapshot(dataset) == before
     finally:
         if case == "video_dataset":
             dataset.delete()
+        if case == "invalid_weights":
+            Path(params["weights"]).unlink()
 
 
 def test_report_reads_the_apply_model_pair_scores_layout(tmp_path, tiny_checkpoint):

@@ -1,0 +1,96 @@
+"""The plugin's Python API: score a FiftyOne collection from trusted Python code.
+
+The same runner the App operator uses, without the App policy (:mod:`.policy`): any local
+checkpoint path or URL is accepted, as in ``qualiclip.load_model``. Everything that protects
+data (field/tag ownership, one run per field, comparability of scores) applies as in the App.
+
+Example::
+
+    from qualiclip_plugin.api import compute_image_quality
+
+    summary = compute_image_quality(dataset, field="quality", weights="/models/ft.pth",
+                                    flag_percent=10)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qualiclip_plugin import OPERATOR_URI
+from qualiclip_plugin.request import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FIELD,
+    DEFAULT_FLAG_TAG,
+    DEFAULT_WEIGHTS,
+    RequestError,
+    ScoreRequest,
+    parse_request,
+)
+
+
+def compute_image_quality(sample_collection, field: str = DEFAULT_FIELD,
+                          weights: str = DEFAULT_WEIGHTS, device: str | None = None,
+                          batch_size: int = DEFAULT_BATCH_SIZE, num_workers: int | None = None,
+                          max_side: int | None = None, precision: str = "auto",
+                          pair_scores: bool = True, overwrite: bool = False,
+                          flag_percent: float | None = None, flag_threshold: float | None = None,
+                          flag_field: str | None = None, flag_tag: str | None = DEFAULT_FLAG_TAG,
+                          flag_view: str | None = None, num_shards: int = 1,
+                          delegate: bool = False, chunk_size: int | None = None,
+                          ) -> dict[str, Any]:
+    """Score ``sample_collection`` (dataset or view) and write ``field`` and its companions.
+
+    Parameters are those of the App form (README, "FiftyOne plugin"). Runs here and returns the
+    summary (also stored with the field's run record); ``num_shards > 1`` queues that many
+    delegated operations, ``delegate=True`` queues the whole run, for
+    ``fiftyone delegated launch`` (both need a persistent dataset).
+
+    Raises:
+        RequestError: a refused request; nothing was written.
+    """
+    from qualiclip_plugin.runner import ScoringRun
+
+    params = dict(field=field, weights=str(weights), device=device, batch_size=batch_size,
+                  num_workers=num_workers, max_side=max_side, precision=precision,
+                  pair_scores=pair_scores, overwrite=overwrite, flag_percent=flag_percent,
+                  flag_threshold=flag_threshold, flag_field=flag_field, flag_tag=flag_tag,
+                  flag_view=flag_view, num_shards=num_shards, chunk_size=chunk_size)
+    request = parse_request(params, policy=None)
+    view = sample_collection.view()
+    dataset = view._root_dataset
+    if delegate or request.num_shards > 1:
+        check_persistent(dataset)
+    if delegate:
+        return queue_run(dataset, view, request)
+    run = ScoringRun(dataset, view, request, immediate=False)
+    run.prepare()
+    if request.num_shards > 1:
+        from qualiclip_plugin.shards import queue_shards
+
+        return queue_shards(run, view)
+    for _ in run.steps():
+        pass
+    return run.summary
+
+
+def queue_run(dataset, view, request: ScoreRequest,
+              delegation_target: str | None = None) -> dict[str, Any]:
+    """Queue ``request`` as one delegated operation; returns the queued operation's record."""
+    import fiftyone.operators as foo
+
+    from qualiclip_plugin import plans
+
+    token = plans.store(dataset, request)
+    result = foo.execute_operator(
+        OPERATOR_URI, ctx=dict(view=view, params={"plan": token, "delegate": True},
+                               delegation_target=delegation_target),
+        request_delegation=True)
+    return result.result
+
+
+def check_persistent(dataset) -> None:
+    """Delegated work runs in another process, which can only open persistent datasets."""
+    if dataset is not None and not dataset.persistent:
+        raise RequestError(
+            f"dataset '{dataset.name}' is not persistent, so a background worker cannot open "
+            "it: set `dataset.persistent = True`, or run immediately (delegate off, 1 shard)")

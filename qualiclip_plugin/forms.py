@@ -1,0 +1,107 @@
+"""App form pieces shared by the operators: the weights list, the inline "Cannot run" box,
+result dialogs without empty rows, and what the scoring form checks before execution.
+
+Top-level imports are FiftyOne's operator types only: forms are built on every keystroke.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import fiftyone.operators.types as types
+
+from qualiclip_plugin.policy import (
+    AppPolicy,
+    weights_choices,
+    weights_note,
+    weights_unavailable,
+)
+from qualiclip_plugin.request import DEFAULT_WEIGHTS, RequestError
+
+CANNOT_RUN = "Cannot run"
+DELEGATION_HELP = ("Runs in the background: a worker must be running where this App server "
+                   "runs (`fiftyone delegated launch`); follow the job with "
+                   "`fiftyone delegated list` (or the App's Runs page in FiftyOne Enterprise)")
+
+
+def cannot_run(inputs: types.Object, message: str) -> None:
+    """The form's inline error box; ``invalid`` makes the server refuse execution too."""
+    inputs.view("cannot_run", types.Error(label=CANNOT_RUN, description=message),
+                invalid=True, error_message=message)
+
+
+def weights_input(inputs: types.Object, params: dict[str, Any], policy: AppPolicy,
+                  recorded: str | None, label: str = "Weights") -> str:
+    """A dropdown of the weights this server offers; returns the value the form holds.
+
+    Default: the weights last used on the dataset when still offered, else the official ones.
+    A value from outside the list (typed into a request) stays a text box, so the policy's
+    refusal is shown instead of a bare "invalid value".
+    """
+    choices = weights_choices(policy)
+    values = [c.value for c in choices]
+    default = (recorded if recorded in values else
+               DEFAULT_WEIGHTS if DEFAULT_WEIGHTS in values else values[0] if values else None)
+    given = params.get("weights")
+    if given not in (None, "") and given not in values:
+        inputs.str("weights", default=default, label=label)
+        return str(given)
+    dropdown = types.DropdownView()
+    for choice in choices:
+        dropdown.add_choice(choice.value, label=choice.label)
+    inputs.enum("weights", values, default=default, label=label, view=dropdown,
+                description="Weights offered on this server (admins: README, 'Running on a "
+                            "shared App server')")
+    return str(given or default or "")
+
+
+def weights_problem(weights: str, policy: AppPolicy) -> str | None:
+    """Why ``weights`` cannot be used from the App now, or ``None``."""
+    from qualiclip_plugin.policy import check_weights
+
+    if not weights:
+        return ("no weights are offered on this server: ask its admin to allow the official "
+                "weights or a checkpoint folder (README, 'Running on a shared App server')")
+    try:
+        resolved = check_weights(weights, policy)
+    except RequestError as exc:
+        return str(exc)
+    return weights_unavailable(resolved, policy)
+
+
+def weights_notice(inputs: types.Object, weights: str) -> None:
+    inputs.view("weights_note", types.Notice(label=weights_note(weights)))
+
+
+def show_result(summary: dict[str, Any], labels: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """``show_output`` params for a result dialog holding only the values ``summary`` has."""
+    outputs = types.Object()
+    results = {}
+    for name, label in labels:
+        value = summary.get(name)
+        if value is None or value == []:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            outputs.str(name, label=label)
+            results[name] = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        else:
+            outputs.float(name, label=label) if isinstance(value, float) else \
+                outputs.int(name, label=label)
+            results[name] = round(value, 4) if isinstance(value, float) else value
+    if "link" in summary:
+        outputs.view("link", types.LinkView(label=summary["link"]["label"],
+                                            href=summary["link"]["href"]))
+    # The App reads `outputs` with Property.fromJSON: a Property's JSON, not an Object's.
+    return dict(outputs=types.Property(outputs).to_json(), results=results)
+
+
+def show_error(message: str, title: str = "Not run") -> dict[str, Any]:
+    """``show_output`` params for a dialog with one sentence and nothing else."""
+    outputs = types.Object()
+    outputs.view("error", types.Error(label=title, description=message))
+    return dict(outputs=types.Property(outputs).to_json(), results={})
+
+
+def notice(inputs: types.Object, name: str, text: str) -> None:
+    inputs.view(name, types.Notice(label=text))

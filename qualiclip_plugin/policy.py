@@ -1,0 +1,330 @@
+"""What an operator execution may do on this server: the admin's policy for App requests.
+
+Operators run inside the FiftyOne App server, which teams share; whoever opens the App fills the
+forms. Every operator execution therefore goes through this policy (an operator cannot tell an
+App request from ``foo.execute_operator``); Python callers who need free paths and URLs use
+:mod:`qualiclip_plugin.api`, ``apply_model``, the library or the CLI.
+
+Settings (environment variables of the App server / delegated workers, or the same keys in
+lower case without the prefix in the App config's ``plugins`` section for ``@qualiclip/qualiclip``;
+environment variables win):
+
+==============================  ===============================================================
+``QUALICLIP_APP_WEIGHTS``       registered weight names App users may load, comma-separated
+                                (default ``qualiclip``; ``none`` for none)
+``QUALICLIP_APP_WEIGHTS_DIRS``  folders (``os.pathsep``-separated) whose ``.pth``/``.pt`` files
+                                App users may load (default: the weights cache only)
+``QUALICLIP_APP_DOWNLOADS``     ``1`` (default) lets the server download registered weights
+                                missing from the cache; ``0`` forbids it
+``QUALICLIP_APP_OUTPUT_DIR``    root of the files App users make (reports); each dataset gets
+                                its own folder inside (default ``~/fiftyone/qualiclip``)
+``QUALICLIP_APP_REPLACE_FILES``  ``1`` lets App users replace files in that folder that this
+                                plugin did not write (default ``0``)
+``QUALICLIP_APP_MAX_WORKERS``   most decode worker processes a form may ask for (default: the
+                                number of CPUs)
+==============================  ===============================================================
+
+URLs (``http``, ``https``, ``file``) are never accepted from an operator. Refusals never say
+whether a path outside the allowed folders exists. This module imports neither torch nor
+fiftyone at the top: App forms call it on every keystroke.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qualiclip_plugin import PLUGIN_NAME
+from qualiclip_plugin.request import RequestError
+
+ENV_PREFIX = "QUALICLIP_APP_"
+CHECKPOINT_SUFFIXES = (".pth", ".pt")
+#: How many checkpoint files the form lists (a folder of thousands must not stall the form).
+MAX_LISTED_CHECKPOINTS = 200
+#: How deep below an allowed folder checkpoint files are looked for.
+MAX_LISTING_DEPTH = 3
+REPORT_SUFFIX = ".html"
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,99}$")
+#: A failed download is shown in the form for this long, instead of being retried on each run.
+DOWNLOAD_FAILURE_MEMORY_S = 600.0
+
+
+class PolicyError(RequestError):
+    """A request that the server's policy for App requests does not allow."""
+
+
+@dataclass(frozen=True)
+class AppPolicy:
+    """The admin's settings for operator executions (see the module docstring)."""
+
+    registered: tuple[str, ...]
+    weights_dirs: tuple[Path, ...]
+    downloads: bool
+    output_root: Path
+    replace_files: bool
+    max_workers: int
+
+    @classmethod
+    def current(cls) -> AppPolicy:
+        """The policy from the environment and the App config's plugin settings."""
+        from qualiclip.weights import cache_dir
+
+        settings = _plugin_settings()
+
+        def setting(key: str) -> Any:
+            value = os.environ.get(ENV_PREFIX + key.upper())
+            return value if value is not None else settings.get(key)
+
+        names = setting("weights")
+        registered = ("qualiclip",) if names is None else _split_names(names)
+        dirs = setting("weights_dirs")
+        weights_dirs = (tuple(Path(d).expanduser() for d in _split_paths(dirs)) if dirs
+                        else (cache_dir(),))
+        root = setting("output_dir") or os.path.join(
+            os.environ.get("FIFTYONE_DEFAULT_DATASET_DIR") or "~/fiftyone", "qualiclip")
+        max_workers = _whole(setting("max_workers"), os.cpu_count() or 1)
+        return cls(registered=registered, weights_dirs=weights_dirs,
+                    downloads=_flag(setting("downloads"), True),
+                    output_root=Path(str(root)).expanduser(),
+                    replace_files=_flag(setting("replace_files"), False),
+                    max_workers=max(0, max_workers))
+
+
+# --- weights --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WeightsChoice:
+    """One entry of the form's weights list: ``value`` goes into the request."""
+
+    value: str
+    label: str
+
+
+def weights_choices(policy: AppPolicy) -> list[WeightsChoice]:
+    """Registered names the policy allows, then checkpoint files in the allowed folders."""
+    from qualiclip.weights import REGISTRY
+
+    choices = [WeightsChoice(name, f"{name} (official, {REGISTRY[name].license})")
+               for name in policy.registered if name in REGISTRY]
+    registered_files = {spec.filename for spec in REGISTRY.values()}
+    for folder in policy.weights_dirs:
+        for path in _checkpoints_in(folder):
+            if path.parent == folder and path.name in registered_files:
+                continue  # a cached registered file: listed under its name above
+            choices.append(WeightsChoice(str(path), f"{path.name} ({path.parent})"))
+            if len(choices) >= MAX_LISTED_CHECKPOINTS:
+                return choices
+    return choices
+
+
+def check_weights(value: str, policy: AppPolicy) -> str:
+    """``value`` from a form -> a registered name or the real path of an allowed checkpoint.
+
+    Raises:
+        PolicyError: a URL, a name or path the policy does not allow, or no such checkpoint
+            inside the allowed folders. Paths outside them get one message whether they exist
+            or not.
+    """
+    from qualiclip.weights import REGISTRY, is_url
+
+    text = str(value).strip()
+    if text in policy.registered and text in REGISTRY:
+        return text
+    if is_url(text) or "://" in text:
+        raise PolicyError(f"weights {_short(text)!r}: addresses are not accepted from the App on "
+                          "this server; choose weights from the list")
+    if text in REGISTRY:
+        raise PolicyError(f"weights {text!r} are not offered on this server; choose weights "
+                          "from the list")
+    real = _inside(text, policy.weights_dirs)
+    if real is None:
+        raise PolicyError(f"weights {_short(text)!r} are not among the weights this server "
+                          "offers; choose weights from the list (admins add folders with "
+                          f"{ENV_PREFIX}WEIGHTS_DIRS)")
+    if real.suffix.lower() not in CHECKPOINT_SUFFIXES or not real.is_file():
+        raise PolicyError(f"weights {_short(text)!r}: no such checkpoint file (.pth or .pt) in "
+                          "the folders this server offers; choose weights from the list")
+    return str(real)
+
+
+_FAILED_DOWNLOADS: dict[str, tuple[float, str]] = {}
+
+
+def remember_failed_download(name: str, message: str) -> None:
+    """Record that downloading registered weights ``name`` failed, for the next forms."""
+    _FAILED_DOWNLOADS[name] = (time.monotonic(), message)
+
+
+def weights_unavailable(weights: str, policy: AppPolicy) -> str | None:
+    """Why registered weights cannot be loaded on this server now, or ``None``.
+
+    Checkpoint paths are checked by :func:`check_weights`; this covers registered names that
+    are not cached: downloads forbidden, or a download that failed recently.
+    """
+    from qualiclip.weights import REGISTRY, cache_dir
+
+    spec = REGISTRY.get(weights)
+    if spec is None or (cache_dir() / spec.filename).is_file():
+        return None
+    if not policy.downloads:
+        return (f"Weights {weights!r} are not available on this server: they are not in its "
+                "weights cache and downloads from the App are turned off. Choose a checkpoint "
+                f"from the list, or ask the server's admin to place {spec.filename} in the "
+                "weights cache")
+    failed = _FAILED_DOWNLOADS.get(weights)
+    if failed is not None and time.monotonic() - failed[0] < DOWNLOAD_FAILURE_MEMORY_S:
+        return (f"Weights {weights!r} are not available on this server: the last download "
+                f"failed ({failed[1]}). Choose a checkpoint from the list, or ask the "
+                f"server's admin to place {spec.filename} in the weights cache")
+    return None
+
+
+def weights_note(weights: str) -> str:
+    """One line for the form: cached or to be downloaded, and the licence."""
+    from qualiclip.weights import REGISTRY, cache_dir
+
+    spec = REGISTRY.get(weights)
+    if spec is None:
+        return f"Checkpoint {Path(weights).name}"
+    if (cache_dir() / spec.filename).is_file():
+        return f"Weights {weights!r} are cached on this server ({spec.license})"
+    return (f"Weights {weights!r} are not cached on this server yet: the first run downloads "
+            f"them. Licence {spec.license}: non-commercial use only")
+
+
+# --- files ----------------------------------------------------------------------------------
+def dataset_folder(policy: AppPolicy, dataset_name: str) -> Path:
+    """The folder files made from the App for ``dataset_name`` go into (not created here)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", dataset_name).strip(".-") or "dataset"
+    if slug != dataset_name:  # distinct names must never share a folder
+        slug += "-" + hashlib.sha256(dataset_name.encode()).hexdigest()[:8]
+    return policy.output_root / slug
+
+
+def output_file(policy: AppPolicy, dataset_name: str, name: str,
+                written_by_us: Callable[[Path], bool]) -> Path:
+    """Where a report called ``name`` (a file name from a form) is written.
+
+    The extension is the plugin's (``.html``); the path is resolved (symlinks, ``..``) and must
+    stay inside the dataset's folder; an existing file there is replaced only when
+    ``written_by_us`` says this plugin wrote it, or the admin allows replacing files.
+
+    Raises:
+        PolicyError: a path instead of a name, a name that escapes the folder, or a file that
+            must not be replaced.
+    """
+    text = str(name).strip()
+    stem = text[:-len(REPORT_SUFFIX)] if text.lower().endswith(REPORT_SUFFIX) else text
+    if not _FILE_NAME.match(stem) or ".." in stem:
+        raise PolicyError(f"report name {_short(text)!r}: give a plain file name (letters, digits, "
+                          "'.', '_', '-', spaces), not a path; it is saved as .html in this "
+                          "dataset's report folder")
+    folder = dataset_folder(policy, dataset_name)
+    path = folder / (stem + REPORT_SUFFIX)
+    root = policy.output_root.expanduser().resolve()
+    # Resolve what exists: a planted symlink (folder or file) must not lead outside the root.
+    if not _is_within(path.resolve(), root) or path.is_symlink():
+        raise PolicyError(f"report name {_short(text)!r} cannot be used: it does not lead to a "
+                          "plain file in this dataset's report folder")
+    if path.exists() and not policy.replace_files and not written_by_us(path):
+        raise PolicyError(f"a file named {path.name!r} that this plugin did not write is already "
+                          "in the report folder; choose another name")
+    return path
+
+
+# --- numbers --------------------------------------------------------------------------------
+def check_workers(num_workers: int | None, policy: AppPolicy) -> None:
+    """Decode workers are processes on the server: at most the admin's (CPU-count) limit."""
+    if num_workers is not None and num_workers > policy.max_workers:
+        raise PolicyError(f"num_workers must be at most {policy.max_workers} on this server "
+                          f"(got {num_workers})")
+
+
+# --- helpers --------------------------------------------------------------------------------
+def _checkpoints_in(folder: Path) -> list[Path]:
+    """Checkpoint files under ``folder`` (real paths inside it), sorted, depth-limited."""
+    try:
+        root = folder.expanduser().resolve()
+    except OSError:
+        return []
+    if not root.is_dir():
+        return []
+    found = []
+    for current, dirs, files in os.walk(root):
+        depth = len(Path(current).relative_to(root).parts)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if depth < MAX_LISTING_DEPTH \
+            else []
+        for name in sorted(files):
+            path = Path(current) / name
+            if path.suffix.lower() in CHECKPOINT_SUFFIXES and not name.startswith("."):
+                real = path.resolve()
+                if _is_within(real, root) and real.is_file():
+                    found.append(real)
+            if len(found) >= MAX_LISTED_CHECKPOINTS:
+                return found
+    return found
+
+
+def _inside(text: str, folders: tuple[Path, ...]) -> Path | None:
+    """The real path ``text`` names inside one of ``folders`` (relative names are taken
+    relative to each folder), or ``None``."""
+    candidate = Path(text).expanduser()
+    for folder in folders:
+        try:
+            root = folder.expanduser().resolve()
+            real = (candidate if candidate.is_absolute() else root / candidate).resolve()
+        except (OSError, RuntimeError):  # symlink loops
+            continue
+        if _is_within(real, root):
+            return real
+    return None
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _split_names(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    names = tuple(str(i).strip() for i in items if str(i).strip())
+    return () if names in ((), ("none",)) else names
+
+
+def _split_paths(value: Any) -> list[str]:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(os.pathsep)
+    return [str(i).strip() for i in items if str(i).strip()]
+
+
+def _flag(value: Any, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() not in ("0", "false", "no", "off")
+
+
+def _whole(value: Any, default: int) -> int:
+    try:
+        return int(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _plugin_settings() -> dict[str, Any]:
+    """This plugin's section of the App config's ``plugins`` settings (empty if none)."""
+    try:
+        import fiftyone as fo
+
+        settings = (fo.app_config.plugins or {}).get(PLUGIN_NAME) or {}
+    except Exception:  # no App config: environment variables only
+        return {}
+    return dict(settings) if isinstance(settings, dict) else {}

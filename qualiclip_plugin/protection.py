@@ -1,0 +1,62 @@
+"""User data is never destroyed: refuse to write fields and tags this plugin did not make.
+
+What the plugin made is read from its run records (:mod:`qualiclip_plugin.provenance`): each
+records its score field, whether attribute fields were written, its flag field and flag tag.
+Anything else that already holds values (a field, a tag on some sample) belongs to the user and
+a run that would write it is refused before its first write, as saved views already are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qualiclip_plugin import provenance
+from qualiclip_plugin.request import RequestError, ScoreRequest
+from qualiclip_plugin.writing import FieldLayout
+
+
+def plugin_made(dataset) -> tuple[set[str], set[str]]:
+    """``(fields, tags)`` the plugin's recorded runs on ``dataset`` wrote."""
+    fields: set[str] = set()
+    tags: set[str] = set()
+    for record in provenance.all_recorded(dataset):
+        field = record.get("field")
+        options: dict[str, Any] = record.get("options") or {}
+        if field:
+            fields.update({field, f"{field}_error"})
+            if options.get("pair_scores", True):
+                fields.update(f"{field}_{name}" for name in record.get("pair_names") or ())
+        if options.get("flag_field"):
+            fields.add(options["flag_field"])
+        if options.get("flag_tag"):
+            tags.add(options["flag_tag"])
+    return fields, tags
+
+
+def check_not_user_data(dataset, layout: FieldLayout, request: ScoreRequest) -> None:
+    """Refuse a run whose fields or flag tag hold the user's own values.
+
+    Raises:
+        RequestError: names the field or tag and what to do instead.
+    """
+    made_fields, made_tags = plugin_made(dataset)
+    schema = dataset.get_field_schema(flat=True)
+    for name in layout.all_fields():
+        if name in made_fields or name not in schema:
+            continue
+        if dataset.exists(name).count() == 0:
+            continue  # declared but empty: nothing to lose
+        if name == layout.score:
+            raise RequestError(
+                f"field '{name}' holds {dataset.exists(name).count()} values with no record of "
+                "how they were made (written by apply_model or another tool); this plugin does "
+                "not replace values it did not write: write to a new field, or clear that field "
+                "yourself first")
+        what = "flag field" if name == layout.flag else "field"
+        raise RequestError(f"{what} '{name}' already exists and was not written by this plugin; "
+                           "it is left untouched: choose another "
+                           f"{'flag field' if name == layout.flag else 'score field name'}")
+    tag = request.flag_tag if request.flagging else None
+    if tag and tag not in made_tags and tag in dataset.count_sample_tags():
+        raise RequestError(f"tag '{tag}' is already used on this dataset and was not set by this "
+                           "plugin; flagging would add and remove it: choose another flag tag")

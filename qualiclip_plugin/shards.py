@@ -1,0 +1,74 @@
+"""Split a prepared run into delegated shards, one operation per sample-ID range.
+
+Each shard is queued with only a plan token (see :mod:`.plans`); its request, ID range and the
+claim it works under are stored server-side, so a form can never supply them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from qualiclip_plugin import OPERATOR_URI, claims, plans
+
+#: Queued shards keep the field claimed this long before they start (a worker may be busy).
+QUEUED_CLAIM_S = 24 * 3600.0
+NOTE = ("Flags are not applied by shards: when all shards are done, run the operator again on "
+        "the same target with overwrite off to flag")
+
+
+def plan_shards(todo: Any, num_shards: int) -> list[tuple[str, str | None]]:
+    """Split ``todo`` into at most ``num_shards`` contiguous sample-ID ranges ``[lo, hi)``.
+
+    ObjectId hex strings sort like the IDs themselves, so each range is one indexed ``_id``
+    match; ranges of equal sample counts, the last open-ended.
+    """
+    ids = sorted(todo.values("id"))
+    if not ids:
+        return []
+    size = math.ceil(len(ids) / num_shards)
+    starts = ids[::size]
+    return [(lo, starts[i + 1] if i + 1 < len(starts) else None) for i, lo in enumerate(starts)]
+
+
+def queue_shards(run, view, delegation_target: str | None = None) -> dict[str, Any]:
+    """Queue the shards of a prepared :class:`~qualiclip_plugin.runner.ScoringRun`.
+
+    The field is claimed for all shards together (the last shard releases it), and old scores
+    that an overwrite with new settings replaces are cleared here, once: shards do not re-check
+    the whole target.
+
+    Returns:
+        the run's summary plus ``queued_shards``, ``operation_ids`` and a ``note``.
+    """
+    import fiftyone.operators as foo
+
+    request = run.request
+    bounds = plan_shards(run.todo, request.num_shards)
+    if not bounds:
+        return {**run.summary, "queued_shards": 0, "operation_ids": [], "note": NOTE}
+    claims.claim(run.dataset, request.field, run.claim_owner,
+                 label=f"{len(bounds)} queued shards into '{request.field}'",
+                 lifetime_s=QUEUED_CLAIM_S)
+    claims.expect_shards(run.dataset, request.field, run.claim_owner, len(bounds))
+    run.clear_replaced_scores()
+    ids = []
+    for index, (lo, hi) in enumerate(bounds):
+        shard = dataclasses.replace(request, shard_index=index, num_shards=len(bounds),
+                                    shard_bounds=(lo, hi))
+        token = plans.store(run.dataset, shard, claim_owner=run.claim_owner)
+        result = foo.execute_operator(
+            OPERATOR_URI, ctx=dict(view=view, params={"plan": token, "delegate": True},
+                                   delegation_target=delegation_target),
+            request_delegation=True)
+        result.raise_exceptions()
+        ids.append(_operation_id(result.result))
+    return {**run.summary, "queued_shards": len(bounds), "operation_ids": ids, "note": NOTE}
+
+
+def _operation_id(result: Any) -> str:
+    op_id = getattr(result, "id", None)
+    if op_id is None and isinstance(result, dict):
+        op_id = result.get("id") or result.get("_id")
+    return str(op_id)
