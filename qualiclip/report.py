@@ -3,6 +3,10 @@
 Figures are PNGs and thumbnails JPEGs, both embedded as base64 ``data:`` URIs; styles are inline;
 there is no script and no external resource, so the file can be mailed or archived as is.
 
+Every report's first line is :data:`REPORT_SIGNATURE` (:func:`is_qualiclip_report` checks it), and
+all text that comes from data (paths, tags, group values, errors, title, source, pair names) goes
+through :func:`escape`, line breaks included: no line of the file begins with text chosen by data.
+
 Sections: summary counts (incl. flagged images), score histogram (figure plus its bin counts),
 per-pair score distribution, the worst and best ``n`` images as thumbnail grids with their pair
 scores, and a breakdown per group key (label, tag, split, ...) when rows carry groups.
@@ -33,6 +37,31 @@ from qualiclip.report_data import (
     scored,
 )
 from qualiclip.report_figures import groups_png, histogram_png, pair_scores_png
+
+#: The first line of every report this module writes (followed by ``"\n"``): how other code
+#: (the plugin) knows a file is one of ours before it overwrites or serves it.
+REPORT_SIGNATURE = "<!DOCTYPE html><!-- qualiclip-report -->"
+
+#: Every character ``str.splitlines`` breaks a line at, as a numeric character reference.
+_LINE_BREAKS = {ord(c): f"&#{ord(c)};" for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def escape(text: object) -> str:
+    """Data -> safe HTML text or attribute value: ``html.escape`` (quotes too), then line breaks
+    as character references (``"\n"`` -> ``&#10;``, ``"\r"`` -> ``&#13;``, ...), so a value
+    shows as written but can never start a line of the file."""
+    return html.escape(str(text), quote=True).translate(_LINE_BREAKS)
+
+
+def is_qualiclip_report(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a file whose first line is :data:`REPORT_SIGNATURE`. Reads only
+    that many bytes; a missing or unreadable path is ``False``."""
+    expected = (REPORT_SIGNATURE + "\n").encode("ascii")
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(expected)) == expected
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -97,7 +126,7 @@ def _thumbnail(path: str, size: int) -> str | None:
 
 def _figure_img(png: bytes, alt: str, fig_id: str) -> str:
     uri = _data_uri(png, "image/png")
-    return f'<img class="figure" id="{fig_id}" alt="{html.escape(alt)}" src="{uri}">'
+    return f'<img class="figure" id="{fig_id}" alt="{escape(alt)}" src="{uri}">'
 
 
 def _thumb_grid(rows: Sequence[ReportRow], grid_id: str, config: ReportConfig,
@@ -105,16 +134,16 @@ def _thumb_grid(rows: Sequence[ReportRow], grid_id: str, config: ReportConfig,
     items = []
     for rank, row in enumerate(rows, start=1):
         uri = _thumbnail(row.path, config.thumb_size)
-        picture = (f'<img alt="{html.escape(os.path.basename(row.path))}" src="{uri}">' if uri
+        picture = (f'<img alt="{escape(os.path.basename(row.path))}" src="{uri}">' if uri
                    else '<div class="missing">image not readable</div>')
         pairs = "".join(
-            f"<tr><td class=name>{html.escape(p)}</td><td>{row.pair_scores[p]:.3f}</td></tr>"
+            f"<tr><td class=name>{escape(p)}</td><td>{row.pair_scores[p]:.3f}</td></tr>"
             for p in pair_names if p in row.pair_scores
         )
         items.append(
-            f'<figure class="thumb" data-rank="{rank}" data-path="{html.escape(row.path)}" '
+            f'<figure class="thumb" data-rank="{rank}" data-path="{escape(row.path)}" '
             f'data-score="{row.score:.6f}">{picture}<figcaption>'
-            f'<div class="path">{html.escape(row.path)}</div>'
+            f'<div class="path">{escape(row.path)}</div>'
             f"<div>score <b>{row.score:.3f}</b></div><table>{pairs}</table>"
             f"</figcaption></figure>"
         )
@@ -134,14 +163,14 @@ def render_report(rows: Sequence[ReportRow], config: ReportConfig = ReportConfig
     worst, best = extremes(rows, config.n)
     flags = flag_counts(rows, config.threshold)
     groups = group_stats(rows, config.threshold)
-    esc = html.escape
 
     parts = [
-        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
-        f"<title>{esc(config.title)}</title>",
+        REPORT_SIGNATURE,  # alone on the first line: is_qualiclip_report reads it
+        "<html lang=en><head><meta charset=utf-8>",
+        f"<title>{escape(config.title)}</title>",
         f"<style>{_CSS.replace('__W__', str(config.thumb_size + 10))}</style></head><body>",
-        f"<h1>{esc(config.title)}</h1>",
-        f'<p class="meta">{esc(config.source)} &middot; generated '
+        f"<h1>{escape(config.title)}</h1>",
+        f'<p class="meta">{escape(config.source)} &middot; generated '
         f"{_dt.datetime.now().isoformat(timespec='seconds')} &middot; scores in [0, 1], "
         "higher is better</p>",
         '<h2>Summary</h2><table id="flag-counts"><tr><th>what</th><th>images</th></tr>',
@@ -149,8 +178,9 @@ def render_report(rows: Sequence[ReportRow], config: ReportConfig = ReportConfig
     labels = {"images": "images", "scored": "scored", "failed": "not scored (errors)",
               "flagged": f"flagged: score &lt; {config.threshold:g}"}
     for key, value in flags.items():
-        label = labels.get(key) or f"{esc(key[4:])} &lt; {config.threshold:g}"
-        parts.append(f'<tr data-key="{esc(key)}"><td class=name>{label}</td><td>{value}</td></tr>')
+        label = labels.get(key) or f"{escape(key[4:])} &lt; {config.threshold:g}"
+        parts.append(f'<tr data-key="{escape(key)}"><td class=name>{label}</td>'
+                     f"<td>{value}</td></tr>")
     parts.append("</table>")
     if ok:
         scores = [r.score for r in ok]
@@ -179,15 +209,15 @@ def render_report(rows: Sequence[ReportRow], config: ReportConfig = ReportConfig
     if groups:
         parts.append("<h2>Breakdown</h2>")
     for key, stats in groups.items():
-        parts.append(f"<h3>by {esc(key)}</h3>")
+        parts.append(f"<h3>by {escape(key)}</h3>")
         parts.append(_figure_img(groups_png(key, stats, rows), f"scores by {key}",
-                                 f"fig-group-{esc(key)}"))
-        parts.append(f'<table class="breakdown" data-key="{esc(key)}"><tr><th>{esc(key)}</th>'
+                                 f"fig-group-{escape(key)}"))
+        parts.append(f'<table class="breakdown" data-key="{escape(key)}"><tr><th>{escape(key)}</th>'
                      "<th>images</th><th>mean</th><th>median</th><th>min</th>"
                      f"<th>&lt; {config.threshold:g}</th></tr>")
         for s in stats:
             parts.append(
-                f'<tr data-value="{esc(s.value)}"><td class=name>{esc(s.value)}</td>'
+                f'<tr data-value="{escape(s.value)}"><td class=name>{escape(s.value)}</td>'
                 f'<td class="count">{s.count}</td><td>{s.mean:.3f}</td><td>{s.median:.3f}</td>'
                 f"<td>{s.minimum:.3f}</td><td>{s.flagged}</td></tr>"
             )
@@ -196,8 +226,8 @@ def render_report(rows: Sequence[ReportRow], config: ReportConfig = ReportConfig
     failed = [r for r in rows if r.score is None]
     if failed:
         parts.append(f'<h2>Not scored ({len(failed)})</h2><table id="failed">')
-        parts.extend(f"<tr><td class=name>{esc(r.path)}</td><td class=name>{esc(r.error or '')}"
-                     "</td></tr>" for r in failed)
+        parts.extend(f"<tr><td class=name>{escape(r.path)}</td>"
+                     f"<td class=name>{escape(r.error or '')}</td></tr>" for r in failed)
         parts.append("</table>")
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -209,5 +239,6 @@ def write_report(
     """Write :func:`render_report` to ``output`` (folders created); returns the path."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render_report(rows, config), encoding="utf-8")
+    # "\n" on every OS, so the signature line is byte-identical everywhere.
+    output.write_text(render_report(rows, config), encoding="utf-8", newline="\n")
     return output

@@ -13,7 +13,13 @@ import pytest
 from click.testing import CliRunner
 
 from qualiclip.prompts import PAIR_NAMES
-from qualiclip.report import ReportConfig, render_report, write_report
+from qualiclip.report import (
+    REPORT_SIGNATURE,
+    ReportConfig,
+    is_qualiclip_report,
+    render_report,
+    write_report,
+)
 from qualiclip.report_data import ReportRow, read_scores_csv
 from tests.conftest import make_image
 
@@ -228,3 +234,50 @@ def test_csv_with_a_byte_order_mark_and_non_finite_scores(tmp_path):
     assert [r.score for r in rows] == [0.4, None, None, 1.5, -0.1]
     counts, _ = histogram(rows)
     assert counts.sum() == 3 and counts[0] == 1 and counts[-1] == 1
+
+
+EVIL = "x\nimport os; os.system('touch /tmp/pwned')\n"
+
+
+@pytest.mark.parametrize("breaks", ["\n", "\r", "\r\n", "\u2028", "\x0b"])
+def test_data_never_starts_a_line_of_the_report(tmp_path, breaks):
+    """Paths, tags, group keys and values, errors, pair names, title and source are data: each
+    is shown (escaped), and none of their line breaks reaches the file."""
+    evil = EVIL.replace("\n", breaks)
+    good = make_image(tmp_path / "a.jpg", size=(48, 40))
+    rows = [
+        ReportRow(path=str(good), score=0.3, pair_scores={"sharp_image": 0.2, evil: 0.4},
+                  groups={"tags": (evil, "plain"), evil: ("v",)}),
+        ReportRow(path=str(tmp_path / evil), score=0.7, groups={"tags": ("plain",), evil: (evil,)}),
+        ReportRow(path=evil, score=None, error=evil),
+    ]
+    out = write_report(rows, tmp_path / "report.html",
+                       ReportConfig(title=evil, source=evil, threshold=0.5))
+    page = out.read_text(encoding="utf-8")
+    lines = page.splitlines()
+    assert lines[0] == REPORT_SIGNATURE
+    assert not [line for line in lines if line.lstrip().startswith(("import", "x"))]
+    raw_lines = out.read_bytes().replace(b"\r", b"\n").split(b"\n")  # as any reader splits
+    assert not [line for line in raw_lines if line.lstrip().startswith(b"import")]
+    shown = html.unescape(re.sub(r"&#(\d+);", lambda m: chr(int(m[1])), page))  # keeps \x0b
+    assert shown.count(evil) >= 8  # title x2, source, tag, group key, value, path, error, pair
+    failed = section(shown, 'id="failed"', "</table>")
+    assert failed.count(evil) == 2  # its path and its error
+    assert html.escape("os.system('touch /tmp/pwned')") in page
+
+
+def test_reports_start_with_the_signature_line(rows, tmp_path):
+    page = render_report(rows)
+    assert page.startswith(REPORT_SIGNATURE + "\n")
+    assert REPORT_SIGNATURE == "<!DOCTYPE html><!-- qualiclip-report -->"
+    out = write_report(rows, tmp_path / "r.html")
+    assert out.read_bytes().startswith((REPORT_SIGNATURE + "\n").encode())
+    assert is_qualiclip_report(out) and is_qualiclip_report(str(out))
+    other = tmp_path / "other.html"
+    other.write_text("<!DOCTYPE html><html><body>someone else's page</body></html>\n")
+    almost = tmp_path / "almost.html"
+    almost.write_text(REPORT_SIGNATURE + " but more on the first line\n")
+    empty = tmp_path / "empty.html"
+    empty.write_bytes(b"")
+    for path in (other, almost, empty, tmp_path / "missing.html", tmp_path):
+        assert not is_qualiclip_report(path), path
