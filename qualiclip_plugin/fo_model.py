@@ -29,6 +29,7 @@ Built like FiftyOne's own open_clip wrapper (config + ``_load_model`` / ``_build
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -128,6 +129,14 @@ class QualiCLIPModel(fout.TorchImageModel):
                                else torch.contiguous_format)
         self.read_errors: dict[str, str] = {}
         self._last_embeddings: np.ndarray | None = None
+
+    def __enter__(self):
+        # FiftyOne's apply_model enters the model (outside its skip_failures handling) before
+        # the first prediction: the one moment a model can refuse a field it would corrupt.
+        target = _apply_model_call()
+        if target is not None:
+            self.check_label_field(*target)
+        return super().__enter__()
 
     # --- TorchImageModel overrides ----------------------------------------------------------
     def output_fields(self, label_field: str) -> dict[str, type]:
@@ -316,6 +325,29 @@ def load_model(weights: str = "qualiclip", device: str | None = None, pair_score
                                        pair_scores=pair_scores, max_side=max_side,
                                        precision=precision, **options))
     return QualiCLIPModel(config)
+
+
+def _apply_model_call() -> tuple[Any, str] | None:
+    """``(samples, label_field)`` of the ``fiftyone.core.models.apply_model`` call entering
+    the model, or ``None`` when the model is entered some other way.
+
+    FiftyOne passes a model neither the collection nor the label field; its ``apply_model``
+    frame holds both (checked against fiftyone 1.22; tests/plugin/test_security.py fails if a
+    release renames them, and then :func:`apply_model` below still checks).
+    """
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            if (frame.f_code.co_name == "apply_model"
+                    and frame.f_globals.get("__name__") == "fiftyone.core.models"):
+                local = frame.f_locals
+                if isinstance(local.get("label_field"), str) and "samples" in local:
+                    return local["samples"], local["label_field"]
+                return None
+            frame = frame.f_back
+        return None
+    finally:
+        del frame
 
 
 def apply_model(samples, model: QualiCLIPModel, label_field: str, clear: bool = True,
