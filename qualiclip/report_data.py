@@ -109,11 +109,17 @@ def histogram(rows: Sequence[ReportRow], bins: int = 20) -> tuple[np.ndarray, np
 def extremes(rows: Sequence[ReportRow], n: int) -> tuple[list[ReportRow], list[ReportRow]]:
     """``(worst, best)``: the ``n`` lowest scores ascending and the ``n`` highest descending.
 
-    Ties are broken by path so the order is reproducible.
+    The two lists never share an image. With fewer than ``2 n`` scored rows, the scored rows are
+    split instead: worst gets the lower ``ceil(k / 2)`` of the ``k``, best the rest (so a single
+    image is "worst" only). Ties are broken by path so the order is reproducible.
     """
-    ordered = sorted(scored(rows), key=lambda r: (r.score, r.path))
-    best = sorted(scored(rows), key=lambda r: (-r.score, r.path))
-    return ordered[:n], best[:n]
+    ascending = sorted(scored(rows), key=lambda r: (r.score, r.path))
+    n_worst = max(0, min(n, math.ceil(len(ascending) / 2)))
+    n_best = max(0, min(n, len(ascending) - n_worst))
+    # Best comes from what worst did not take: with ties at the boundary, ranking all rows by
+    # (-score, path) could pick an image worst already holds.
+    best = sorted(ascending[n_worst:], key=lambda r: (-r.score, r.path))
+    return ascending[:n_worst], best[:n_best]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from qualiclip.report import (
     render_report,
     write_report,
 )
-from qualiclip.report_data import ReportRow, read_scores_csv
+from qualiclip.report_data import ReportRow, extremes, read_scores_csv
 from tests.conftest import make_image
 
 
@@ -63,17 +63,20 @@ def test_histogram_counts_match_the_data(rows):
     assert sum(counts) == 22  # the failed row is not in the histogram
 
 
-@pytest.mark.parametrize("n", [1, 5, 30])
+@pytest.mark.parametrize("n", [1, 5, 11, 12, 30])
 def test_worst_and_best_grids_list_the_extremes_in_order(rows, n):
     page = render_report(rows, ReportConfig(n=n))
     ok = [r for r in rows if r.score is not None]
     by_score = sorted(ok, key=lambda r: (r.score, r.path))
+    n_worst = min(n, 11)  # 22 scored rows: with n > 11 the two grids split them 11 / 11
     worst = [html.unescape(p) for p in re.findall(r'data-path="([^"]+)"',
                                                   section(page, 'id="worst"', 'id="best"'))]
-    assert worst == [r.path for r in by_score[:n]]
+    assert worst == [r.path for r in by_score[:n_worst]]
     best_html = section(page, 'id="best"', "<h2")
     best = [html.unescape(p) for p in re.findall(r'data-path="([^"]+)"', best_html)]
-    assert best == [r.path for r in sorted(ok, key=lambda r: (-r.score, r.path))[:n]]
+    assert best == [r.path for r in sorted(ok, key=lambda r: (-r.score, r.path))[:n_worst]]
+    assert not set(worst) & set(best)
+    assert f"Worst {n_worst} images" in page and f"Best {n_worst} images" in page
     # every tile shows its score and its 7 pair scores
     first = by_score[0]
     tile = section(page, f'data-path="{html.escape(first.path)}"', "</figure>")
@@ -133,9 +136,10 @@ def test_report_is_self_contained(rows, tmp_path):
     assert sources and all(s.startswith(("data:image/png;base64,", "data:image/jpeg;base64,"))
                            for s in sources)
     assert not re.search(r'(src|href)="(https?:|//|file:)', page)
-    # 3 figures (histogram, pairs, ...) + 2 breakdown figures + 12 worst + 12 best thumbnails
+    # 2 figures (histogram, pairs) + 2 breakdown figures; 22 scored rows < 2 x 12, so the
+    # worst and best grids split them: 11 + 11 thumbnails, none shown twice
     assert page.count("data:image/png;base64,") == 4
-    assert page.count("data:image/jpeg;base64,") == 24
+    assert page.count("data:image/jpeg;base64,") == 22
 
 
 def test_empty_input_still_renders():
@@ -281,3 +285,27 @@ def test_reports_start_with_the_signature_line(rows, tmp_path):
     empty.write_bytes(b"")
     for path in (other, almost, empty, tmp_path / "missing.html", tmp_path):
         assert not is_qualiclip_report(path), path
+
+
+@pytest.mark.parametrize("k, n, n_worst, n_best", [
+    (0, 3, 0, 0), (1, 3, 1, 0), (2, 3, 1, 1), (5, 3, 3, 2), (6, 3, 3, 3), (9, 3, 3, 3),
+    (4, 0, 0, 0),
+])
+def test_extremes_never_overlap(k, n, n_worst, n_best):
+    """Fewer than 2n scored rows are split, worst taking the ceil half; every row appears in at
+    most one list, each list in its order."""
+    rows = [ReportRow(path=f"{i}.jpg", score=i / 10) for i in range(k)]
+    rows.append(ReportRow(path="failed.jpg", score=None, error="x"))
+    worst, best = extremes(rows, n)
+    assert [r.path for r in worst] == [f"{i}.jpg" for i in range(n_worst)]
+    assert [r.path for r in best] == [f"{i}.jpg" for i in range(k - 1, k - 1 - n_best, -1)]
+
+
+def test_extremes_with_tied_scores_still_never_overlap():
+    """All scores equal: worst by (score, path) takes a..c, best must not take them again."""
+    rows = [ReportRow(path=f"{c}.jpg", score=0.5) for c in "fedcba"]
+    worst, best = extremes(rows, 3)
+    assert [r.path for r in worst] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert [r.path for r in best] == ["d.jpg", "e.jpg", "f.jpg"]
+    worst, best = extremes(rows, 5)
+    assert len(worst) == 3 and len(best) == 3 and not {*map(id, worst)} & {*map(id, best)}
