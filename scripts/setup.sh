@@ -3,6 +3,9 @@
 #
 #   bash scripts/setup.sh          # library, CLI, FiftyOne plugin, training, dev tools
 #
+# Dev tools: pytest, ruff and Playwright for Python (the App browser tests in tests/app; they
+# use Debian's chromium, which scripts/test.sh installs, not a Playwright browser download).
+#
 # Environment:
 #   PYTHON        interpreter to build the venv with (default: python3)
 #   TORCH_SPEC    how to install PyTorch (default: "torch==2.14.1 torchvision==0.29.1", the
@@ -29,7 +32,7 @@ if ! "$VENV/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
     # shellcheck disable=SC2086
     "${PIP[@]}" install -q $TORCH_SPEC
 fi
-echo "==> installing qualiclip (editable) with its dependencies"
+echo "==> installing qualiclip (editable) with its dependencies and dev tools (pytest, ruff, playwright)"
 "${PIP[@]}" install -q -e ".[dev]"
 
 # FiftyOne needs a MongoDB. Normally `pip install fiftyone` brings one that runs. Where it could

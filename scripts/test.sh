@@ -5,12 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# The report test renders HTML in headless Chromium (Debian's package). Install it where we can.
+# The browser tests (report rendering in tests/reports, the FiftyOne App driven by Playwright in
+# tests/app) use headless Chromium, Debian's package. Install it where we can; they skip without
+# it, except with CI=true, where they fail.
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "==> installing chromium for the report rendering test"
+    echo "==> installing chromium for the browser tests"
     (apt-get install -y -q chromium >/dev/null 2>&1 ||
         (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) ||
-        echo "warning: could not install chromium; the browser test will be skipped" >&2
+        echo "warning: could not install chromium; the browser tests will be skipped (fail with CI=true)" >&2
 fi
 export FIFTYONE_DO_NOT_TRACK=true
 .venv/bin/python -m ruff check .

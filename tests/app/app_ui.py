@@ -1,0 +1,159 @@
+"""What a user does in the FiftyOne App (1.22), as Playwright steps: one place for the selectors.
+
+Every step runs inside :meth:`AppUI.step`, which turns a failure (assertion or Playwright
+timeout) into an ``AssertionError`` naming the step, with a screenshot of the page and the tail
+of the App server's log in the message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import Locator, Page, expect
+
+OPERATOR_LABEL = "Compute image quality (QualiCLIP)"
+#: How long one immediate run may take in the App (the first one loads torch in the server).
+RUN_TIMEOUT_MS = 180_000
+
+
+class AppUI:
+    def __init__(self, page: Page, server, shots_dir: Path):
+        self.page = page
+        self.server = server
+        self.shots_dir = shots_dir
+        page.set_default_timeout(30_000)
+        self._shots = 0
+
+    # --- diagnostics -------------------------------------------------------------------------
+    def screenshot(self, name: str) -> Path:
+        self.shots_dir.mkdir(parents=True, exist_ok=True)
+        self._shots += 1
+        path = self.shots_dir / f"{self._shots:02d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png"
+        try:
+            self.page.screenshot(path=str(path))
+        except PlaywrightError as exc:  # a dead page still gets its message
+            return Path(f"(screenshot failed: {exc})")
+        return path
+
+    @contextlib.contextmanager
+    def step(self, name: str):
+        """Run a step; on failure raise an AssertionError with a screenshot path and server log."""
+        try:
+            yield
+        except (AssertionError, PlaywrightError) as exc:
+            shot = self.screenshot(name)
+            raise AssertionError(
+                f"App step failed: {name}\n{exc}\nscreenshot: {shot}\n"
+                f"App server log (tail):\n{self.server.log_tail(2000)}") from exc
+
+    # --- navigation --------------------------------------------------------------------------
+    def open_dataset(self, name: str) -> None:
+        with self.step(f"open the dataset page of {name!r}"):
+            self.page.goto(f"{self.server.url}/datasets/{name}")
+            expect(self.page.locator("[data-cy=looker]").first).to_be_visible(timeout=90_000)
+            expect(self.page.get_by_title("Sort by")).to_be_visible()
+            # The "Accelerate your workflow" Enterprise card covers the grid's top-right corner.
+            dismiss = self.page.get_by_role("button", name="Dismiss")
+            with contextlib.suppress(PlaywrightError):
+                dismiss.click(timeout=3_000)
+
+    def open_operator(self, label: str = OPERATOR_LABEL) -> Locator:
+        """Open the operator browser with the backtick key, search and choose ``label``.
+
+        Returns the form dialog (the one containing the Execute button).
+        """
+        with self.step(f"open {label!r} from the operator browser"):
+            self.page.locator("body").press("Backquote")
+            search = self.page.get_by_placeholder("Search operations by name...")
+            expect(search).to_be_visible()
+            search.fill("image quality")
+            self.page.get_by_text(label, exact=True).click()
+            dialog = self.form()
+            expect(dialog).to_be_visible()
+            expect(self.form_field("Weights")).to_be_visible()
+            return dialog
+
+    # --- the operator form -------------------------------------------------------------------
+    def form(self) -> Locator:
+        return self.page.locator(".MuiDialog-paper, [role=dialog]").filter(
+            has=self.page.get_by_role("button", name="Execute")).last
+
+    def form_field(self, label: str) -> Locator:
+        """The form row of the property labelled ``label`` (label text exactly)."""
+        return self.page.locator(
+            f"xpath=//p[normalize-space(text())='{label}']"
+            "/ancestor::div[contains(@class,'MuiGrid-item')][1]").first
+
+    def execute_button(self) -> Locator:
+        return self.page.get_by_role("button", name="Execute", exact=True)
+
+    def error_box(self) -> Locator:
+        """FiftyOne's inline form error (``types.Error``): an alert titled "Cannot run"."""
+        return self.form().get_by_role("alert").filter(has_text="Cannot run")
+
+    def weights_is_dropdown(self) -> bool:
+        field = self.form_field("Weights")
+        return field.locator("input.MuiSelect-nativeInput, [role=combobox]").count() > 0
+
+    def weights_choices(self) -> list[str]:
+        """The labels the Weights dropdown offers (opens and closes it)."""
+        field = self.form_field("Weights")
+        field.locator(".MuiSelect-select, [role=combobox]").first.click()
+        options = self.page.get_by_role("option")
+        expect(options.first).to_be_visible()
+        labels = [t.strip() for t in options.all_inner_texts()]
+        self.page.keyboard.press("Escape")
+        expect(options).to_have_count(0)
+        return labels
+
+    def choose_weights(self, name: str) -> None:
+        """Pick ``name`` in the Weights dropdown, or type it where Weights is a text box."""
+        field = self.form_field("Weights")
+        if self.weights_is_dropdown():
+            field.locator(".MuiSelect-select, [role=combobox]").first.click()
+            self.page.get_by_role("option").filter(has_text=name).first.click()
+            expect(field).to_contain_text(name)
+        else:
+            field.locator("input").fill(name)
+
+    def fill(self, label: str, value: str) -> None:
+        self.form_field(label).locator("input").fill(value)
+
+    def run_and_wait(self) -> Locator:
+        """Press Execute and wait for the run's summary dialog (returned, still open)."""
+        expect(self.execute_button()).to_be_enabled()
+        self.execute_button().click()
+        summary = self.page.locator(".MuiDialog-paper, [role=dialog]").filter(
+            has_text="Scored in this run")
+        expect(summary).to_be_visible(timeout=RUN_TIMEOUT_MS)
+        return summary
+
+    # --- sidebar and grid --------------------------------------------------------------------
+    def sidebar_entry(self, field: str) -> Locator:
+        return self.page.get_by_title(f"Show {field}", exact=True)
+
+    def show_in_grid(self, field: str) -> None:
+        """Tick a sidebar field so each grid tile shows its value."""
+        self.sidebar_entry(field).click()
+
+    def grid_texts(self) -> list[str]:
+        """Each grid tile's text, in reading order (top to bottom, left to right)."""
+        tiles = self.page.locator("[data-cy=looker]").evaluate_all(
+            """els => els.map(e => { const r = e.getBoundingClientRect();
+                   return [Math.round(r.top), Math.round(r.left), e.innerText]; })""")
+        return [text for _, _, text in sorted(tiles)]
+
+    def sort_grid_by(self, field: str) -> None:
+        """The grid's "Sort by" control (App 1.x; offers indexed fields): choose ``field``."""
+        self.page.get_by_title("Sort by").click()
+        option = self.page.locator(f"[data-cy='selector-result-{field}']")
+        expect(option).to_be_visible()
+        option.click()
+        expect(self.page.locator("[data-cy='selector-Sort by']")).to_have_value(field)
+
+    def toggle_sort_direction(self, now: str) -> None:
+        """Click the Ascending/Descending toggle next to "Sort by"; ``now`` is its title now."""
+        self.page.get_by_title(now, exact=True).click()
