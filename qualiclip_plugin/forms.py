@@ -103,5 +103,15 @@ def show_error(message: str, title: str = "Not run") -> dict[str, Any]:
     return dict(outputs=types.Property(outputs).to_json(), results={})
 
 
+def with_defaults(form: types.Property | types.Object, params: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """``params`` completed with the form's defaults for the keys it lacks: what the App sends
+    after showing the form, so checks in the form and in ``execute`` see the same request."""
+    obj = form.type if isinstance(form, types.Property) else form
+    defaults = {name: prop.default for name, prop in obj.properties.items()
+                if getattr(prop, "default", None) is not None}
+    return {**defaults, **(params or {})}
+
+
 def notice(inputs: types.Object, name: str, text: str) -> None:
     inputs.view(name, types.Notice(label=text))

@@ -124,7 +124,8 @@ class ComputeImageQuality(foo.Operator):
         _flag_inputs(inputs, ctx.params, field, options)
         delegating = _delegate_inputs(inputs, ctx, size)
 
-        problem = _form_problem(ctx, policy, weights, last, delegating)
+        problem = _form_problem(ctx, _effective(inputs, ctx.params), policy, weights, last,
+                                delegating)
         if problem:
             forms.cannot_run(inputs, problem)
         else:
@@ -135,7 +136,7 @@ class ComputeImageQuality(foo.Operator):
     # --- execution -------------------------------------------------------------------------
     def execute(self, ctx) -> Any:
         if ctx.delegated:  # a worker: refusals fail the operation with their one sentence
-            run, summary = _start(ctx)
+            run, summary = _start(ctx, self._params(ctx))
             if summary is not None:
                 return summary
             for progress, label in run.steps():
@@ -147,7 +148,7 @@ class ComputeImageQuality(foo.Operator):
         yield _progress(ctx, 0.0, "Loading the QualiCLIP model (the first run on this server "
                                   "takes up to a minute)")
         try:
-            run, summary = _start(ctx)
+            run, summary = _start(ctx, self._params(ctx))
             if summary is None:
                 for progress, label in run.steps():
                     yield _progress(ctx, progress, label)
@@ -165,6 +166,13 @@ class ComputeImageQuality(foo.Operator):
             return
         yield ctx.trigger("reload_dataset")
         yield ctx.trigger("show_output", forms.show_result(summary, SUMMARY_LABELS))
+
+    def _params(self, ctx) -> dict[str, Any]:
+        """The request as the form shows it: given params plus the form's defaults (the
+        weights and settings last used on the dataset), for callers that sent only some."""
+        if ctx.params.get("plan"):
+            return dict(ctx.params)
+        return _effective(self.resolve_input(ctx), ctx.params)
 
     def resolve_output(self, ctx) -> types.Property | None:
         results = ctx.results if isinstance(ctx.results, dict) else {}
@@ -185,7 +193,7 @@ class ComputeImageQuality(foo.Operator):
         return compute_image_quality(sample_collection, **kwargs)
 
 
-def _start(ctx):
+def _start(ctx, params: dict[str, Any]):
     """``(run, None)`` ready to score, or ``(None, summary)`` when shards were queued instead.
 
     Raises:
@@ -198,11 +206,11 @@ def _start(ctx):
     from qualiclip_plugin.shards import queue_shards
 
     owner = None
-    if ctx.params.get("plan"):
-        plan = plans.load(ctx.dataset, ctx.params["plan"])
+    if params.get("plan"):
+        plan = plans.load(ctx.dataset, params["plan"])
         request, owner = plan.request, plan.claim_owner
     else:
-        request = parse_request(ctx.params, AppPolicy.current())
+        request = parse_request(params, AppPolicy.current())
         if ctx.delegated or request.num_shards > 1:
             check_persistent(ctx.dataset)
     run = ScoringRun(ctx.dataset, ctx.target_view(), request, immediate=not ctx.delegated,
@@ -211,6 +219,15 @@ def _start(ctx):
     if request.num_shards > 1 and request.shard_index is None:
         return None, queue_shards(run, ctx.target_view(), ctx.delegation_target)
     return run, None
+
+
+def _effective(form, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with the form's defaults; a caller that gives ``flag_percent`` or
+    ``flag_threshold`` without the App's ``flag_mode`` radio gets no "don't flag" default."""
+    effective = forms.with_defaults(form, params)
+    if "flag_mode" not in params:
+        effective.pop("flag_mode", None)
+    return effective
 
 
 def _progress(ctx, progress: float, label: str):
@@ -260,15 +277,17 @@ def _delegate_inputs(inputs: types.Object, ctx, size: int) -> bool:
     return delegating
 
 
-def _form_problem(ctx, policy, weights: str, last: dict, delegating: bool) -> str | None:
-    """The first reason the form's request cannot run, checked without loading the model."""
+def _form_problem(ctx, params: dict, policy, weights: str, last: dict,
+                  delegating: bool) -> str | None:
+    """The first reason the form's request (``params``, defaults included) cannot run, checked
+    without loading the model."""
     from qualiclip_plugin.api import check_persistent
 
     problem = forms.weights_problem(weights, policy)
     if problem:
         return problem
     try:
-        request = parse_request(ctx.params, policy)
+        request = parse_request(params, policy)
         if delegating or request.num_shards > 1:
             check_persistent(ctx.dataset)
         _check_fields(ctx, request, last)

@@ -14,8 +14,9 @@ Order of work, so that a refused request changes nothing:
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import fiftyone as fo
@@ -265,11 +266,20 @@ def load_model(weights: str, device: str | None):
     try:
         return get_model(weights, device)
     except WeightsDownloadError as exc:
-        remember_failed_download(weights, first_sentence(exc))
-        raise RequestError(f"cannot load weights {weights!r}: {exc}") from exc
+        reason = first_sentence(exc, hide=_server_folders(weights))
+        remember_failed_download(weights, reason)
+        raise RequestError(f"cannot load weights {weights!r}: {reason} Ask the server's admin "
+                           "to place the file in the weights cache") from exc
     except Exception as exc:  # missing file, bad checkpoint, bad device
         raise RequestError(f"cannot load weights {_weights_label(weights)!r}: "
-                           f"{first_sentence(exc)}") from exc
+                           f"{first_sentence(exc, hide=_server_folders(weights))}") from exc
+
+
+def _server_folders(weights: str) -> list[str]:
+    """Folders App users need not see in messages: the checkpoint's and the weights cache."""
+    from qualiclip.weights import cache_dir
+
+    return [os.path.dirname(weights), str(cache_dir())]
 
 
 def check_device(device: str | None) -> None:
@@ -288,10 +298,15 @@ def check_device(device: str | None) -> None:
         raise RequestError("device 'mps' is not available here; leave device empty")
 
 
-def first_sentence(exc: BaseException) -> str:
-    """An exception's message without tracebacks or chained detail, for App users."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:300]
+def first_sentence(exc: BaseException, hide: Sequence[str] = ()) -> str:
+    """An exception's first sentence, for App users: no traceback, no chained detail, and the
+    ``hide`` folders removed from paths (file names stay)."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    for folder in hide:
+        if folder:
+            text = text.replace(folder.rstrip(os.sep) + os.sep, "")
+    end = text.find(". ")
+    return (text[:end + 1] if end > 0 else text)[:300]
 
 
 def _weights_label(weights: str) -> str:

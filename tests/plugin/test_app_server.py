@@ -25,7 +25,8 @@ def app_server(plugin_link, tmp_path_factory):
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "fiftyone.server.main", "--port", str(port),
-             "--address", "127.0.0.1"], env=os.environ.copy(), stdout=out,
+             "--address", "127.0.0.1"], env={**os.environ, "QUALICLIP_APP_DOWNLOADS": "0"},
+            stdout=out,
             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -83,6 +84,9 @@ def test_app_lists_resolves_and_executes(app_server, make_dataset, tiny_checkpoi
     assert not any("ERROR" in str(m.get("type")) for m in messages), messages
     triggered = [m.get("body", {}).get("operator_uri", "") for m in messages]
     assert "set_progress" in triggered and "reload_dataset" in triggered, triggered
+    labels = [m["body"]["params"]["label"] for m in messages
+              if m.get("body", {}).get("operator_uri") == "set_progress"]
+    assert labels[0].startswith("Loading the QualiCLIP model"), labels  # before the slow load
     shown = [m["body"]["params"] for m in messages
              if m.get("body", {}).get("operator_uri") == "show_output"]
     assert shown and shown[0]["results"]["scored"] == len(dataset) - 1
@@ -172,3 +176,109 @@ def test_operator_icons_exist_in_both_layouts(app_server, make_dataset):
         assert b"<svg" in served, uri
         for manifest_dir in (repo, repo / "qualiclip_plugin"):
             assert (manifest_dir / icon.lstrip("/")).read_bytes() == served, (manifest_dir, icon)
+
+
+# --- what App users see: refusals inline, defaults from the last run, one-sentence failures ---
+def _form(app_server, dataset, params, uri=OPERATOR_URI):
+    base = {"dataset_name": dataset.name, "view": [], "selected": [], "selected_labels": []}
+    form = json.loads(_post(app_server, "/operators/resolve-type", {
+        **base, "operator_uri": uri, "target": "inputs", "params": params}))
+    return form["type"]["properties"]
+
+
+def _cannot_run(props) -> str | None:
+    box = props.get("cannot_run")
+    if box is None:
+        return None
+    assert box["view"]["name"] == "Error" and box["view"]["label"] == "Cannot run", box
+    assert box["invalid"] is True  # the server refuses to execute it as well
+    return box["view"]["description"]
+
+
+def test_unavailable_weights_are_refused_in_the_form(app_server, make_dataset, tiny_checkpoint):
+    """This server may not download (QUALICLIP_APP_DOWNLOADS=0) and has no cached official
+    weights: the form says so before anything runs, and offers the checkpoint instead."""
+    dataset = make_dataset()
+    props = _form(app_server, dataset, {})
+    assert props["weights"]["default"] == "qualiclip"
+    assert str(tiny_checkpoint) in props["weights"]["type"]["values"]
+    message = _cannot_run(props)
+    assert message and message.startswith("Weights 'qualiclip' are not available on this server")
+    base = {"dataset_name": dataset.name, "view": [], "selected": [], "selected_labels": [],
+            "operator_uri": OPERATOR_URI}
+    with pytest.raises(urllib.error.HTTPError):  # Execute anyway: refused, nothing written
+        _post(app_server, "/operators/execute/generator", {**base, "params": {}})
+    assert len(dataset.exists("quality")) == 0 and dataset.list_runs() == []
+    assert _cannot_run(_form(app_server, dataset, {"weights": str(tiny_checkpoint)})) is None
+
+
+def test_form_defaults_to_the_last_run_and_refuses_mixed_settings(app_server, make_dataset,
+                                                                  image_files, tiny_checkpoint):
+    from qualiclip_plugin.api import compute_image_quality
+
+    dataset = make_dataset(image_files[:3])
+    compute_image_quality(dataset, weights=str(tiny_checkpoint), device="cpu", max_side=64,
+                          batch_size=3, pair_scores=False)
+    props = _form(app_server, dataset, {})
+    assert props["weights"]["default"] == str(tiny_checkpoint)
+    assert props["max_side"]["default"] == 64 and props["batch_size"]["default"] == 3
+    assert props["pair_scores"]["default"] is False
+    assert _cannot_run(props) is None
+    assert props["weights_note"]["view"]["label"] == "Checkpoint tiny.pth"
+    message = _cannot_run(_form(app_server, dataset, {"max_side": 128}))
+    assert message and "other settings" in message and "max_side: 64 -> 128" in message
+    assert str(tiny_checkpoint.parent) not in message
+
+
+def test_delegation_says_how_to_run_and_follow_the_job(app_server, make_dataset):
+    dataset = make_dataset()
+    props = _form(app_server, dataset, {"delegate": True, "weights": "qualiclip"})
+    assert "fiftyone delegated launch" in props["delegation_help"]["view"]["label"]
+    assert "fiftyone delegated list" in props["delegation_help"]["view"]["label"]
+
+
+def test_a_failure_during_execution_is_one_sentence(app_server, make_dataset, image_files):
+    from tests.conftest import WEIGHTS_DIR
+
+    dataset = make_dataset(image_files[:2])
+    bad = WEIGHTS_DIR / "not-a-checkpoint.pth"
+    bad.write_bytes(b"\x00garbage" * 100)
+    try:
+        params = {"weights": str(bad), "device": "cpu"}
+        assert _cannot_run(_form(app_server, dataset, params)) is None  # only loading tells
+        base = {"dataset_name": dataset.name, "view": [], "selected": [],
+                "selected_labels": [], "operator_uri": OPERATOR_URI}
+        body = _post(app_server, "/operators/execute/generator", {**base, "params": params})
+    finally:
+        bad.unlink()
+    messages = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+    assert b"Traceback" not in body and not any("ERROR" in str(m.get("type"))
+                                                for m in messages), body[:2000]
+    [shown] = [m["body"]["params"] for m in messages
+               if m.get("body", {}).get("operator_uri") == "show_output"]
+    props = shown["outputs"]["type"]["properties"]
+    assert list(props) == ["error"] and shown["results"] == {}  # no empty result rows
+    sentence = props["error"]["view"]["description"]
+    assert "cannot load weights 'not-a-checkpoint.pth'" in sentence and "\n" not in sentence
+    assert str(WEIGHTS_DIR) not in sentence
+    assert len(dataset.exists("quality")) == 0
+
+
+def test_report_lands_in_its_folder_and_the_app_serves_it(app_server, make_dataset,
+                                                          image_files, tiny_checkpoint):
+    from qualiclip_plugin.api import compute_image_quality
+
+    dataset = make_dataset(image_files[:3])
+    summary = compute_image_quality(dataset, weights=str(tiny_checkpoint), device="cpu")
+    uri = "@qualiclip/qualiclip/write_quality_report"
+    props = _form(app_server, dataset, {}, uri=uri)
+    assert props["name"]["default"] == "quality-report" and _cannot_run(props) is None
+    base = {"dataset_name": dataset.name, "view": [], "selected": [], "selected_labels": [],
+            "operator_uri": uri}
+    result = json.loads(_post(app_server, "/operators/execute", {**base, "params": {}}))
+    assert result["result"]["report"] == "quality-report.html", result
+    with urllib.request.urlopen(app_server + result["result"]["href"], timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/html")
+        assert response.read().startswith(b"<!DOCTYPE html>")
+    # The dialog rounds numbers (the stored summary keeps them exact).
+    assert summary["mean"] != round(summary["mean"], 4)
