@@ -9,6 +9,8 @@ Python usage::
     import qualiclip_plugin
     model = qualiclip_plugin.load_model(weights="qualiclip", device="cuda")
     dataset.apply_model(model, label_field="quality", batch_size=16, num_workers=4)
+
+    qualiclip_plugin.compute_image_quality(dataset, field="quality", flag_percent=5)
 """
 
 from __future__ import annotations
@@ -22,15 +24,17 @@ OPERATOR_NAME = "compute_image_quality"
 OPERATOR_URI = f"{PLUGIN_NAME}/{OPERATOR_NAME}"
 
 __all__ = ["PLUGIN_NAME", "OPERATOR_NAME", "OPERATOR_URI", "load_model", "QualiCLIPModel",
-           "QualiCLIPModelConfig"]
+           "QualiCLIPModelConfig", "compute_image_quality"]
 
 if TYPE_CHECKING:
+    from qualiclip_plugin.api import compute_image_quality
     from qualiclip_plugin.fo_model import QualiCLIPModel, QualiCLIPModelConfig, load_model
 
 _LAZY = {
     "load_model": "qualiclip_plugin.fo_model",
     "QualiCLIPModel": "qualiclip_plugin.fo_model",
     "QualiCLIPModelConfig": "qualiclip_plugin.fo_model",
+    "compute_image_quality": "qualiclip_plugin.api",
 }
 
 
