@@ -12,11 +12,12 @@ Built like FiftyOne's own open_clip wrapper (config + ``_load_model`` / ``_build
   ``pair_scores=True`` an ``<label_field>_error`` string); its batch mates are scored normally.
   A prediction holding NaN / inf is such a failure too, never a score (the library's rule,
   :func:`qualiclip.scoring.nonfinite_error`).
-* **Field types**: FiftyOne never tells a model which field it writes, and it casts a float into
-  an existing ``IntField`` without a word (every score becomes 0). So no hook inside
-  ``dataset.apply_model`` can refuse that; :func:`apply_model` (this module) and
-  :meth:`QualiCLIPModel.clear_outputs` check the target fields first
-  (:meth:`QualiCLIPModel.check_label_field`) and raise ``ValueError`` before anything is written.
+* **Field types**: FiftyOne casts a float into an existing ``IntField`` without a word (every
+  score becomes 0), and never tells a model which field it writes. The target fields are checked
+  (:meth:`QualiCLIPModel.check_label_field`, ``ValueError`` before anything is written) by
+  :func:`apply_model` (this module) and :meth:`QualiCLIPModel.clear_outputs`, and, for a plain
+  ``dataset.apply_model``, when FiftyOne enters the model (``__enter__`` reads the collection
+  and label field from FiftyOne's ``apply_model`` frame: no public hook carries them).
 * **Reruns**: like every FiftyOne model, ``apply_model`` writes only the values a prediction
   has (FiftyOne does not persist ``None`` through the field-selected views it writes with), so
   rerunning into the same ``label_field`` keeps an old score for an image that now fails, and an
@@ -154,7 +155,8 @@ class QualiCLIPModel(fout.TorchImageModel):
         to 0 without a word).
 
         FiftyOne's ``apply_model`` never shows a model the field it writes, so this is called by
-        :func:`apply_model` and :meth:`clear_outputs`, before anything is written.
+        :func:`apply_model`, :meth:`clear_outputs` and ``__enter__`` (from FiftyOne's frame),
+        before anything is written.
 
         Raises:
             ValueError: naming each field, its type and the type this model writes.
