@@ -150,7 +150,8 @@ class AppUI:
         """The grid's "Sort by" control (App 1.x; offers indexed fields): choose ``field``."""
         self.page.get_by_title("Sort by").click()
         option = self.page.locator(f"[data-cy='selector-result-{field}']")
-        expect(option).to_be_visible()
+        expect(option, f"{field!r} is not offered by the grid's Sort by (it lists indexed fields "
+                       "only)").to_be_visible()
         option.click()
         expect(self.page.locator("[data-cy='selector-Sort by']")).to_have_value(field)
 

@@ -67,7 +67,8 @@ def test_run_with_local_checkpoint_then_fields_in_sidebar_and_sort_by_score(app,
 
     with app.step("the new fields appear in the sidebar without reloading the page"):
         for field in ["quality", "quality_error", *(f"quality_{n}" for n in PAIR_NAMES)]:
-            expect(app.sidebar_entry(field)).to_have_count(1, timeout=30_000)
+            expect(app.sidebar_entry(field), f"no {field!r} in the sidebar").to_have_count(
+                1, timeout=30_000)
 
     dataset.reload()
     stored = {Path(s.filepath).name: s["quality"] for s in dataset.select_fields("quality")}
