@@ -20,9 +20,9 @@ from qualiclip_plugin.policy import (
 from qualiclip_plugin.request import DEFAULT_WEIGHTS, RequestError
 
 CANNOT_RUN = "Cannot run"
-DELEGATION_HELP = ("Runs in the background: a worker must be running where this App server "
-                   "runs (`fiftyone delegated launch`); follow the job with "
-                   "`fiftyone delegated list` (or the App's Runs page in FiftyOne Enterprise)")
+DELEGATION_HELP = ("Background runs (Schedule, or 'Run in the background') need a worker "
+                   "where this App server runs: `fiftyone delegated launch`; follow the job "
+                   "with `fiftyone delegated list` (or the Runs page in FiftyOne Enterprise)")
 
 
 def cannot_run(inputs: types.Object, message: str) -> None:

@@ -273,7 +273,8 @@ def _delegate_inputs(inputs: types.Object, ctx, size: int) -> bool:
     if delegating:
         inputs.int("num_shards", default=1, min=1, max=MAX_SHARDS, label="Shards",
                    description="Split into N delegated operations so N workers score together")
-        forms.notice(inputs, "delegation_help", forms.DELEGATION_HELP)
+    # Also for the App's Schedule button, which queues whatever "delegate" says.
+    forms.notice(inputs, "delegation_help", forms.DELEGATION_HELP)
     return delegating
 
 

@@ -13,14 +13,12 @@ see :mod:`qualiclip_plugin.writing`) with bulk ``values()`` calls, and the break
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import fiftyone as fo
 
-from qualiclip.files import use_default_permissions
+from qualiclip.files import atomic_write
 from qualiclip.prompts import PAIR_NAMES
 from qualiclip.report import ReportConfig, write_report
 from qualiclip.report_data import NO_GROUP, ReportRow
@@ -147,15 +145,4 @@ def write_collection_report(
 
         config = replace(config, source=f"dataset {_dataset_name(collection)!r}, field {field!r}, "
                                         f"{len(rows)} samples")
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
-    os.close(fd)
-    try:
-        write_report(rows, tmp_name, config)
-        use_default_permissions(Path(tmp_name))
-        os.replace(tmp_name, output)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return output
+    return atomic_write(output, lambda tmp: write_report(rows, tmp, config))

@@ -14,6 +14,7 @@ Order of work, so that a refused request changes nothing:
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -25,6 +26,9 @@ from fiftyone import ViewField as F
 
 from qualiclip_plugin import claims, protection, provenance, writing
 from qualiclip_plugin.request import RequestError, ScoreRequest
+
+#: Smallest number of samples written (and reported) at a time; see ``_write_steps``.
+MIN_PROGRESS_CHUNK = 16
 
 
 class ScoringRun:
@@ -197,6 +201,8 @@ class ScoringRun:
         num_workers = 0 if self.immediate and req.num_workers is None else req.num_workers
         yield 0.0, f"Scoring {n} samples ({self.summary['target'] - n} already scored)"
 
+        # At least ~20 progress steps (and writes) per run, so small App runs show progress too.
+        chunk_size = min(req.chunk_size, max(MIN_PROGRESS_CHUNK, math.ceil(n / 20)))
         scored = failed = 0
         chunk: list = []
         done = 0
@@ -205,7 +211,7 @@ class ScoringRun:
                               precision=req.precision, progress=False)
         for result in results:
             chunk.append(result)
-            if len(chunk) >= req.chunk_size:
+            if len(chunk) >= chunk_size:
                 writing.write_results(self.dataset, ids[done:done + len(chunk)], chunk, layout)
                 done += len(chunk)
                 failed += sum(r.error is not None for r in chunk)

@@ -91,6 +91,9 @@ def test_app_lists_resolves_and_executes(app_server, make_dataset, tiny_checkpoi
              if m.get("body", {}).get("operator_uri") == "show_output"]
     assert shown and shown[0]["results"]["scored"] == len(dataset) - 1
     assert shown[0]["results"]["failed"] == 1
+    mean = shown[0]["results"]["mean"]
+    assert mean == round(mean, 4) and 0 < mean < 1  # rounded for people
+    assert all(value is not None for value in shown[0]["results"].values())  # no empty rows
     # The App reads `outputs` with Property.fromJSON: a Property ({"type": {"name": ...}}),
     # not a bare Object ({"name": "Object", "properties": ...}).
     outputs = shown[0]["outputs"]

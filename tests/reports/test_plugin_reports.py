@@ -153,6 +153,12 @@ def test_quality_maps_operator_writes_heatmaps(scored_dataset, tiny_checkpoint, 
         assert list(heatmap.range) == [0.0, 1.0]
         np.testing.assert_allclose(heatmap.map, ref.map, atol=1e-6)
     assert heatmaps[-1] is None
+    # The unreadable image is named: in its error field (file name first) and in the result.
+    errors = scored_dataset.values("qmap_error")
+    assert errors[-1].startswith("broken.jpg") and errors[:-1] == [None] * 10
+    [shown] = [r.params for r in result.executor._requests if r.operator_uri == "show_output"]
+    assert shown["results"]["unreadable"] == 1
+    assert shown["results"]["unreadable_files"] == "broken.jpg"
 
 
 def _snapshot(dataset):
