@@ -52,18 +52,26 @@ def queue_shards(run, view, delegation_target: str | None = None) -> dict[str, A
                  label=f"{len(bounds)} queued shards into '{request.field}'",
                  lifetime_s=QUEUED_CLAIM_S)
     claims.expect_shards(run.dataset, request.field, run.claim_owner, len(bounds))
-    run.clear_replaced_scores()
     ids = []
-    for index, (lo, hi) in enumerate(bounds):
-        shard = dataclasses.replace(request, shard_index=index, num_shards=len(bounds),
-                                    shard_bounds=(lo, hi))
-        token = plans.store(run.dataset, shard, claim_owner=run.claim_owner)
-        result = foo.execute_operator(
-            OPERATOR_URI, ctx=dict(view=view, params={"plan": token, "delegate": True},
-                                   delegation_target=delegation_target),
-            request_delegation=True)
-        result.raise_exceptions()
-        ids.append(_operation_id(result.result))
+    try:
+        run.clear_replaced_scores()
+        for index, (lo, hi) in enumerate(bounds):
+            shard = dataclasses.replace(request, shard_index=index, num_shards=len(bounds),
+                                        shard_bounds=(lo, hi))
+            token = plans.store(run.dataset, shard, claim_owner=run.claim_owner)
+            result = foo.execute_operator(
+                OPERATOR_URI, ctx=dict(view=view, params={"plan": token, "delegate": True},
+                                       delegation_target=delegation_target),
+                request_delegation=True)
+            result.raise_exceptions()
+            ids.append(_operation_id(result.result))
+    except BaseException:
+        # Shards already queued still run (they renew the claim); the field is not held
+        # for the ones that never will.
+        claims.expect_shards(run.dataset, request.field, run.claim_owner, len(ids))
+        if not ids:
+            claims.release(run.dataset, request.field, run.claim_owner)
+        raise
     return {**run.summary, "queued_shards": len(bounds), "operation_ids": ids, "note": NOTE}
 
 

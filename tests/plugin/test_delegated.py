@@ -43,7 +43,15 @@ def test_sharded_run_splits_work_over_operations(make_dataset, operator, tiny_ch
     assert summary["queued_shards"] == 3 and summary["to_score"] == len(dataset) - 2
     ops = _ops(dataset)
     assert len(ops) == 3
+    # Queued shards hold the field together: another run into it is refused meanwhile, and
+    # their params are only a plan token (ranges and settings are stored server-side).
+    assert all(set(op.context.request_params["params"]) == {"plan", "delegate"} for op in ops)
+    with pytest.raises(Exception, match="being written by another run"):
+        operator(dataset, **_params(tiny_checkpoint))
     _run_queue(dataset)
+    from qualiclip_plugin import claims
+
+    assert claims.holder(dataset, "quality") is None  # the last shard released it
     ops = _ops(dataset)
     assert all(op.run_state == "completed" for op in ops)
     per_shard = sorted(op.result.result["to_score"] for op in ops)
