@@ -110,14 +110,14 @@ class AppUI:
         return labels
 
     def choose_weights(self, name: str) -> None:
-        """Pick ``name`` in the Weights dropdown, or type it where Weights is a text box."""
+        """Pick the choice whose label contains ``name`` in the Weights dropdown."""
         field = self.form_field("Weights")
-        if self.weights_is_dropdown():
-            field.locator(".MuiSelect-select, [role=combobox]").first.click()
-            self.page.get_by_role("option").filter(has_text=name).first.click()
-            expect(field).to_contain_text(name)
-        else:
-            field.locator("input").fill(name)
+        assert self.weights_is_dropdown(), "the Weights input is not a dropdown"
+        field.locator(".MuiSelect-select, [role=combobox]").first.click()
+        option = self.page.get_by_role("option").filter(has_text=name)
+        expect(option.first, f"no Weights choice mentions {name!r}").to_be_visible()
+        option.first.click()
+        expect(field).to_contain_text(name)
 
     def fill(self, label: str, value: str) -> None:
         self.form_field(label).locator("input").fill(value)

@@ -1,5 +1,6 @@
 """The issue's scenario in the real App, the run: open the operator from the operator browser,
-run it with a local checkpoint, see the new fields in the sidebar and sort the grid by the score.
+choose the local checkpoint in the Weights dropdown, run, see the new fields in the sidebar, sort
+the grid by the score both ways, and find the checkpoint preselected the next time.
 
 The App server (``conftest.py``) may offer only the checkpoint copy in its weights folder.
 """
@@ -37,8 +38,7 @@ def _wait_for_grid(app, expected: list[str], what: str, timeout: float = 30) -> 
         time.sleep(0.25)
 
 
-def test_run_with_local_checkpoint_then_fields_in_sidebar_and_sort_by_score(app, app_dataset,
-                                                                             app_server):
+def test_run_with_local_checkpoint_then_fields_in_sidebar_and_sort_by_score(app, app_dataset):
     from playwright.sync_api import expect
 
     dataset, reference = app_dataset
@@ -54,10 +54,7 @@ def test_run_with_local_checkpoint_then_fields_in_sidebar_and_sort_by_score(app,
 
     app.open_operator()
     with app.step("choose the local checkpoint and run"):
-        if app.weights_is_dropdown():
-            app.choose_weights(APP_CHECKPOINT_NAME)
-        else:  # the plain text box of older plugin versions takes a path
-            app.choose_weights(str(app_server.weights_dir / APP_CHECKPOINT_NAME))
+        app.choose_weights(APP_CHECKPOINT_NAME)
         expect(app.error_box()).to_have_count(0)
         summary = app.run_and_wait()
         expect(summary).to_contain_text(re.compile(rf"Scored in this run:\s*{len(dataset)}(?!\d)"))
@@ -86,3 +83,9 @@ def test_run_with_local_checkpoint_then_fields_in_sidebar_and_sort_by_score(app,
         app.toggle_sort_direction("Ascending")
         _wait_for_grid(app, ascending[::-1], "sorted by quality, descending")
         assert by_name[ascending[-1]] >= max(by_name.values()) - TOL
+
+    app.open_operator()
+    with app.step("the form now defaults to the weights used last on the dataset"):
+        expect(app.form_field("Weights")).to_contain_text(APP_CHECKPOINT_NAME)
+        expect(app.error_box()).to_have_count(0)
+        expect(app.execute_button()).to_be_enabled()
