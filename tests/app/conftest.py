@@ -141,6 +141,9 @@ def app(browser, app_server, tmp_path):
     from tests.app.app_ui import AppUI
 
     context = browser.new_context(viewport={"width": 1400, "height": 900})
+    # The App's own switch for its Playwright tests: no analytics, no Enterprise pop-over, no
+    # query-performance toast over the grid.
+    context.add_init_script("window.IS_PLAYWRIGHT = true;")
     page = context.new_page()
     ui = AppUI(page, app_server, shots_dir=tmp_path / "screenshots")
     yield ui
