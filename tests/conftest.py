@@ -57,6 +57,19 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _MONGOD is not None:
+        # FiftyOne deletes non-persistent datasets at exit; done now, while mongod still runs,
+        # else its exit handler waits ~30 s for the stopped server.
+        import atexit
+        import sys
+
+        database = sys.modules.get("fiftyone.core.odm.database")
+        if database is not None:
+            cleanup = database._delete_non_persistent_datasets_if_allowed
+            atexit.unregister(cleanup)
+            try:
+                cleanup()
+            except Exception:  # best effort: the data dir is removed below anyway
+                pass
         _MONGOD.terminate()
         try:
             _MONGOD.wait(timeout=30)
