@@ -50,6 +50,25 @@ SUMMARY_LABELS = (
 )
 
 
+#: Fewest samples worth a distributed task: each task loads the model (up to a minute on a
+#: fresh worker) before it scores, so smaller slices spend more time loading than scoring.
+MIN_SAMPLES_PER_TASK = 1000
+#: Samples per task Enterprise is advised to use (a few minutes on one GPU).
+RECOMMENDED_SAMPLES_PER_TASK = 10000
+
+
+def distributed_task_bounds(size: int) -> dict[str, int] | None:
+    """``min/max/recommended_distributed_tasks`` for a delegated run over ``size`` samples, or
+    ``None`` when the target is too small to be worth splitting (fewer than two tasks of
+    :data:`MIN_SAMPLES_PER_TASK`). At most :data:`MAX_SHARDS` tasks, like the form's shards."""
+    most = min(MAX_SHARDS, size // MIN_SAMPLES_PER_TASK)
+    if most < 2:
+        return None
+    advised = min(most, max(2, -(-size // RECOMMENDED_SAMPLES_PER_TASK)))
+    return {"min_distributed_tasks": 2, "max_distributed_tasks": most,
+            "recommended_distributed_tasks": advised}
+
+
 class ComputeImageQuality(foo.Operator):
     """Score images with QualiCLIP and write ``<field>`` (plus attributes, errors, flags)."""
 
@@ -63,6 +82,10 @@ class ComputeImageQuality(foo.Operator):
             dynamic=True,
             allow_immediate_execution=True,
             allow_delegated_execution=True,
+            # FiftyOne Enterprise 2.11+ may split a delegated run into tasks, each executing
+            # this operator on a slice of the target (``ctx.target_view()``); open-source
+            # FiftyOne ignores it (its own sharding is the form's "Shards").
+            allow_distributed_execution=True,
             execute_as_generator=True,  # live progress for immediate runs
         )
 
@@ -83,9 +106,13 @@ class ComputeImageQuality(foo.Operator):
         # orchestrator registered, legacy orchestrators off) an operator that allows only
         # delegated execution gets no run button at all. The Execute button still queues the
         # run when "delegate" is on, because resolve_delegation forces it.
+        delegate = bool(self.resolve_delegation(ctx))
+        bounds = distributed_task_bounds(_target_size(ctx)) if delegate else None
         return foo.ExecutionOptions(allow_immediate_execution=True,
                                     allow_delegated_execution=True,
-                                    default_choice_to_delegated=bool(self.resolve_delegation(ctx)))
+                                    default_choice_to_delegated=delegate,
+                                    allow_distributed_execution=bounds is not None,
+                                    **(bounds or {}))
 
     # --- form ------------------------------------------------------------------------------
     def resolve_input(self, ctx) -> types.Property:

@@ -1,0 +1,137 @@
+"""Distributed execution (FiftyOne Enterprise 2.11+): the operator allows it, with task bounds,
+and each task scores exactly the slice ``ctx.target_view()`` gives it.
+
+Open-source FiftyOne cannot split an operation, so a task is played here the way Enterprise
+runs one: a delegated execution of the operator whose view is one slice of the dataset.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.plugin.test_delegated import _ops, _run_queue
+from tests.plugin.test_operator import TOL, _params
+
+
+def _queue_slice(view, tiny_checkpoint, **extra):
+    import fiftyone.operators as foo
+
+    from qualiclip_plugin import OPERATOR_URI
+
+    result = foo.execute_operator(
+        OPERATOR_URI, ctx=dict(view=view, params=_params(tiny_checkpoint, delegate=True,
+                                                         **extra)),
+        request_delegation=True)
+    result.raise_exceptions()
+
+
+def _scored_ids(dataset) -> set[str]:
+    """Samples a run wrote: a score, or an error for the broken file."""
+    return set(dataset.exists("quality").values("id")) | set(
+        dataset.exists("quality_error").values("id"))
+
+
+def test_operator_declares_distributed_execution(monkeypatch, operator):
+    import fiftyone.operators as foo
+
+    seen = {}
+
+    class Recording(foo.OperatorConfig):  # open-source FiftyOne drops the flag: record it
+        def __init__(self, name, **kwargs):
+            seen.update(kwargs)
+            super().__init__(name, **kwargs)
+
+    monkeypatch.setattr(foo, "OperatorConfig", Recording)
+    assert type(operator).config.fget(operator).name == "compute_image_quality"
+    assert seen["allow_distributed_execution"] is True
+    assert seen["allow_delegated_execution"] is True
+
+
+@pytest.mark.parametrize("size, expected", [
+    (500, None),  # immediate-sized: not worth two model loads
+    (1999, None),
+    (2000, (2, 2, 2)),
+    (100_000, (2, 100, 10)),
+    (10_000_000, (2, 256, 256)),
+])
+def test_task_bounds(size, expected):
+    from qualiclip_plugin.operators import distributed_task_bounds
+
+    bounds = distributed_task_bounds(size)
+    if expected is None:
+        assert bounds is None
+    else:
+        assert (bounds["min_distributed_tasks"], bounds["max_distributed_tasks"],
+                bounds["recommended_distributed_tasks"]) == expected
+
+
+def test_each_slice_scores_only_its_samples(make_dataset, tiny_checkpoint, reference_scores):
+    from qualiclip_plugin import provenance
+    from qualiclip_plugin.provenance import COMPARABLE_KEYS
+
+    dataset = make_dataset()
+    first, second = dataset.limit(6), dataset.skip(6)
+    first_ids, second_ids = set(first.values("id")), set(second.values("id"))
+
+    _queue_slice(first, tiny_checkpoint)
+    _run_queue(dataset)
+    dataset.reload()
+    assert _scored_ids(dataset) == first_ids
+    after_first = provenance.recorded(dataset, "quality")
+
+    _queue_slice(second, tiny_checkpoint)
+    _run_queue(dataset)
+    ops = _ops(dataset)
+    assert [op.run_state for op in ops] == ["completed"] * 2, [op.result.error for op in ops]
+    assert sorted(op.result.result["scored"] + op.result.result["failed"] for op in ops) == [6, 7]
+    dataset.reload()
+    assert _scored_ids(dataset) == first_ids | second_ids
+
+    # One record describes every slice's scores: same weights, preprocessing and precision.
+    after_second = provenance.recorded(dataset, "quality")
+    assert dataset.list_runs() == [provenance.run_key("quality")]
+    assert {k: after_second[k] for k in COMPARABLE_KEYS} == \
+        {k: after_first[k] for k in COMPARABLE_KEYS}
+    for sample in dataset.exists("quality"):  # and they equal one run over everything
+        assert sample["quality"] == pytest.approx(reference_scores[sample.filepath].score,
+                                                  abs=TOL)
+
+
+def test_slice_with_other_settings_is_refused(make_dataset, tiny_checkpoint):
+    """Two tasks queued on an empty field with settings that differ: whichever runs second
+    would mix differently made scores into the field, so it fails and writes nothing."""
+    dataset = make_dataset()
+    first, second = dataset.limit(6), dataset.skip(6)
+    # (explicit max_side both times: a request without one takes the field's recorded one)
+    _queue_slice(first, tiny_checkpoint, max_side=64)
+    _queue_slice(second, tiny_checkpoint, max_side=48)
+    _run_queue(dataset)
+    ops = _ops(dataset)
+    assert sorted(op.run_state for op in ops) == ["completed", "failed"]
+    failed = next(op for op in ops if op.run_state == "failed")
+    assert "max_side" in str(failed.result.error)
+    done = next(op for op in ops if op.run_state == "completed")
+    dataset.reload()
+    expected = first if done.result.result["target"] == 6 else second
+    assert _scored_ids(dataset) == set(expected.values("id"))
+
+
+@pytest.mark.parametrize("size, delegate, distributed", [
+    (100_000, None, True),  # big target: delegated by default, and may be split
+    (100_000, False, False),  # run immediately: nothing to split
+    (300, True, False),  # too small to be worth splitting
+])
+def test_execution_options_carry_the_bounds(monkeypatch, operator, size, delegate,
+                                            distributed):
+    from types import SimpleNamespace
+
+    from qualiclip_plugin import operators
+
+    monkeypatch.setattr(operators, "_target_size", lambda ctx: size)
+    params = {} if delegate is None else {"delegate": delegate}
+    options = operator.resolve_execution_options(SimpleNamespace(params=params))
+    assert options.default_choice_to_delegated is (delegate is not False)
+    if distributed:
+        assert (options.max_distributed_tasks, options.recommended_distributed_tasks) == (100, 10)
+    else:
+        assert options.max_distributed_tasks is None
