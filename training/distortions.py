@@ -20,9 +20,13 @@ of the table in method.md, the function). Use it like::
 For monotone ladders (sign-alternating types ordered by magnitude) and compositions, see
 :mod:`training.ladders`.
 
-Choices marked [ours] in method.md (exact curves, pixel scales) are documented per function.
-Sizes in pixels (patches, blocks, jitter) refer to a 224 px crop and scale with the image side,
-so a distortion looks equally strong at any crop size.
+What each parameter does follows ARNIQA's implementation (miccunifi/ARNIQA,
+``utils/distortions.py``), which is what QualiCLIP trained on; the code here is written from those
+definitions, not copied. Each type matches ARNIQA's strength per level (mean PSNR / SSIM on 224 px
+photo crops; ``tests/training/test_distortion_strength.py``); the two places where ARNIQA has a
+plain defect and we keep the intent instead are listed in ``docs/distortions.md``. Sizes in pixels
+(shifts, patches, blocks, jitter) are ARNIQA's at a 224 px crop and scale with the image side, so a
+distortion looks equally strong at any crop size; the blur kernels keep ARNIQA's absolute sizes.
 """
 
 from __future__ import annotations
@@ -58,27 +62,25 @@ def _scale(x: torch.Tensor) -> float:
 
 
 def _filter(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Depthwise 2-D filtering of each channel with ``kernel`` ``(k, k)`` (odd), replicate padding
-    so the borders do not darken and any image size works."""
-    k = kernel.shape[-1]
+    """Depthwise 2-D filtering of each channel with ``kernel`` ``(kh, kw)`` (odd sizes), replicate
+    padding so the borders do not darken and any image size works."""
+    kh, kw = kernel.shape
     c = x.shape[1]
-    weight = kernel.to(x.device, x.dtype).expand(c, 1, k, k)
-    padded = F.pad(x, (k // 2,) * 4, mode="replicate")
+    weight = kernel.to(x.device, x.dtype).expand(c, 1, kh, kw)
+    padded = F.pad(x, (kw // 2, kw // 2, kh // 2, kh // 2), mode="replicate")
     return F.conv2d(padded, weight, groups=c)
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur, kernel radius ceil(3 sigma)."""
+def _gaussian_blur(x: torch.Tensor, sigma: float, radius: int | None = None) -> torch.Tensor:
+    """Separable Gaussian blur, window ``2 radius + 1`` wide. KADID's default radius is
+    ``ceil(2 sigma)``: its windows are cut at 2 sigma, not 3 (a weaker blur at large sigma)."""
     if sigma <= 0:
         return x
-    radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
+    radius = max(1, math.ceil(2 * sigma)) if radius is None else radius
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
     k1 = torch.exp(-0.5 * (t / sigma) ** 2)
-    k1 = (k1 / k1.sum()).to(x.dtype)
-    c = x.shape[1]
-    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    x = F.conv2d(x, k1.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, k1.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    k1 = k1 / k1.sum()
+    return _filter(_filter(x, k1.view(1, -1)), k1.view(-1, 1))
 
 
 def _luma(x: torch.Tensor) -> torch.Tensor:
@@ -126,9 +128,31 @@ def _ycbcr_to_rgb(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([r, g, b], dim=1)
 
 
+def _bend(x: torch.Tensor, amount: float) -> torch.Tensor:
+    """KADID's one-knot tone curve: the quadratic through (0, 0), (0.5, 0.5 + amount / 2) and
+    (1, 1), i.e. ``x + 2 amount x (1 - x)``, clamped to [0, 1]. ``amount > 0`` brightens."""
+    return (x + 2 * amount * x * (1 - x)).clamp(0, 1)
+
+
+def _not_a_knot_curve(x: torch.Tensor, knots_x: tuple[float, ...],
+                      knots_y: tuple[float, ...]) -> torch.Tensor:
+    """Tone curve: the cubic spline with not-a-knot ends (MATLAB ``spline``, which KADID uses)
+    through ``(knots_x, knots_y)``, evaluated on ``x`` and clamped to [0, 1]."""
+    from scipy.interpolate import CubicSpline
+
+    spline = CubicSpline(knots_x, knots_y, bc_type="not-a-knot")
+    coefs = torch.as_tensor(spline.c.T, dtype=x.dtype, device=x.device)  # (pieces, 4), x^3 first
+    breaks = torch.as_tensor(knots_x, dtype=x.dtype, device=x.device)
+    piece = torch.bucketize(x, breaks[1:-1])  # x on a break belongs to the piece on its left
+    t = x - breaks[piece]
+    c = coefs[piece]
+    y = ((c[..., 0] * t + c[..., 1]) * t + c[..., 2]) * t + c[..., 3]
+    return y.clamp(0, 1)
+
+
 # --- blur -------------------------------------------------------------------------------------
 def gaussian_blur(x: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
-    """Gaussian blur with standard deviation ``sigma`` px."""
+    """Gaussian blur with standard deviation ``sigma`` px (window cut at 2 sigma)."""
     return _gaussian_blur(x, sigma).clamp(0, 1)
 
 
@@ -142,44 +166,59 @@ def lens_blur(x: torch.Tensor, radius: float, generator: torch.Generator) -> tor
 
 
 def motion_blur(x: torch.Tensor, length: float, generator: torch.Generator) -> torch.Tensor:
-    """Linear motion blur: a line kernel of ``length`` px at a random angle (one per call)."""
-    angle = float(_rand(generator, 1)) * math.pi
-    r = max(1, math.ceil(length / 2))
-    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    """Linear motion over ``length`` px at a random whole-degree angle in [0, 180] (one per call).
+
+    Like MATLAB's ``fspecial('motion')``: a segment whose end pixels are ``length - 1`` apart, each
+    kernel pixel weighted by ``1 - distance to the segment`` -- so length 1 is the identity.
+    """
+    angle = math.radians(int(_rand(generator, 1) * 181))
+    half = (length - 1) / 2
+    r = max(1, math.ceil(half))
+    t = torch.arange(-r, r + 1, dtype=torch.float64)
     yy, xx = torch.meshgrid(t, t, indexing="ij")
-    dx, dy = math.cos(angle), math.sin(angle)
+    dx, dy = math.cos(angle), -math.sin(angle)  # image rows grow downwards
     along = xx * dx + yy * dy
     across = (-xx * dy + yy * dx).abs()
-    # Distance to the segment [-length/2, length/2] along the direction, anti-aliased to 1 px.
-    beyond = (along.abs() - length / 2).clamp(min=0)
+    beyond = (along.abs() - half).clamp(min=0)
     kernel = (1 - (across ** 2 + beyond ** 2).sqrt()).clamp(min=0)
     return _filter(x, kernel / kernel.sum()).clamp(0, 1)
 
 
 # --- color ------------------------------------------------------------------------------------
-def color_diffusion(x: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
-    """Colour bleeding: Gaussian blur (``sigma`` px) of the Lab a, b channels only."""
+def color_diffusion(x: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:
+    """Colour bleeding: the Lab a, b channels blurred (sigma ``1.5 amount + 2`` px) *and* scaled by
+    ``amount`` -- so from level 2 on this is as much an over-saturation as a bleed (ARNIQA)."""
     lab = rgb_to_lab(x.float())
-    ab = _gaussian_blur(lab[:, 1:], sigma * _scale(x))
+    ab = _gaussian_blur(lab[:, 1:], (1.5 * amount + 2) * _scale(x)) * amount
     return lab_to_rgb(torch.cat([lab[:, :1], ab], dim=1)).to(x.dtype)
 
 
 def color_shift(x: torch.Tensor, shift: float, generator: torch.Generator) -> torch.Tensor:
-    """Mis-registered channel: the green channel is shifted by ``shift`` px in a random direction,
-    blended in where the image has edges (edge-weighted, as in KADID)."""
-    angle = float(_rand(generator, 1)) * 2 * math.pi
+    """Mis-registered green channel: shifted by ``shift`` px (rounded per axis) towards a random
+    direction of the lower-right quadrant, replicate edges, blended in where the image has edges:
+    the weight is the luma gradient magnitude blurred (sigma 4 px) and min-max normalised.
+
+    (ARNIQA's percentile clamp of the weight compares against sort *indices* and so leaves it
+    unchanged; we leave it out, which is the same result.)
+    """
+    a = _rand(generator, 2).cpu().double()
     s = shift * _scale(x)
-    dy, dx = round(s * math.sin(angle)), round(s * math.cos(angle))
-    if dx == 0 and dy == 0:
-        dx = 1
-    shifted = torch.roll(x[:, 1:2], shifts=(dy, dx), dims=(-2, -1))
+    dy, dx = (torch.round(a / a.norm().clamp(min=1e-12) * s)).long().tolist()
+    h, w = x.shape[-2:]
+    g = x[:, 1:2]
+    # Shift with replicate edges: pad, then crop the window displaced by (dy, dx).
+    pad = F.pad(g, (dx, 0, dy, 0), mode="replicate") if dx or dy else g
+    shifted = pad[..., :h, :w]
     gray = _luma(x)
-    gy = gray[..., 1:, :] - gray[..., :-1, :]
-    gx = gray[..., :, 1:] - gray[..., :, :-1]
-    edges = F.pad(gx.abs(), (0, 1, 0, 0)) + F.pad(gy.abs(), (0, 0, 0, 1))
-    weight = _gaussian_blur(edges, 2.0)
-    weight = weight / weight.amax(dim=(-2, -1), keepdim=True).clamp(min=1e-6)
-    g = x[:, 1:2] * (1 - weight) + shifted * weight
+    gy = (F.pad(gray, (0, 0, 1, 1), mode="replicate").diff(dim=-2)[..., 1:, :]
+          + F.pad(gray, (0, 0, 1, 1), mode="replicate").diff(dim=-2)[..., :-1, :]) / 2
+    gx = (F.pad(gray, (1, 1, 0, 0), mode="replicate").diff(dim=-1)[..., 1:]
+          + F.pad(gray, (1, 1, 0, 0), mode="replicate").diff(dim=-1)[..., :-1]) / 2
+    edges = _gaussian_blur((gx ** 2 + gy ** 2).sqrt(), 4.0)
+    lo = edges.amin(dim=(-2, -1), keepdim=True)
+    hi = edges.amax(dim=(-2, -1), keepdim=True)
+    weight = (edges - lo) / (hi - lo).clamp(min=1e-12)
+    g = g * (1 - weight) + shifted * weight
     return torch.cat([x[:, :1], g, x[:, 2:]], dim=1).clamp(0, 1)
 
 
@@ -251,18 +290,16 @@ def white_noise(x: torch.Tensor, variance: float, generator: torch.Generator) ->
 
 
 def white_noise_ycbcr(x: torch.Tensor, variance: float, generator: torch.Generator) -> torch.Tensor:
-    """Additive Gaussian noise of ``variance`` in YCbCr; chroma gets 3x the luma std (KADID's
-    colour-noise look)."""
-    ycc = _rgb_to_ycbcr(x)
-    std = math.sqrt(variance) * torch.tensor([1.0, 3.0, 3.0], device=x.device, dtype=x.dtype)
-    ycc = ycc + std.view(1, 3, 1, 1) * _randn_like(x, generator)
+    """Additive Gaussian noise of ``variance`` on each of Y, Cb and Cr (equal std, as ARNIQA;
+    back in RGB the chroma noise makes it about as strong as ``white_noise`` at 3x the variance)."""
+    ycc = _rgb_to_ycbcr(x) + math.sqrt(variance) * _randn_like(x, generator)
     return _ycbcr_to_rgb(ycc).clamp(0, 1)
 
 
 def impulse_noise(x: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
-    """Salt and pepper: a fraction ``density`` of pixels set to black or white (all channels)."""
-    _, _, h, w = x.shape
-    u = _rand(generator, 1, 1, h, w).to(x.device)
+    """Salt and pepper per channel value: a fraction ``density`` of the values set to 0 or 1
+    (half each), so most hit pixels turn a saturated colour rather than black or white."""
+    u = _rand(generator, 1, *x.shape[1:]).to(x.device)
     out = torch.where(u < density / 2, torch.zeros_like(x), x)
     return torch.where((u >= density / 2) & (u < density), torch.ones_like(x), out)
 
@@ -275,14 +312,18 @@ def multiplicative_noise(x: torch.Tensor, variance: float,
 
 # --- brightness -------------------------------------------------------------------------------
 def brighten(x: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:
-    """Brightening tone curve ``1 - (1 - x) ** (1 + amount)`` (black and white stay fixed)."""
-    return (1 - (1 - x).clamp(0, 1) ** (1 + amount)).clamp(0, 1)
+    """Brighten with the curve ``x + 2 amount x (1 - x)``: two parts applied to R, G, B and one
+    part applied to Lab lightness (which keeps hue), averaged."""
+    lab = rgb_to_lab(x.float())
+    lightness = _bend(lab[:, :1] / 100, amount) * 100
+    via_lab = lab_to_rgb(torch.cat([lightness, lab[:, 1:]], dim=1)).to(x.dtype)
+    return ((2 * _bend(x, amount) + via_lab) / 3).clamp(0, 1)
 
 
 def darken(x: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:
-    """Darkening tone curve ``x ** (1 + 2 * amount)`` [ours: the 2 makes level 5 as strong as
-    brighten's]."""
-    return x.clamp(0, 1) ** (1 + 2 * amount)
+    """Darken R, G, B with the curve ``x - 2 amount x (1 - x)`` (clamped at 0: from amount 0.25
+    on, the shadows go black)."""
+    return _bend(x, -amount)
 
 
 def mean_shift(x: torch.Tensor, shift: float, generator: torch.Generator) -> torch.Tensor:
@@ -292,53 +333,65 @@ def mean_shift(x: torch.Tensor, shift: float, generator: torch.Generator) -> tor
 
 # --- spatial ----------------------------------------------------------------------------------
 def jitter(x: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:
-    """Pixel scatter: every pixel is resampled from a random offset of up to ``4 * amount`` px
-    (at 224 px) in x and y [ours: KADID does not publish its scale]."""
+    """Pixel scatter, five times over: each round every pixel is resampled (bilinear, replicate
+    edges) from an offset drawn per pixel and axis from N(0, ``amount``\u00b2) px (at 224 px)."""
     n, _, h, w = x.shape
-    reach = 4 * amount * _scale(x)
-    offsets = (_rand(generator, 1, h, w, 2) * 2 - 1).to(x.device) * reach
+    sigma = amount * _scale(x)
     ys, xs = torch.meshgrid(torch.arange(h, device=x.device, dtype=torch.float32),
                             torch.arange(w, device=x.device, dtype=torch.float32), indexing="ij")
-    gx = ((xs + offsets[..., 0]) / max(w - 1, 1)) * 2 - 1
-    gy = ((ys + offsets[..., 1]) / max(h - 1, 1)) * 2 - 1
-    grid = torch.stack([gx, gy], dim=-1).expand(n, h, w, 2)
-    out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border",
-                        align_corners=True)
+    out = x.float()
+    for _ in range(5):
+        offsets = torch.randn((h, w, 2), generator=generator,
+                              device=generator.device).to(x.device) * sigma
+        gx = (xs - offsets[..., 0]) / max(w - 1, 1) * 2 - 1
+        gy = (ys - offsets[..., 1]) / max(h - 1, 1) * 2 - 1
+        grid = torch.stack([gx, gy], dim=-1).expand(n, h, w, 2)
+        out = F.grid_sample(out, grid, mode="bilinear", padding_mode="border",
+                            align_corners=True)
     return out.to(x.dtype).clamp(0, 1)
 
 
 def non_eccentricity(x: torch.Tensor, count: float, generator: torch.Generator) -> torch.Tensor:
-    """``count`` patches of 16 px (at 224 px) are copied from a random place to a nearby one."""
+    """``count`` patches of 16 px (at 224 px), taken at least 16 px inside the border, pasted up to
+    8 px away in x and y, one after the other (later patches may copy earlier pastes)."""
     _, _, h, w = x.shape
     p = max(2, round(16 * _scale(x)))
+    margin = p  # ARNIQA's "radius": sources stay this far from the border, moves are +-margin/2
     out = x.clone()
     k = int(round(count))
-    if h <= p or w <= p or k <= 0:
+    if h < p + 2 * margin or w < p + 2 * margin or k <= 0:
         return out
     u = _rand(generator, k, 4).cpu()
     for sy, sx, oy, ox in u.tolist():
-        y0, x0 = int(sy * (h - p)), int(sx * (w - p))
-        # Destination within one patch size of the source, so content is locally scrambled.
-        y1 = min(max(y0 + int((oy * 2 - 1) * p), 0), h - p)
-        x1 = min(max(x0 + int((ox * 2 - 1) * p), 0), w - p)
-        out[..., y1:y1 + p, x1:x1 + p] = x[..., y0:y0 + p, x0:x0 + p]
+        y0 = margin + round(sy * (h - p - 2 * margin))
+        x0 = margin + round(sx * (w - p - 2 * margin))
+        y1, x1 = y0 + round((oy - 0.5) * margin), x0 + round((ox - 0.5) * margin)
+        out[..., y1:y1 + p, x1:x1 + p] = out[..., y0:y0 + p, x0:x0 + p].clone()
     return out
 
 
 def pixelate(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
-    """Area-downscale by ``1 + 15 * strength`` then nearest-upscale back [ours: factor 1.15 at
-    level 1 up to 8.5 at level 5]."""
+    """Nearest-neighbour downscale to ``0.95 - strength ** 0.6`` of the size (0.89 at level 1,
+    0.29 at level 5), then nearest-neighbour upscale back."""
     h, w = x.shape[-2:]
-    factor = 1 + 15 * strength
-    small = (max(1, round(h / factor)), max(1, round(w / factor)))
-    return F.interpolate(F.interpolate(x, size=small, mode="area"), size=(h, w), mode="nearest")
+    z = 0.95 - strength ** 0.6
+    small = (max(1, int(h * z)), max(1, int(w * z)))
+    return F.interpolate(F.interpolate(x, size=small, mode="nearest"), size=(h, w),
+                         mode="nearest")
 
 
 def quantization(x: torch.Tensor, levels: float, generator: torch.Generator) -> torch.Tensor:
-    """Uniform quantisation of each channel to ``levels`` grey levels [ours: KADID uses
-    multi-level Otsu thresholds]."""
+    """Posterise: each channel value falls into one of ``levels`` equal bins of [0, 255] (a
+    value of exactly 0 into a bin of its own), and the bin indices are min-max stretched to
+    [0, 1] over the image -- so besides banding, the tones shift (KADID's ``imquantize`` +
+    ``mapmm``)."""
     n = max(2, int(round(levels)))
-    return (x * (n - 1)).round() / (n - 1)
+    edges = torch.tensor([0] + [math.floor(255 * i / n) for i in range(1, n)],
+                         dtype=x.dtype, device=x.device)
+    index = torch.bucketize(x * 255, edges).to(x.dtype)
+    lo = index.amin(dim=(1, 2, 3), keepdim=True)
+    hi = index.amax(dim=(1, 2, 3), keepdim=True)
+    return torch.where(hi > lo, (index - lo) / (hi - lo).clamp(min=1), x)
 
 
 def color_blocks(x: torch.Tensor, count: float, generator: torch.Generator) -> torch.Tensor:
@@ -360,21 +413,26 @@ def color_blocks(x: torch.Tensor, count: float, generator: torch.Generator) -> t
 
 # --- sharpness and contrast -------------------------------------------------------------------
 def over_sharpen(x: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:
-    """Unsharp mask: ``x + amount * (x - blur(x, sigma=1))`` [ours: sigma]."""
-    return (x + amount * (x - _gaussian_blur(x, 1.0))).clamp(0, 1)
+    """Unsharp mask of Lab lightness: ``L + amount (L - blur(L))`` with a wide blur (sigma 6 px,
+    13 x 13 window, as ARNIQA), so it brightens halos around every edge, not just the finest."""
+    lab = rgb_to_lab(x.float())
+    lightness = lab[:, :1]
+    lightness = lightness + amount * (lightness - _gaussian_blur(lightness, 6.0, radius=6))
+    return lab_to_rgb(torch.cat([lightness, lab[:, 1:]], dim=1)).to(x.dtype)
 
 
 def linear_contrast(x: torch.Tensor, change: float, generator: torch.Generator) -> torch.Tensor:
-    """Stretch (change > 0) or squash (change < 0) around the image mean by ``1 + change``."""
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return ((x - mean) * (1 + change) + mean).clamp(0, 1)
+    """Contrast tone curve: a spline through (0, 0), (0.3, 0.25 - change / 4), (0.5, 0.5),
+    (0.7, 0.75 + change / 4), (1, 1). Note the neutral value is ``change = -0.2`` (knots on the
+    diagonal), not 0: above it contrast rises, below it falls."""
+    knots_y = (0.0, 0.25 - change / 4, 0.5, 0.75 + change / 4, 1.0)
+    return _not_a_knot_curve(x, (0.0, 0.3, 0.5, 0.7, 1.0), knots_y)
 
 
-def nonlinear_contrast(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
-    """S-shaped tone curve ``0.5 + 0.5 * tanh(k (x - 0.5)) / tanh(k / 2)`` with ``k = 1 / p``:
-    smaller ``p`` pushes tones towards black and white [ours]."""
-    k = 1.0 / p
-    return (0.5 + 0.5 * torch.tanh(k * (x - 0.5)) / math.tanh(k / 2)).clamp(0, 1)
+def nonlinear_contrast(x: torch.Tensor, spread: float, generator: torch.Generator) -> torch.Tensor:
+    """Squash the tones linearly into [0.5 - ``spread``, 0.5 + ``spread``]: contrast *falls* as
+    the parameter shrinks (KADID's name notwithstanding, ARNIQA's curve is a straight line)."""
+    return (0.5 + 2 * spread * (x.clamp(0, 1) - 0.5)).clamp(0, 1)
 
 
 # --- the table --------------------------------------------------------------------------------
@@ -387,8 +445,11 @@ class Distortion:
         group: one of :data:`GROUPS`.
         values: the parameter at levels 1..5 (method.md section 5), as published.
         fn: ``(x (N, 3, H, W) in [0, 1], value, generator) -> (N, 3, H, W) in [0, 1]``.
-        signed: the published values alternate in sign (mean shift, linear contrast); ladders
-            order them by magnitude with one sign per image (see :mod:`training.ladders`).
+        signed: the published values alternate either side of ``neutral`` (mean shift, linear
+            contrast); ladders order them by distance from it, with one side per image (see
+            :mod:`training.ladders`).
+        neutral: the parameter that leaves the image unchanged (signed types only). Linear
+            contrast's is -0.2, not 0: its curve's knots lie on the diagonal there.
     """
 
     name: str
@@ -396,6 +457,7 @@ class Distortion:
     values: tuple[float, float, float, float, float]
     fn: DistortionFn
     signed: bool = False
+    neutral: float = 0.0
 
     def apply(self, x: torch.Tensor, level: int, generator: torch.Generator) -> torch.Tensor:
         """Apply at published ``level`` 1..5. ``x`` ``(N, 3, H, W)`` or ``(3, H, W)`` in [0, 1]."""
@@ -439,7 +501,7 @@ _TABLE: tuple[Distortion, ...] = (
     Distortion("color_blocks", "spatial", (2, 4, 6, 8, 10), color_blocks),
     Distortion("over_sharpen", "sharpness_contrast", (1, 2, 3, 6, 12), over_sharpen),
     Distortion("linear_contrast", "sharpness_contrast", (0, 0.15, -0.4, 0.3, -0.6),
-               linear_contrast, signed=True),
+               linear_contrast, signed=True, neutral=-0.2),
     Distortion("nonlinear_contrast", "sharpness_contrast", (0.4, 0.3, 0.2, 0.1, 0.05),
                nonlinear_contrast),
 )

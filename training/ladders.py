@@ -14,8 +14,10 @@ Public API (also what sensitivity curves are built on)::
 
 Monotone ladders [ours]: for the usual types level ``l`` of ``L`` takes the published values
 (L = 5) or interpolates them linearly at ``1 + 4 (l - 1) / (L - 1)``. The sign-alternating types
-(mean shift, linear contrast) are ordered by magnitude: magnitudes ``max|v| * l / L`` times a sign
-drawn once per image, so every step is strictly stronger than the one before.
+(mean shift, linear contrast) are ordered by distance from their neutral value ``n``: with a side
+``s`` (+1/-1) drawn once per image, level ``l`` is ``n + s * reach * l / L`` where ``reach`` is the
+farthest published value on that side (mean shift: 0.15 either way; linear contrast, ``n = -0.2``:
+up to 0.3 above, down to -0.6 below), so every step is strictly stronger than the one before.
 
 Replay: a :class:`Ladder` carries one seed per member; every level re-seeds from it, so the random
 parts (noise pattern, blur angle, patch positions) stay fixed and only the intensity grows.
@@ -35,7 +37,8 @@ def ladder_value(d: Distortion, level: int, levels: int = 5, sign: int = 1) -> f
     if not 1 <= level <= levels:
         raise ValueError(f"level must be 1..{levels}, got {level}")
     if d.signed:
-        return sign * max(abs(v) for v in d.values) * level / levels
+        reach = max(abs(v - d.neutral) for v in d.values if (v - d.neutral) * sign > 0)
+        return d.neutral + sign * reach * level / levels
     if levels == 5:
         return float(d.values[level - 1])
     pos = 0.0 if levels == 1 else 4 * (level - 1) / (levels - 1)

@@ -50,10 +50,10 @@ class SensitivityConfig:
 class CurvePoint:
     """Mean score of one (type, level) over the sample.
 
-    ``value`` is the distortion parameter at that level (its magnitude for the sign-alternating
-    types, whose sign alternates over images); ``srcc`` is the mean per-image Spearman
-    correlation between level (0..L, 0 = pristine) and score for this type: -1 = the score falls
-    at every step, 0 = blind to it (repeated on each level's row).
+    ``value`` is the distortion parameter at that level (for the sign-alternating types, whose
+    side alternates over images, its distance from the neutral value); ``srcc`` is the mean
+    per-image Spearman correlation between level (0..L, 0 = pristine) and score for this type:
+    -1 = the score falls at every step, 0 = blind to it (repeated on each level's row).
     """
 
     weights: str
@@ -114,7 +114,7 @@ def sensitivity_curves(model: QualiCLIP, images: Sequence[torch.Tensor],
             s = torch.tensor(per_level[name][level - 1], dtype=torch.float64)
             points.append(CurvePoint(
                 weights=weights_name, type=name, group=d.group, level=level,
-                value=(abs(ladder_value(d, level, config.levels)) if d.signed
+                value=(abs(ladder_value(d, level, config.levels) - d.neutral) if d.signed
                        else ladder_value(d, level, config.levels)),
                 mean_score=float(s.mean()),
                 std_score=float(s.std(unbiased=False)),

@@ -1,4 +1,6 @@
-"""Each of the 24 distortions: shape, range, dtype, determinism, severity growing with level."""
+"""Each of the 24 distortions: shape, range, dtype, determinism.
+
+Strength per level and monotone ladders: test_distortion_strength.py."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import torch
 
 from tests.training.conftest import textured_image
 from training.distortions import DISTORTIONS, GROUPS, lab_to_rgb, rgb_to_lab
-from training.ladders import apply_level
 
 NAMES = list(DISTORTIONS)
 
@@ -51,18 +52,8 @@ def test_same_parameters_for_every_image_of_a_batch(name):
     assert torch.equal(y[0], y[1])
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_severity_grows_with_level(name):
-    """RMSE to the pristine image along the monotone ladder never falls (beyond rounding) and
-    the last level is clearly stronger than the first."""
-    x = textured_image(96)
-    rmse = []
-    for level in range(1, 6):
-        y = apply_level(x, name, level, torch.Generator().manual_seed(11))
-        rmse.append(float(((y - x) ** 2).mean().sqrt()))
-    for weaker, stronger in zip(rmse, rmse[1:], strict=False):
-        assert stronger >= weaker - 2e-3, (name, rmse)
-    assert rmse[-1] > rmse[0] + 5e-3, (name, rmse)
+# Severity growing with the level is checked on natural photos, where ARNIQA's quantization
+# (bins then a min-max stretch) behaves as on real crops: test_distortion_strength.py.
 
 
 def test_lab_round_trip():

@@ -29,10 +29,11 @@ def test_ladder_values_are_monotone(name, levels):
     d = DISTORTIONS[name]
     values = [ladder_value(d, lv, levels, sign=-1) for lv in range(1, levels + 1)]
     ends = (ladder_value(d, 1, 5), ladder_value(d, 5, 5))
-    if d.signed:
-        mags = [abs(v) for v in values]
+    if d.signed:  # ordered by distance from the neutral value, all on the side asked for
+        mags = [abs(v - d.neutral) for v in values]
         assert all(b > a for a, b in zip(mags, mags[1:], strict=False))
-        assert all(v < 0 for v in values)
+        assert all(v < d.neutral for v in values)
+        assert values[-1] == pytest.approx(min(d.values))  # ends at the farthest published one
     else:
         diffs = [b - a for a, b in zip(values, values[1:], strict=False)]
         assert all(x > 0 for x in diffs) or all(x < 0 for x in diffs)
@@ -45,6 +46,12 @@ def test_signed_ladder_magnitudes():
     mean_shift = DISTORTIONS["mean_shift"]
     assert [ladder_value(mean_shift, lv, 5, +1) for lv in range(1, 6)] == pytest.approx(
         [0.03, 0.06, 0.09, 0.12, 0.15])
+    # Linear contrast is neutral at -0.2: 0.1 steps up to 0.3, 0.08 steps down to -0.6.
+    contrast = DISTORTIONS["linear_contrast"]
+    assert [ladder_value(contrast, lv, 5, +1) for lv in range(1, 6)] == pytest.approx(
+        [-0.1, 0.0, 0.1, 0.2, 0.3])
+    assert [ladder_value(contrast, lv, 5, -1) for lv in range(1, 6)] == pytest.approx(
+        [-0.28, -0.36, -0.44, -0.52, -0.6])
 
 
 def test_apply_ladder_shape_and_replay():
