@@ -95,6 +95,12 @@ class TrainConfig:
         "Seed of crops, ladders, held-out split and random init: same seed, same run."))
     resume: bool = field(default=False, metadata=_opt(
         "Continue from OUTPUT_DIR/train_state.pt exactly where the last run stopped."))
+    overwrite: bool = field(default=False, metadata=_opt(
+        "Start a new run in an --output-dir that already holds a run (a checkpoint or a "
+        "training state), replacing it. Without it, or --resume, such a folder is refused."))
+    allow_changed_pristine: bool = field(default=False, metadata=_opt(
+        "With --resume: continue although files in --pristine-dir were added, removed or "
+        "changed since the run started (the changes are recorded in the state and checkpoint)."))
     stop_after: int | None = field(default=None, metadata=_opt(
         "Stop cleanly after N steps in this invocation (for time-limited job slots; --resume "
         "continues)."))
@@ -124,7 +130,19 @@ class ConfigError(ValueError):
 RESUME_MAY_CHANGE = frozenset({
     "resume", "stop_after", "progress", "workers", "degrade_on", "device", "amp", "tensorboard",
     "log_every", "eval_every", "checkpoint_every", "export_official", "output_dir",
+    "overwrite", "allow_changed_pristine",
 })
+
+#: Files that mark a folder as holding a run: a new run there would replace them.
+RUN_FILES = ("train_state.pt", "qualiclip-finetuned.pth", "eval.json")
+
+#: Upper bounds for a model config's sizes: ten times the largest OpenAI ResNet CLIP
+#: (RN50x64) or more, so any real model passes, and a typo (a width of 64000) is refused before
+#: it allocates tens of gigabytes.
+MODEL_LIMITS = {"embed_dim": 16384, "vision_cfg.width": 1024, "vision_cfg.image_size": 4096,
+                "vision_cfg.layers": 256, "text_cfg.width": 16384, "text_cfg.layers": 256,
+                "text_cfg.heads": 256, "text_cfg.context_length": 4096,
+                "text_cfg.vocab_size": 1_000_000}
 
 
 def resume_conflicts(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
@@ -143,6 +161,30 @@ def resume_conflicts(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
         if before != value:
             conflicts.append(f"--{name.replace('_', '-')}: {saved[name]!r} -> {now[name]!r}")
     return conflicts
+
+
+def check_model_config(config: Any, source: str) -> None:
+    """Refuse a model config that is not a dict of sane sizes (see :data:`MODEL_LIMITS`).
+
+    Raises:
+        ConfigError: one line naming ``source`` and the bad entry.
+    """
+    if not isinstance(config, dict):
+        raise ConfigError(f"{source}: the model config must be a JSON object (a dict), got "
+                          f"{type(config).__name__} {str(config)[:60]!r}")
+    for key, limit in MODEL_LIMITS.items():
+        section, _, name = key.rpartition(".")
+        holder = config.get(section) if section else config
+        if not isinstance(holder, dict):
+            raise ConfigError(f"{source}: model config entry {section!r} must be an object")
+        value = holder.get(name)
+        if value is None and name in ("heads", "context_length", "vocab_size", "image_size"):
+            continue  # open_clip has defaults for these
+        values = value if name == "layers" and isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= limit
+                                 for v in values):
+            raise ConfigError(f"{source}: model config {key} = {str(value)[:60]} is not a "
+                              f"whole number in 1..{limit}")
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -195,9 +237,11 @@ def validate(cfg: TrainConfig) -> None:
         from qualiclip.architecture import resolve_model_config
 
         try:
-            resolve_model_config(cfg.arch)
-        except (ValueError, OSError) as exc:
-            raise ConfigError(f"--arch: {exc}") from exc
+            config = resolve_model_config(cfg.arch)
+        except (ValueError, OSError, AttributeError, TypeError) as exc:
+            # AttributeError/TypeError: a JSON file holding a string or list, not an object.
+            raise ConfigError(f"--arch {cfg.arch}: not a usable model config ({exc})") from exc
+        check_model_config(config, f"--arch {cfg.arch}")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {cfg.device!r}")
     if cfg.device.startswith("cuda"):
@@ -206,7 +250,7 @@ def validate(cfg: TrainConfig) -> None:
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine")
     _check_pristine(cfg.pristine_dir)
-    _check_output(cfg.output_dir, cfg.resume)
+    _check_output(cfg.output_dir, cfg.resume, cfg.overwrite)
     if cfg.tensorboard:
         import importlib.util
 
@@ -226,7 +270,7 @@ def _check_pristine(folder: str) -> None:
                           f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
 
 
-def _check_output(folder: str, resume: bool) -> None:
+def _check_output(folder: str, resume: bool, overwrite: bool) -> None:
     if not folder:
         raise ConfigError("--output-dir is required")
     path = Path(folder).expanduser()
@@ -237,5 +281,13 @@ def _check_output(folder: str, resume: bool) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise ConfigError(f"--output-dir {folder} is not writable: {exc}") from exc
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in --output-dir, --overwrite replaces it: "
+                          "give one of them")
     if resume and not (path / "train_state.pt").is_file():
         raise ConfigError(f"--resume: {path / 'train_state.pt'} not found; nothing to resume")
+    existing = [name for name in RUN_FILES if (path / name).is_file()]
+    if existing and not (resume or overwrite):
+        raise ConfigError(f"--output-dir {folder} already holds a run ({', '.join(existing)}); "
+                          "continue it with --resume, replace it with --overwrite, or choose "
+                          "another folder")

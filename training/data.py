@@ -69,6 +69,51 @@ def readable_images(paths: list[Path]) -> list[Path]:
     return good
 
 
+def load_held_out(paths: list[Path]) -> list[torch.Tensor]:
+    """Read the held-out images as ``(3, H, W)`` uint8, skipping (with a warning each) those
+    whose header parsed but whose pixels do not decode (a truncated file, say).
+
+    Raises:
+        ValueError: none of them could be read.
+    """
+    images = []
+    for path in paths:
+        try:
+            images.append(load_rgb(path))
+        except Exception as exc:  # corrupt data: evaluate on the others
+            log.warning("skipping unreadable held-out image %s (%s)", path, exc)
+    if paths and not images:
+        raise ValueError(f"none of the {len(paths)} held-out images could be read")
+    return images
+
+
+def pristine_fingerprint(root: str | Path, paths: list[Path]) -> dict[str, list[int]]:
+    """``{path relative to root: [size in bytes, modification time in ns]}`` of ``paths``: cheap
+    (no file is read), and it changes when a file is replaced or edited."""
+    base = Path(root).expanduser()
+    out = {}
+    for path in paths:
+        st = path.stat()
+        out[path.relative_to(base).as_posix()] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def pristine_differences(before: dict[str, list[int]], now: dict[str, list[int]],
+                         shown: int = 5) -> list[str]:
+    """``["added 2: a.jpg, b.jpg", "removed 1: ...", "changed 1: ..."]`` between two
+    :func:`pristine_fingerprint` results; empty when the sets are the same."""
+    groups = (("added", sorted(now.keys() - before.keys())),
+              ("removed", sorted(before.keys() - now.keys())),
+              ("changed", sorted(k for k in now.keys() & before.keys()
+                                 if list(now[k]) != list(before[k]))))
+    lines = []
+    for label, names in groups:
+        if names:
+            more = f" (+{len(names) - shown} more)" if len(names) > shown else ""
+            lines.append(f"{label} {len(names)}: {', '.join(names[:shown])}{more}")
+    return lines
+
+
 def split_holdout(paths: list[Path], count: int, seed: int) -> tuple[list[Path], list[Path]]:
     """``(train, held_out)``: ``count`` images held out at random (seeded). With fewer than
     two images nothing can be held out, so the evaluation reuses the training image."""

@@ -25,6 +25,7 @@ from qualiclip.checkpoint import read_checkpoint
 from qualiclip.model import QualiCLIP
 from qualiclip.prompts import PAIR_NAMES, PROMPT_PAIRS, flat_prompts
 from qualiclip.weights import OFFICIAL, resolve_weights
+from training.config import check_model_config
 
 _NC_LICENSE = (f"{OFFICIAL.license} ({OFFICIAL.license_url}), inherited from the official "
                "QualiCLIP weights")
@@ -72,6 +73,9 @@ def initial_model(init: str, arch: str | None = None, seed: int = 0) -> InitialM
                           license="MIT (OpenAI CLIP weights)")
     path, name = resolve_weights(init)
     ck = read_checkpoint(path)
+    # A checkpoint carries its own architecture: refuse a malformed or absurd one in one line
+    # before building it (a width of 64000 would try to allocate tens of gigabytes).
+    check_model_config(ck.model_config, f"--init {init}")
     license = _NC_LICENSE if (init == "qualiclip" or ck.format == "official") else None
     if ck.metadata.get("license"):
         license = ck.metadata["license"]

@@ -34,7 +34,9 @@ from training.data import (
     PristineCrops,
     StepBatchSampler,
     find_images,
-    load_rgb,
+    load_held_out,
+    pristine_differences,
+    pristine_fingerprint,
     readable_images,
     split_holdout,
 )
@@ -124,20 +126,27 @@ def train(cfg: TrainConfig) -> Path:
         log.setLevel(logging.WARNING)
 
     # The run being resumed decides the options: check them before any weights are fetched.
-    state = (torch.load(out / STATE_NAME, map_location="cpu", weights_only=True)
-             if cfg.resume else None)
+    state = _read_state(out / STATE_NAME) if cfg.resume else None
     if state is not None:
         _check_resume(state, cfg, dist.world_size)
 
     # --- data -----------------------------------------------------------------------------
-    paths = readable_images(find_images(cfg.pristine_dir))
+    found = find_images(cfg.pristine_dir)
+    run_info = {"pristine": pristine_fingerprint(cfg.pristine_dir, found),
+                "pristine_changes": list(state.get("pristine_changes", [])) if state else []}
+    if state is not None:
+        _check_pristine_unchanged(state, run_info, cfg)
+    paths = readable_images(found)
     if not paths:
         raise ValueError(f"--pristine-dir {cfg.pristine_dir}: none of the images is readable")
     train_paths, held_paths = split_holdout(paths, cfg.val_images, cfg.seed)
     if set(held_paths) & set(train_paths):
         log.warning("only %d readable image: it is both trained on and evaluated, so the "
                     "held-out SRCC is not a held-out measure", len(paths))
-    held_images = [load_rgb(p) for p in held_paths] if dist.main else []
+    try:
+        held_images = load_held_out(held_paths) if dist.main else []
+    except ValueError as exc:
+        raise ConfigError(f"--pristine-dir {cfg.pristine_dir}: {exc}") from exc
     total_steps = resolve_steps(cfg, len(train_paths), dist.world_size)
     if state is not None and int(state["total_steps"]) != total_steps:
         raise ConfigError(f"--resume: the saved run has {state['total_steps']} steps, this "
@@ -280,7 +289,7 @@ def train(cfg: TrainConfig) -> Path:
         if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == last_step:
             if dist.main:
                 _save_state(out, model, optimizer, scaler, done, total_steps, history,
-                            eval_before, cfg, dist.world_size)
+                            eval_before, cfg, dist.world_size, run_info)
                 if done < total_steps:
                     _write_outputs(out, cfg, initial, model, done, total_steps, eval_before,
                                    None, len(train_paths), len(held_paths), dist)
@@ -300,7 +309,7 @@ def train(cfg: TrainConfig) -> Path:
         eval_after = evaluate("after training")
         history.append({"step": total_steps, **_eval_row(eval_after)})
         _save_state(out, model, optimizer, scaler, total_steps, total_steps, history,
-                    eval_before, cfg, dist.world_size)
+                    eval_before, cfg, dist.world_size, run_info)
         ckpt = _write_outputs(out, cfg, initial, model, total_steps, total_steps, eval_before,
                               eval_after, len(train_paths), len(held_paths), dist)
         (out / "eval.json").write_text(json.dumps(
@@ -346,14 +355,56 @@ def _check_resume(state: dict, cfg: TrainConfig, world_size: int) -> None:
                          "original options, or start a new run in another --output-dir")
 
 
+_STATE_KEYS = ("step", "total_steps", "visual", "optimizer", "scaler", "eval_history",
+               "eval_before")
+
+
+def _read_state(path: Path) -> dict:
+    """The saved training state, or one :class:`ConfigError` line if it is corrupt."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle error, foreign file: all mean "corrupt"
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        raise ConfigError(f"--resume: {path} is corrupt or not a training state "
+                          f"({type(exc).__name__}: {first}); start a new run with "
+                          "--overwrite") from exc
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ConfigError(f"--resume: {path} is not a complete training state (missing "
+                          f"{', '.join(missing)}); start a new run with --overwrite")
+    return state
+
+
+def _check_pristine_unchanged(state: dict, run_info: dict, cfg: TrainConfig) -> None:
+    """Refuse to resume on a pristine set other than the run's, unless allowed (then record)."""
+    before = state.get("pristine")
+    if before is None:  # written before fingerprints were saved: nothing to compare
+        log.warning("--resume: %s records no pristine file list; not checking it", STATE_NAME)
+        run_info["pristine"] = None
+        return
+    changes = pristine_differences(before, run_info["pristine"])
+    if not changes:
+        return
+    if not cfg.allow_changed_pristine:
+        raise ConfigError(f"--resume: --pristine-dir {cfg.pristine_dir} changed since the run "
+                          f"started ({'; '.join(changes)}), which changes the held-out split "
+                          "and the data order. Restore the files, or pass "
+                          "--allow-changed-pristine to continue anyway (recorded)")
+    log.warning("--resume: continuing on a changed pristine set (%s)", "; ".join(changes))
+    run_info["pristine_changes"].append({"step": int(state["step"]), "changes": changes})
+
+
 def _save_state(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, step: int, total_steps: int, history: list,
-                eval_before: dict | None, cfg: TrainConfig, world_size: int) -> None:
+                eval_before: dict | None, cfg: TrainConfig, world_size: int,
+                run_info: dict) -> None:
+    """``run_info``: ``pristine`` (the fingerprint the run started from, checked on resume) and
+    ``pristine_changes`` (what ``--allow-changed-pristine`` let through, and when)."""
     atomic_torch_save({"step": step, "total_steps": total_steps,
                        "config": cfg.to_dict(), "world_size": world_size,
                        "visual": model.visual.state_dict(), "optimizer": optimizer.state_dict(),
                        "scaler": scaler.state_dict(), "eval_history": history,
-                       "eval_before": eval_before}, out / STATE_NAME)
+                       "eval_before": eval_before, **run_info}, out / STATE_NAME)
 
 
 def _write_outputs(out: Path, cfg: TrainConfig, initial: Any, model: torch.nn.Module,
