@@ -2,8 +2,8 @@
 
 FiftyOne executes this file under a synthetic module name when the App starts and again on
 operator look-ups, so it stays tiny: it imports only ``fiftyone.operators`` (through
-:mod:`qualiclip_plugin.operators`) and registers the operator classes of the importable package,
-where any state lives.
+:mod:`qualiclip_plugin.operators` and :mod:`qualiclip_plugin.panel`) and registers the operator
+and panel classes of the importable package, where any state lives.
 """
 
 import sys
@@ -17,6 +17,7 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qualiclip_plugin.operators import ComputeImageQuality  # noqa: E402
+from qualiclip_plugin.panel import ImageQualityPanel  # noqa: E402
 from qualiclip_plugin.report_operators import (  # noqa: E402
     ComputeQualityMaps,
     WriteQualityReport,
@@ -28,3 +29,4 @@ def register(plugin) -> None:
     plugin.register(ComputeImageQuality)
     plugin.register(WriteQualityReport)
     plugin.register(ComputeQualityMaps)
+    plugin.register(ImageQualityPanel)

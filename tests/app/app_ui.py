@@ -15,6 +15,8 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Locator, Page, expect
 
 OPERATOR_LABEL = "Compute image quality (QualiCLIP)"
+#: The panel's name (``PanelConfig.name``): the App's "New panel" menu item is keyed by it.
+QUALITY_PANEL = "image_quality"
 #: How long one immediate run may take in the App (the first one loads torch in the server).
 RUN_TIMEOUT_MS = 180_000
 
@@ -159,3 +161,42 @@ class AppUI:
     def toggle_sort_direction(self, now: str) -> None:
         """Click the Ascending/Descending toggle next to "Sort by"; ``now`` is its title now."""
         self.page.get_by_title(now, exact=True).click()
+
+    # --- the "Image quality" panel -----------------------------------------------------------
+    def open_quality_panel(self) -> Locator:
+        """Open the plugin's panel from the grid's "New panel" (+) menu; returns its container
+        once the histogram is drawn."""
+        with self.step("open the Image quality panel"):
+            self.page.locator("[data-cy=new-panel-btn]").first.click()
+            self.page.locator(f"[data-cy=new-panel-option-{QUALITY_PANEL}]").click()
+            panel = self.quality_panel()
+            plot = panel.locator(".js-plotly-plot").first
+            expect(plot).to_be_visible(timeout=60_000)
+            plot.evaluate("gd => new Promise((ok, fail) => { const t0 = Date.now(); (function "
+                          "wait() { if (gd.data && gd.data.length && gd._fullLayout) ok(); "
+                          "else if (Date.now() - t0 > 30000) fail('no histogram data'); "
+                          "else setTimeout(wait, 100); })(); })")
+            return panel
+
+    def quality_panel(self) -> Locator:
+        return self.page.locator(f"[data-cy=panel-content-{QUALITY_PANEL}]")
+
+    def panel_button(self, label: str) -> Locator:
+        return self.quality_panel().get_by_role("button", name=label)
+
+    def histogram(self) -> Locator:
+        return self.quality_panel().locator(".js-plotly-plot").first
+
+    def click_histogram_bin(self, low: float, high: float, count: int) -> None:
+        """Click the bar of the bin ``[low, high)`` holding ``count`` samples where a user
+        would: Plotly reads clicks from its drag layer above the bars, so the mouse goes to the
+        page point of the bar's middle (from the plot's own axes)."""
+        x, y = self.histogram().evaluate(
+            """(gd, [x, y]) => { const L = gd._fullLayout, r = gd.getBoundingClientRect();
+                 return [r.left + L._size.l + L.xaxis.l2p(x),
+                         r.top + L._size.t + L.yaxis.l2p(y)]; }""",
+            [(low + high) / 2, count / 2])
+        self.page.mouse.click(x, y)
+
+    def grid_tiles(self) -> Locator:
+        return self.page.locator("[data-cy=looker]")

@@ -76,7 +76,8 @@ def test_both_layouts_register_the_operator(tmp_path):
     # fiftyone.yml) in the plugins dir; `qualiclip plugin install` links the package folder.
     from qualiclip_plugin.install import install_plugin
 
-    listed = sorted(_manifest(REPO / "fiftyone.yml")["operators"])  # every one must register
+    manifest = _manifest(REPO / "fiftyone.yml")
+    listed = sorted(manifest["operators"] + manifest["panels"])  # every one must register
 
     downloaded = tmp_path / "downloaded"
     downloaded.mkdir()

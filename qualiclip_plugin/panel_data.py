@@ -1,0 +1,256 @@
+"""What the "Image quality" panel shows and does, as functions of a dataset view.
+
+Every number is a database aggregation (``count``, ``bounds``, ``histogram_values``), never a
+loop over samples, so the panel stays fast on large views (``benchmarks/bench_panel.py``).
+Values coming from the App (field, attribute, range, threshold) are checked here against what
+the plugin's run records say exists: the panel only reads score fields the plugin wrote and only
+writes a tag the plugin owns.
+
+Saved thresholds live in FiftyOne's execution store :data:`STORE_NAME` of the dataset (one entry
+per score path), tied to the field's run by the weights SHA-256 of its record: a threshold saved
+for scores made with other weights is not shown once the field was re-scored with new weights.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from qualiclip_plugin import provenance
+from qualiclip_plugin.request import DEFAULT_FLAG_TAG
+
+#: Execution store (dataset-scoped) holding saved thresholds and the tags the panel wrote.
+STORE_NAME = "qualiclip_panel"
+DEFAULT_BINS = 25
+MAX_EXTREMES = 1000
+#: The attribute choice meaning the overall score (``<field>`` itself).
+OVERALL = "overall"
+
+
+class PanelError(ValueError):
+    """A panel request that cannot be carried out; the message is shown as it is."""
+
+
+@dataclass(frozen=True)
+class ScoreSource:
+    """A score field the plugin recorded, with what the panel needs from its run record."""
+
+    field: str
+    attributes: tuple[str, ...]
+    flag_tag: str | None
+    weights_sha256: str | None
+
+    def path(self, attribute: str | None) -> str:
+        """The field holding ``attribute``'s scores (``OVERALL``/``None``: the score)."""
+        if attribute in (None, "", OVERALL):
+            return self.field
+        if attribute not in self.attributes:
+            raise PanelError(f"'{attribute}' is not an attribute score of '{self.field}'")
+        return f"{self.field}_{attribute}"
+
+
+@dataclass(frozen=True)
+class Counts:
+    total: int
+    scored: int
+    errors: int
+
+    @property
+    def unscored(self) -> int:
+        return max(0, self.total - self.scored - self.errors)
+
+
+def sources(dataset) -> dict[str, ScoreSource]:
+    """The score fields the plugin's runs recorded on ``dataset``, by field name."""
+    found = {}
+    for record in provenance.all_recorded(dataset):
+        field = record.get("field")
+        if not field:
+            continue
+        options = record.get("options") or {}
+        attributes = tuple(record.get("pair_names") or ()) if options.get("pair_scores", True) \
+            else ()
+        found[field] = ScoreSource(field=field, attributes=attributes,
+                                   flag_tag=options.get("flag_tag"),
+                                   weights_sha256=record.get("weights_sha256"))
+    return found
+
+
+def source(dataset, field: Any) -> ScoreSource:
+    """The recorded source named ``field`` (an App value: checked)."""
+    known = sources(dataset)
+    if not isinstance(field, str) or field not in known:
+        raise PanelError(f"'{field}' is not a QualiCLIP score field of this dataset"
+                         if known else "this dataset has no QualiCLIP scores yet: score it "
+                         "first (the 'Score unscored samples' button)")
+    return known[field]
+
+
+def counts(view, field: str) -> Counts:
+    """Scored / failed / total samples of ``view`` for score ``field``: one aggregation."""
+    import fiftyone as fo
+
+    total, scored, errors = view.aggregate(
+        [fo.Count(), fo.Count(field), fo.Count(f"{field}_error")])
+    return Counts(total=total, scored=scored, errors=errors)
+
+
+def counts_view(view, field: str, which: str):
+    """The samples of ``view`` that are ``scored``, ``unscored`` or ``errors``."""
+    from fiftyone import ViewField as F
+
+    if which == "scored":
+        return view.exists(field)
+    if which == "errors":
+        return view.exists(f"{field}_error")
+    if which == "unscored":
+        return view.match(~F(field).exists() & ~F(f"{field}_error").exists())
+    raise PanelError(f"unknown count '{which}'")
+
+
+def histogram(view, path: str, bins: int = DEFAULT_BINS) -> dict[str, list[float]] | None:
+    """``{"edges": [bins + 1], "counts": [bins]}`` of ``path`` over ``view``; ``None`` when no
+    sample of the view has a score. Bins are ``[edge, next edge)`` and span the view's own
+    range, the highest score included (a single value gets a 0.01-wide bin)."""
+    import fiftyone as fo
+
+    low, high = view.aggregate(fo.Bounds(path))
+    if low is None:
+        return None
+    if high - low < 1e-9:
+        low, high = low - 0.005, high + 0.005
+    # FiftyOne's bins are half-open, [low, high): nudge the top so the highest score counts.
+    high += (high - low) * 1e-6
+    counts_, edges, _ = view.histogram_values(path, bins=bins, range=[low, high])
+    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts_]}
+
+
+def range_view(view, path: str, low: Any, high: Any, include_high: bool = False):
+    """Samples of ``view`` whose ``path`` is in ``[low, high)`` (``]`` when ``include_high``,
+    for the last bin)."""
+    from fiftyone import ViewField as F
+
+    low, high = _number(low, "range start"), _number(high, "range end")
+    if high < low:
+        low, high = high, low
+    upper = F(path) <= high if include_high else F(path) < high
+    return view.exists(path).match((F(path) >= low) & upper)
+
+
+def extremes(view, path: str, n: Any, worst: bool):
+    """The ``n`` lowest (``worst``) or highest scores of ``view``, in that order."""
+    n = int(_number(n, "N"))
+    if not 1 <= n <= MAX_EXTREMES:
+        raise PanelError(f"N must be between 1 and {MAX_EXTREMES}")
+    return view.exists(path).sort_by(path, reverse=not worst).limit(n)
+
+
+def below(view, path: str, threshold: Any):
+    """Samples of ``view`` scored below ``threshold`` (unscored samples are not below)."""
+    from fiftyone import ViewField as F
+
+    return view.exists(path).match(F(path) < check_threshold(threshold))
+
+
+def check_threshold(value: Any) -> float:
+    value = _number(value, "threshold")
+    if not 0.0 <= value <= 1.0:
+        raise PanelError("the threshold must be between 0 and 1 (scores are probabilities)")
+    return value
+
+
+# --- saved thresholds and reviewed state ------------------------------------------------------
+def _store(dataset):
+    from fiftyone.operators.store import ExecutionStore
+
+    return ExecutionStore.create(STORE_NAME, dataset._doc.id)
+
+
+def saved_threshold(dataset, src: ScoreSource, path: str) -> dict[str, Any] | None:
+    """``{"threshold", "reviewed", "saved"}`` saved for ``path``, or ``None`` (none saved, or
+    saved for scores made with other weights)."""
+    entry = _store(dataset).get(f"threshold:{path}")
+    if not isinstance(entry, dict) or entry.get("weights_sha256") != src.weights_sha256:
+        return None
+    return entry
+
+
+def save_threshold(dataset, src: ScoreSource, path: str, threshold: Any) -> dict[str, Any]:
+    """Save ``threshold`` for ``path``; a new value starts unreviewed."""
+    threshold = check_threshold(threshold)
+    old = saved_threshold(dataset, src, path) or {}
+    entry = {"threshold": threshold, "weights_sha256": src.weights_sha256,
+             "reviewed": bool(old.get("reviewed")) and old.get("threshold") == threshold,
+             "saved": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    _store(dataset).set(f"threshold:{path}", entry)
+    return entry
+
+
+def set_reviewed(dataset, src: ScoreSource, path: str, reviewed: bool) -> dict[str, Any]:
+    """Mark the saved threshold of ``path`` reviewed (or not)."""
+    entry = saved_threshold(dataset, src, path)
+    if entry is None:
+        raise PanelError("save a threshold first: the reviewed state belongs to a saved "
+                         "threshold")
+    entry = {**entry, "reviewed": bool(reviewed)}
+    _store(dataset).set(f"threshold:{path}", entry)
+    return entry
+
+
+def reset_threshold(dataset, path: str) -> None:
+    """Forget the saved threshold (and its reviewed state) of ``path``."""
+    _store(dataset).delete(f"threshold:{path}")
+
+
+# --- tags ---------------------------------------------------------------------------------------
+def panel_tag(dataset, src: ScoreSource) -> str:
+    """The tag the panel writes for ``src``: the run's flag tag, else ``low_quality``.
+
+    Raises:
+        PanelError: that tag is on samples of the dataset and neither a run of this plugin
+            nor this panel put it there (it is the user's).
+    """
+    from qualiclip_plugin.protection import plugin_made
+
+    tag = src.flag_tag or DEFAULT_FLAG_TAG
+    owned = tag in plugin_made(dataset)[1] or tag in (_store(dataset).get("tags") or [])
+    if not owned and tag in dataset.count_sample_tags():
+        raise PanelError(f"tag '{tag}' is already used on this dataset and was not set by "
+                         "QualiCLIP; the panel leaves it untouched (score with another flag "
+                         "tag to tag from here)")
+    return tag
+
+
+def tag_below(dataset, target, path: str, threshold: Any, tag: str) -> int:
+    """Tag the samples of ``target`` below ``threshold`` with the plugin's ``tag``; returns
+    how many are below."""
+    store = _store(dataset)
+    written = store.get("tags") or []
+    if tag not in written:  # remembered before the first write: the tag is the plugin's
+        store.set("tags", [*written, tag])
+    matched = below(target, path, threshold)
+    count = matched.count()
+    if count:
+        matched.tag_samples(tag)
+    return count
+
+
+def untag(target, tag: str) -> int:
+    """Remove the plugin's ``tag`` from the samples of ``target``; returns how many had it."""
+    tagged = target.match_tags(tag)
+    count = tagged.count()
+    if count:
+        tagged.untag_samples(tag)
+    return count
+
+
+def _number(value: Any, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise PanelError(f"{what} must be a number, not {value!r}") from None
+    if not math.isfinite(number):
+        raise PanelError(f"{what} must be a finite number")
+    return number
