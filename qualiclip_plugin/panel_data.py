@@ -89,12 +89,11 @@ def source(dataset, field: Any) -> ScoreSource:
 
 
 def counts(view, field: str) -> Counts:
-    """Scored / failed / total samples of ``view`` for score ``field``: one aggregation."""
-    import fiftyone as fo
-
-    total, scored, errors = view.aggregate(
-        [fo.Count(), fo.Count(field), fo.Count(f"{field}_error")])
-    return Counts(total=total, scored=scored, errors=errors)
+    """Scored / failed / total samples of ``view`` for score ``field``."""
+    # Three counts rather than one facet of Count(field)s: measured ~3x faster on 100k samples
+    # (benchmarks/bench_panel.py).
+    return Counts(total=view.count(), scored=view.exists(field).count(),
+                  errors=view.exists(f"{field}_error").count())
 
 
 def counts_view(view, field: str, which: str):
@@ -113,18 +112,27 @@ def counts_view(view, field: str, which: str):
 def histogram(view, path: str, bins: int = DEFAULT_BINS) -> dict[str, list[float]] | None:
     """``{"edges": [bins + 1], "counts": [bins]}`` of ``path`` over ``view``; ``None`` when no
     sample of the view has a score. Bins are ``[edge, next edge)`` and span the view's own
-    range, the highest score included (a single value gets a 0.01-wide bin)."""
+    range, the highest score included (a single value gets a 0.01-wide bin).
+
+    Two database passes: the bounds, then one group-by of each score's bin number (FiftyOne's
+    ``histogram_values`` took ~7x longer on 100k samples).
+    """
     import fiftyone as fo
+    from fiftyone import ViewField as F
 
     low, high = view.aggregate(fo.Bounds(path))
     if low is None:
         return None
     if high - low < 1e-9:
         low, high = low - 0.005, high + 0.005
-    # FiftyOne's bins are half-open, [low, high): nudge the top so the highest score counts.
-    high += (high - low) * 1e-6
-    counts_, edges, _ = view.histogram_values(path, bins=bins, range=[low, high])
-    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts_]}
+    high += (high - low) * 1e-6  # half-open bins: the highest score falls in the last one
+    width = (high - low) / bins
+    per_bin = view.aggregate(fo.CountValues(path, expr=((F() - low) / width).floor()))
+    counts_ = [0] * bins
+    for index, count in per_bin.items():
+        if index is not None:  # samples without a score
+            counts_[min(bins - 1, max(0, int(index)))] += count
+    return {"edges": [low + i * width for i in range(bins)] + [high], "counts": counts_}
 
 
 def range_view(view, path: str, low: Any, high: Any, include_high: bool = False):

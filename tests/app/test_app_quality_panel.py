@@ -94,3 +94,8 @@ def test_panel_histogram_range_and_tagging(app, scored_dataset):
         expect(panel).to_contain_text("Removed 'low_quality' from 3 samples", timeout=30_000)
         dataset.reload()
         assert dataset.count_sample_tags() == {}
+
+    with app.step("'Score unscored samples' opens the scoring form for the field"):
+        app.panel_button("Score unscored samples").click()
+        expect(app.form()).to_be_visible(timeout=30_000)
+        expect(app.form_field("Output field").locator("input")).to_have_value("quality")
