@@ -57,8 +57,13 @@ class ImageQualityPanel(foo.Panel):
         self._guarded(ctx, self._refresh, reload_threshold=True)
 
     def on_change_threshold(self, ctx) -> None:
+        def count_below(ctx):
+            from qualiclip_plugin import panel_data
+
+            _, path = self._source(ctx)
+            ctx.panel.state.below = panel_data.below(ctx.view, path, self._threshold(ctx)).count()
         ctx.panel.state.threshold = ctx.params.get("value")
-        self._guarded(ctx, self._refresh)
+        self._guarded(ctx, count_below)
 
     def on_bar_click(self, ctx) -> None:
         def show(ctx):
@@ -404,8 +409,14 @@ def _close(a: Any, b: Any) -> bool:
 
 
 def _build_view(dataset, stages: Any):
+    """The view the panel state describes. The state comes back from the browser, so a raw
+    ``Mongo`` pipeline stage (which could write with ``$out``/``$merge``) is never run."""
     import fiftyone.core.view as fov
 
+    if not isinstance(stages, list) or any(
+            not isinstance(stage, dict) or str(stage.get("_cls", "")).endswith(".Mongo")
+            for stage in stages):
+        return dataset.view()
     try:
         return fov.DatasetView._build(dataset, stages)
     except Exception:  # a stale or hand-edited state: fall back to the whole dataset

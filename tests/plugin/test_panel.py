@@ -122,3 +122,20 @@ def test_tags_only_the_plugins_tag(scored):
         assert other.count_sample_tags() == {"low_quality": 2}
     finally:
         other.delete()
+
+
+def test_views_coming_back_from_the_browser_never_run_raw_pipelines(make_dataset):
+    """The panel keeps the user's view in its (browser-held) state to return to it; a state
+    naming a raw Mongo stage (which could write with $out) falls back to the whole dataset."""
+    import fiftyone.core.odm as foodm
+
+    from qualiclip_plugin.panel import _build_view
+
+    dataset = make_dataset()
+    narrowed = dataset.limit(3)
+    assert _build_view(dataset, narrowed._serialize()).values("id") == narrowed.values("id")
+    writer = dataset.mongo([{"$limit": 1}, {"$out": "stolen"}])
+    assert _build_view(dataset, writer._serialize())._stages == []  # never built, never run
+    assert "stolen" not in foodm.get_db_conn().list_collection_names()
+    for junk in ("stages", [1, 2], None):
+        assert len(_build_view(dataset, junk)) == len(dataset)
