@@ -41,6 +41,18 @@ def new_owner() -> str:
     return secrets.token_hex(16)
 
 
+def shared_owner(dataset, request_params: dict[str, Any], group: Any = None) -> str:
+    """One owner for the parts of one run that FiftyOne Enterprise executes side by side:
+    derived from the dataset, the request and, when FiftyOne names it, the parent operation,
+    so every part computes the same one and no other run does."""
+    import hashlib
+    import json
+
+    text = json.dumps([str(dataset._doc.id), request_params, str(group)], sort_keys=True,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 def _collection():
     import fiftyone.core.odm as foodm
 
@@ -76,12 +88,14 @@ def busy_message(field: str, doc: dict[str, Any]) -> str:
 
 
 def claim(dataset, field: str, owner: str, label: str = "",
-          lifetime_s: float | None = None) -> None:
+          lifetime_s: float | None = None, shards: int | None = None) -> None:
     """Take (or renew) the claim on ``field`` for ``owner``.
 
     Args:
         lifetime_s: how long the claim holds without renewal (default :func:`timeout_seconds`);
             sharded runs give their queued shards longer.
+        shards: when the claim is new, how many parts share it (see :func:`finish_shard`);
+            parts that start later only renew it.
     Raises:
         FieldBusyError: another owner holds a live claim.
     """
@@ -100,7 +114,8 @@ def claim(dataset, field: str, owner: str, label: str = "",
         return
     try:
         collection.insert_one({"_id": key, "owner": owner, "label": label, "started": now,
-                               "heartbeat": now, "expires": expires})
+                               "heartbeat": now, "expires": expires,
+                               **({"pending_shards": shards} if shards else {})})
     except DuplicateKeyError:
         doc = collection.find_one({"_id": key}) or {"started": now, "heartbeat": now}
         raise FieldBusyError(busy_message(field, doc)) from None

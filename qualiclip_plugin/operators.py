@@ -226,7 +226,7 @@ def _start(ctx, params: dict[str, Any]):
     Raises:
         RequestError: refused by the policy or the run's checks; nothing was written.
     """
-    from qualiclip_plugin import plans
+    from qualiclip_plugin import claims, plans
     from qualiclip_plugin.api import check_persistent
     from qualiclip_plugin.policy import AppPolicy
     from qualiclip_plugin.runner import ScoringRun
@@ -240,12 +240,25 @@ def _start(ctx, params: dict[str, Any]):
         request = parse_request(params, AppPolicy.current())
         if ctx.delegated or request.num_shards > 1:
             check_persistent(ctx.dataset)
+    slices = _distributed_tasks(ctx)
+    if slices > 1 and owner is None:
+        owner = claims.shared_owner(ctx.dataset, request.to_params(),
+                                    ctx.request_params.get("parent_id")
+                                    or ctx.request_params.get("delegated_operation_id"))
     run = ScoringRun(ctx.dataset, ctx.target_view(), request, immediate=not ctx.delegated,
-                     claim_owner=owner)
+                     claim_owner=owner, slices=slices)
     run.prepare()  # every refusal happens here, before any write
     if request.num_shards > 1 and request.shard_index is None:
         return None, queue_shards(run, ctx.target_view(), ctx.delegation_target)
     return run, None
+
+
+def _distributed_tasks(ctx) -> int:
+    """How many tasks FiftyOne Enterprise split this delegated run into (1 elsewhere)."""
+    try:
+        return max(1, int(getattr(ctx, "num_distributed_tasks", 0) or 0))
+    except (TypeError, ValueError):
+        return 1
 
 
 def _effective(form, params: dict[str, Any]) -> dict[str, Any]:

@@ -213,6 +213,11 @@ def reset_threshold(dataset, path: str) -> None:
 
 
 # --- tags ---------------------------------------------------------------------------------------
+def written_tags(dataset) -> list[str]:
+    """The tags this panel has written on ``dataset`` (they count as the plugin's)."""
+    return list(_store(dataset).get("tags") or [])
+
+
 def panel_tag(dataset, src: ScoreSource) -> str:
     """The tag the panel writes for ``src``: the run's flag tag, else ``low_quality``.
 
@@ -223,7 +228,7 @@ def panel_tag(dataset, src: ScoreSource) -> str:
     from qualiclip_plugin.protection import plugin_made
 
     tag = src.flag_tag or DEFAULT_FLAG_TAG
-    owned = tag in plugin_made(dataset)[1] or tag in (_store(dataset).get("tags") or [])
+    owned = tag in plugin_made(dataset)[1]
     if not owned and tag in dataset.count_sample_tags():
         raise PanelError(f"tag '{tag}' is already used on this dataset and was not set by "
                          "QualiCLIP; the panel leaves it untouched (score with another flag "

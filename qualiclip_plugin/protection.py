@@ -1,7 +1,8 @@
 """User data is never destroyed: refuse to write fields and tags this plugin did not make.
 
 What the plugin made is read from its run records (:mod:`qualiclip_plugin.provenance`): each
-records its score field, whether attribute fields were written, its flag field and flag tag.
+records its score field, whether attribute fields were written, its flag field and flag tag; the
+"Image quality" panel records the tags it writes in its own store.
 Anything else that already holds values (a field, a tag on some sample) belongs to the user and
 a run that would write it is refused before its first write, as saved views already are.
 """
@@ -30,6 +31,9 @@ def plugin_made(dataset) -> tuple[set[str], set[str]]:
             fields.add(options["flag_field"])
         if options.get("flag_tag"):
             tags.add(options["flag_tag"])
+    from qualiclip_plugin.panel_data import written_tags  # the panel tags with them too
+
+    tags.update(written_tags(dataset))
     return fields, tags
 
 

@@ -38,14 +38,18 @@ class ScoringRun:
         immediate: running inside the App server: decode in-process (no worker processes).
         claim_owner: the claim on the field this run writes under (see :mod:`.claims`); shards
             share their queuing run's. ``None``: a claim of its own.
+        slices: this run is one of ``slices`` tasks scoring slices of one target side by side
+            (FiftyOne Enterprise's distributed execution): they share ``claim_owner``, the last
+            to finish releases it, and none of them flags (each sees only its slice).
     """
 
     def __init__(self, dataset: fo.Dataset, target: Any, request: ScoreRequest,
-                 immediate: bool, claim_owner: str | None = None) -> None:
+                 immediate: bool, claim_owner: str | None = None, slices: int = 1) -> None:
         self.dataset = dataset
         self.request = request
         self.immediate = immediate
         self.claim_owner = claim_owner or claims.new_owner()
+        self.slices = slices
         self.target = _restrict_to_shard(target, request.shard_bounds)
         self.model = None
         self.layout: writing.FieldLayout | None = None
@@ -177,15 +181,20 @@ class ScoringRun:
         assert layout is not None and self._todo is not None, "call prepare() first"
         started = time.perf_counter()
         claims.claim(self.dataset, req.field, self.claim_owner,
-                     label=f"{'shard' if req.shard_index is not None else 'run'} into "
-                           f"'{req.field}'")
+                     label=f"{'part' if self.partial else 'run'} into '{req.field}'",
+                     shards=self.slices if self.slices > 1 else None)
         try:
             yield from self._write_steps(started)
         finally:
-            if req.shard_index is None:
-                claims.release(self.dataset, req.field, self.claim_owner)
-            else:
+            if self.partial:
                 claims.finish_shard(self.dataset, req.field, self.claim_owner)
+            else:
+                claims.release(self.dataset, req.field, self.claim_owner)
+
+    @property
+    def partial(self) -> bool:
+        """A shard or a distributed slice: scores part of a target, shares a claim, no flags."""
+        return self.request.shard_index is not None or self.slices > 1
 
     def _write_steps(self, started: float) -> Iterator[tuple[float, str]]:
         from qualiclip.scoring import iter_scores
@@ -225,7 +234,10 @@ class ScoringRun:
         scored = done - failed
 
         flagged = None
-        if req.flagging and req.shard_index is None:
+        if req.flagging and self.partial:
+            self.summary["note"] = ("Flags are applied to whole targets only: when all parts "
+                                    "are done, run again on the target with overwrite off")
+        if req.flagging and not self.partial:
             yield 1.0, "Flagging low-quality samples"
             result = writing.flag_low_quality(self.dataset, self.target, layout, req.flag_tag,
                                               percent=req.flag_percent,

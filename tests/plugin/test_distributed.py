@@ -135,3 +135,56 @@ def test_execution_options_carry_the_bounds(monkeypatch, operator, size, delegat
         assert (options.max_distributed_tasks, options.recommended_distributed_tasks) == (100, 10)
     else:
         assert options.max_distributed_tasks is None
+
+
+def test_slices_running_side_by_side_share_the_field(make_dataset, tiny_checkpoint,
+                                                     reference_scores):
+    """Enterprise runs the tasks of one operation at the same time: they share one claim (a
+    task must not be refused as "another run"), the last one releases it, another run is
+    refused meanwhile, and no task flags (each sees only its slice)."""
+    from qualiclip_plugin import claims
+    from qualiclip_plugin.request import RequestError, parse_request
+    from qualiclip_plugin.runner import ScoringRun
+
+    dataset = make_dataset()
+    request = parse_request(_params(tiny_checkpoint, flag_percent=50))
+    owner = claims.shared_owner(dataset, request.to_params(), "parent-op")
+    assert owner == claims.shared_owner(dataset, request.to_params(), "parent-op")
+    assert owner != claims.shared_owner(dataset, request.to_params(), "another-op")
+    first = ScoringRun(dataset, dataset.limit(6), request, immediate=True, claim_owner=owner,
+                       slices=2)
+    second = ScoringRun(dataset, dataset.skip(6), request, immediate=True, claim_owner=owner,
+                        slices=2)
+    first.prepare()
+    steps = first.steps()
+    next(steps)  # the first task holds the field
+    second.prepare()  # its sibling is not "another run"
+    with pytest.raises(RequestError, match="being written by another run"):
+        ScoringRun(dataset, dataset, request, immediate=True).prepare()
+    for _ in second.steps():
+        pass
+    assert claims.holder(dataset, "quality") is not None  # the first task still runs
+    for _ in steps:
+        pass
+    assert claims.holder(dataset, "quality") is None
+    assert len(dataset.exists("quality_flagged")) == 0  # declared, never set
+    assert len(dataset.match_tags("low_quality")) == 0
+    assert "whole targets only" in first.summary["note"]
+    for sample in dataset.exists("quality"):
+        assert sample["quality"] == pytest.approx(reference_scores[sample.filepath].score,
+                                                  abs=TOL)
+
+
+def test_tags_the_panel_wrote_count_as_the_plugins(make_dataset, image_files, tiny_checkpoint):
+    from qualiclip_plugin import panel_data
+    from qualiclip_plugin.api import compute_image_quality
+    from qualiclip_plugin.protection import plugin_made
+
+    dataset = make_dataset(image_files[:4])
+    compute_image_quality(dataset, **_params(tiny_checkpoint))  # no flag tag recorded
+    assert "low_quality" not in plugin_made(dataset)[1]
+    panel_data.tag_below(dataset, dataset, "quality", 1.0, "low_quality")
+    assert "low_quality" in plugin_made(dataset)[1]
+    summary = compute_image_quality(dataset, **_params(tiny_checkpoint, flag_percent=50,
+                                                        overwrite=True))
+    assert summary["flagged"] == 2
