@@ -14,12 +14,11 @@ for scores made with other weights is not shown once the field was re-scored wit
 from __future__ import annotations
 
 import datetime as dt
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from qualiclip_plugin import provenance
-from qualiclip_plugin.request import DEFAULT_FLAG_TAG
+from qualiclip_plugin.request import DEFAULT_FLAG_TAG, RequestError, parse_float
 
 #: Execution store (dataset-scoped) holding saved thresholds and the tags the panel wrote.
 STORE_NAME = "qualiclip_panel"
@@ -260,10 +259,11 @@ def untag(target, tag: str) -> int:
 
 
 def _number(value: Any, what: str) -> float:
+    """A finite number from the panel (request.py's rule), as a :class:`PanelError`."""
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise PanelError(f"{what} must be a number, not {value!r}") from None
-    if not math.isfinite(number):
-        raise PanelError(f"{what} must be a finite number")
+        number = parse_float(value, what)
+    except RequestError as exc:
+        raise PanelError(str(exc)) from None
+    if number is None:
+        raise PanelError(f"{what} must be a number")
     return number

@@ -13,18 +13,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.app_server import running_app_server
 from tests.plugin.conftest import plugin_link  # noqa: F401  (autouse: the plugin is installed)
-from tests.private_mongod import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -96,32 +91,12 @@ def app_server(browser_requirements, plugin_link, app_weights_dir,  # noqa: F811
     cache.mkdir()
     env = {**os.environ, "QUALICLIP_APP_DOWNLOADS": "0", "QUALICLIP_CACHE": str(cache),
            "QUALICLIP_APP_WEIGHTS_DIRS": str(app_weights_dir), "FIFTYONE_DO_NOT_TRACK": "true"}
-    port = free_port()
     log = folder / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fiftyone.server.main", "--port", str(port),
-             "--address", "127.0.0.1"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    server = AppServer(url=f"http://127.0.0.1:{port}", log=log, weights_dir=app_weights_dir)
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(server.url + "/", timeout=2).close()
-            break
-        except urllib.error.HTTPError:
-            break  # it answers
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"App server did not start:\n{server.log_tail()}")
-            time.sleep(0.5)
-    yield server
-    proc.terminate()
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=20)
+        with running_app_server(log, env) as url:
+            yield AppServer(url=url, log=log, weights_dir=app_weights_dir)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="package")

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,39 +10,18 @@ from pathlib import Path
 import pytest
 
 from qualiclip_plugin import OPERATOR_URI
+from tests.app_server import running_app_server
 from tests.plugin.test_operator import TOL
-from tests.private_mongod import free_port
 
 
 @pytest.fixture(scope="module")
 def app_server(plugin_link, tmp_path_factory):
-    port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fiftyone.server.main", "--port", str(port),
-             "--address", "127.0.0.1"], env={**os.environ, "QUALICLIP_APP_DOWNLOADS": "0"},
-            stdout=out,
-            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url + "/", timeout=2).close()
-            break
-        except urllib.error.HTTPError:
-            break  # the server answers
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"App server did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-    yield url
-    proc.terminate()
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        with running_app_server(log, env={"QUALICLIP_APP_DOWNLOADS": "0"}) as url:
+            yield url
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 def _post(url: str, route: str, payload: dict) -> bytes:
