@@ -73,9 +73,11 @@ def test_cli_writes_24_types_by_5_levels(tiny_checkpoint, tmp_path):
         assert 0 <= float(r["std_score"]) <= 0.5
         assert -1 <= float(r["srcc"]) <= 1
         d = DISTORTIONS[r["type"]]
+        # sign-alternating types: the distance from their neutral value, growing linearly
+        # to the farthest published value on the positive side
         assert float(r["value"]) == pytest.approx(d.values[int(r["level"]) - 1]
                                                   if not d.signed else
-                                                  max(abs(v) for v in d.values)
+                                                  max(v - d.neutral for v in d.values)
                                                   * int(r["level"]) / 5)
     assert len({r["pristine_score"] for r in rows}) == 1  # one pristine mean for every type
     # a degradation changes the scores: not every curve is flat at the pristine score
