@@ -77,6 +77,17 @@ def holder(dataset, field: str) -> dict[str, Any] | None:
     return doc
 
 
+def check_free(dataset, field: str, owner: str | None = None) -> None:
+    """Refuse when a run other than ``owner`` holds a live claim on ``field``.
+
+    Raises:
+        FieldBusyError: saying who holds it and since when.
+    """
+    held = holder(dataset, field)
+    if held is not None and held["owner"] != owner:
+        raise FieldBusyError(busy_message(field, held))
+
+
 def busy_message(field: str, doc: dict[str, Any]) -> str:
     """A sentence for App users about the run holding ``field``."""
     age = _minutes(_now() - doc["started"])

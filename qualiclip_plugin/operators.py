@@ -345,20 +345,11 @@ def _check_fields(ctx, request: ScoreRequest, last: dict) -> None:
     dataset = ctx.dataset
     layout = writing.FieldLayout.for_field(
         request.field, PAIR_NAMES if request.pair_scores else (), request.flag_field)
-    conflicts = writing.schema_conflicts(dataset, layout)
-    if conflicts:
-        raise RequestError("cannot write the scores: " + "; ".join(conflicts)
-                           + ". Choose another field name.")
-    protection.check_not_user_data(dataset, layout, request)
-    held = claims.holder(dataset, request.field)
-    if held is not None:
-        raise RequestError(claims.busy_message(request.field, held))
+    protection.check_writable(dataset, layout, request)
+    claims.check_free(dataset, request.field)
     why = provenance.settings_mismatch(last, request) if last else None
     if why and not request.overwrite and dataset.exists(request.field).count():
-        raise RequestError(
-            f"field '{request.field}' holds scores made with other settings ({why}); mixing "
-            "them would make scores look comparable when they are not. Write to a new field, "
-            "or set overwrite on a target that covers all of them")
+        raise provenance.mixing_refusal(request.field, None, why)
 
 
 def _recorded(dataset, field: str) -> dict[str, Any]:

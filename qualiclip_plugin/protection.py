@@ -37,6 +37,24 @@ def plugin_made(dataset) -> tuple[set[str], set[str]]:
     return fields, tags
 
 
+def check_writable(dataset, layout: FieldLayout, request: ScoreRequest,
+                   ownership: bool = True) -> None:
+    """Refuse a run whose fields exist with types it cannot write, or (``ownership``) hold the
+    user's own values (:func:`check_not_user_data`; shards skip it: their queuing run checked).
+
+    Raises:
+        RequestError: says which field and what to do.
+    """
+    from qualiclip_plugin.writing import schema_conflicts
+
+    conflicts = schema_conflicts(dataset, layout)
+    if conflicts:
+        raise RequestError("cannot write the scores: " + "; ".join(conflicts)
+                           + ". Choose another field name.")
+    if ownership:
+        check_not_user_data(dataset, layout, request)
+
+
 def check_not_user_data(dataset, layout: FieldLayout, request: ScoreRequest) -> None:
     """Refuse a run whose fields or flag tag hold the user's own values.
 

@@ -74,14 +74,25 @@ def incompatibility(old: dict[str, Any] | None, new: dict[str, Any]) -> str | No
     return "; ".join(diffs) or None
 
 
+def mixing_refusal(field: str, count: int | None, why: str) -> ValueError:
+    """The refusal for writing into ``field`` scores made differently (``why``)."""
+    from qualiclip_plugin.request import RequestError
+
+    held = f"{count} scores" if count is not None else "scores"
+    return RequestError(
+        f"field '{field}' holds {held} made with other settings ({why}); mixing them would "
+        "make scores look comparable when they are not. Write to a new field, or set "
+        "overwrite on a target that covers all of them")
+
+
 def settings_mismatch(old: dict[str, Any], request: Any) -> str | None:
     """What differs between the recorded run ``old`` and a not-yet-loaded ``request``
     (a :class:`~qualiclip_plugin.request.ScoreRequest`): weights, max side, an explicit
     precision. The exact check (weights SHA-256, resolved precision) runs before scoring."""
     diffs = []
     if old.get("weights_name") != request.weights:
-        diffs.append(f"weights: {_label(old.get('weights_name'))!r} -> "
-                     f"{_label(request.weights)!r}")
+        diffs.append(f"weights: {weights_label(old.get('weights_name'))!r} -> "
+                     f"{weights_label(request.weights)!r}")
     if old.get("max_side") != request.max_side:
         diffs.append(f"max_side: {old.get('max_side')!r} -> {request.max_side!r}")
     if request.precision != "auto" and old.get("precision") != request.precision:
@@ -89,8 +100,9 @@ def settings_mismatch(old: dict[str, Any], request: Any) -> str | None:
     return "; ".join(diffs) or None
 
 
-def _label(weights: Any) -> Any:
-    """Checkpoint paths by file name: App users need not see server folders."""
+def weights_label(weights: Any) -> Any:
+    """Registered names as they are, checkpoint paths by file name: App users need not see
+    server folders."""
     return weights.replace("\\", "/").rsplit("/", 1)[-1] if isinstance(weights, str) else weights
 
 

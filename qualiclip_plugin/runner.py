@@ -80,12 +80,8 @@ class ScoringRun:
         self.model = self._load_model()
         pair_names = list(self.model.PAIR_NAMES) if req.pair_scores else []
         self.layout = writing.FieldLayout.for_field(req.field, pair_names, req.flag_field)
-        problems = writing.schema_conflicts(self.dataset, self.layout)
-        if problems:
-            raise RequestError("cannot write the scores: " + "; ".join(problems)
-                               + ". Choose another field name.")
-        if req.shard_index is None:  # the run that queued the shards checked this
-            protection.check_not_user_data(self.dataset, self.layout, req)
+        protection.check_writable(self.dataset, self.layout, req,
+                                  ownership=req.shard_index is None)
 
         from qualiclip.precision import resolve_precision
         from qualiclip.scoring import describe_preprocessing
@@ -124,9 +120,7 @@ class ScoringRun:
 
     def _check_claim(self) -> None:
         """Refuse early when another run writes the field (taken for real in :meth:`steps`)."""
-        held = claims.holder(self.dataset, self.request.field)
-        if held is not None and held["owner"] != self.claim_owner:
-            raise claims.FieldBusyError(claims.busy_message(self.request.field, held))
+        claims.check_free(self.dataset, self.request.field, self.claim_owner)
 
     def _load_model(self):
         return load_model(self.request.weights, self.request.device)
@@ -152,10 +146,7 @@ class ScoringRun:
             return False
         replaced = self.target.exists(req.field).count() if req.overwrite else 0
         if existing > replaced:
-            raise RequestError(
-                f"field '{req.field}' holds {existing} scores made with other settings ({why}); "
-                "mixing them would make scores look comparable when they are not. Write to a "
-                "new field, or set overwrite on a target that covers all of them")
+            raise provenance.mixing_refusal(req.field, existing, why)
         return True
 
     def clear_replaced_scores(self) -> None:
@@ -289,7 +280,7 @@ def load_model(weights: str, device: str | None):
         raise RequestError(f"cannot load weights {weights!r}: {reason} Ask the server's admin "
                            "to place the file in the weights cache") from exc
     except Exception as exc:  # missing file, bad checkpoint, bad device
-        raise RequestError(f"cannot load weights {_weights_label(weights)!r}: "
+        raise RequestError(f"cannot load weights {provenance.weights_label(weights)!r}: "
                            f"{first_sentence(exc, hide=_server_folders(weights))}") from exc
 
 
@@ -325,11 +316,6 @@ def first_sentence(exc: BaseException, hide: Sequence[str] = ()) -> str:
             text = text.replace(folder.rstrip(os.sep) + os.sep, "")
     end = text.find(". ")
     return (text[:end + 1] if end > 0 else text)[:300]
-
-
-def _weights_label(weights: str) -> str:
-    """Registered names as they are; checkpoint paths by file name (no server folders)."""
-    return weights if "/" not in weights and "\\" not in weights else weights.rsplit("/", 1)[-1]
 
 
 def _restrict_to_shard(target: Any, bounds: tuple[str, str | None] | None) -> Any:

@@ -21,6 +21,16 @@ QUALITY_PANEL = "image_quality"
 RUN_TIMEOUT_MS = 180_000
 
 
+def shrink_screenshot(path: Path, width: int) -> None:
+    """Make a README screenshot light: at most ``width`` px wide, 128 colours, optimised PNG."""
+    from PIL import Image
+
+    shot = Image.open(path).convert("RGB")
+    if shot.width > width:
+        shot = shot.resize((width, round(shot.height * width / shot.width)), Image.LANCZOS)
+    shot.quantize(128).save(path, optimize=True)
+
+
 class AppUI:
     def __init__(self, page: Page, server, shots_dir: Path):
         self.page = page

@@ -33,7 +33,7 @@ def scored_dataset(app_dataset, tiny_checkpoint):
 def _save_docs_screenshot(app, panel) -> None:
     if os.environ.get("QUALICLIP_SCREENSHOTS") != "1":
         return
-    from PIL import Image
+    from tests.app.app_ui import shrink_screenshot
 
     size = app.page.viewport_size
     app.page.set_viewport_size({"width": size["width"], "height": 1250})  # the whole panel
@@ -43,10 +43,7 @@ def _save_docs_screenshot(app, panel) -> None:
         app.page.screenshot(path=str(SCREENSHOT))
     finally:
         app.page.set_viewport_size(size)
-    shot = Image.open(SCREENSHOT).convert("RGB")
-    if shot.width > 1000:
-        shot = shot.resize((1000, round(shot.height * 1000 / shot.width)), Image.LANCZOS)
-    shot.quantize(128).save(SCREENSHOT, optimize=True)
+    shrink_screenshot(SCREENSHOT, 1000)
 
 
 def test_panel_histogram_range_and_tagging(app, scored_dataset):

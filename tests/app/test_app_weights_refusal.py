@@ -24,7 +24,7 @@ def _save_docs_screenshot(app, dialog) -> None:
     """
     if os.environ.get("QUALICLIP_SCREENSHOTS") != "1":
         return
-    from PIL import Image
+    from tests.app.app_ui import shrink_screenshot
 
     size = app.page.viewport_size
     app.page.set_viewport_size({"width": size["width"], "height": 1700})
@@ -33,10 +33,7 @@ def _save_docs_screenshot(app, dialog) -> None:
         dialog.screenshot(path=str(SCREENSHOT))
     finally:
         app.page.set_viewport_size(size)
-    shot = Image.open(SCREENSHOT).convert("RGB")
-    if shot.width > 900:
-        shot = shot.resize((900, round(shot.height * 900 / shot.width)), Image.LANCZOS)
-    shot.quantize(128).save(SCREENSHOT, optimize=True)
+    shrink_screenshot(SCREENSHOT, 900)
 
 
 def test_form_refuses_unavailable_weights_and_offers_the_local_checkpoint(app, app_dataset):
