@@ -64,7 +64,7 @@ def sensitivity(paths, recursive, weights, output_dir, sample, crop, max_side, l
     Cost: images x types x levels forward passes (32 x 24 x 5 = 3,840 crops by default).
     """
     from qualiclip.cli import collect_images
-    from qualiclip.loading import load_model
+    from training.evaluate_cli import load_model_or_fail
     from training.sensitivity import SensitivityConfig, sensitivity_curves, write_curves_csv
     from training.sensitivity_plot import plot_curves
 
@@ -75,7 +75,7 @@ def sensitivity(paths, recursive, weights, output_dir, sample, crop, max_side, l
     config = SensitivityConfig(crop=crop, levels=levels, seed=seed, types=tuple(types) or None)
     points = []
     for w in weights:
-        model = load_model(w, device=device)
+        model = load_model_or_fail(w, device)
         name = str(w)  # as given: fine-tuned runs all write qualiclip-finetuned.pth
         click.echo(f"{name}: {len(images)} images x {len(config.types or [0] * 24)} types x "
                    f"{levels} levels", err=True)
