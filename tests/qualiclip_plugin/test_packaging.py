@@ -88,17 +88,46 @@ def test_both_layouts_register_the_operator(tmp_path):
     assert _registered_operators(linked) == listed
 
 
-def test_wheel_ships_the_plugin_manifest_and_icon(tmp_path):
-    """A non-editable install must carry what FiftyOne loads from the package folder."""
+def _pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def test_package_and_manifests_require_the_same_fiftyone():
+    """pip and FiftyOne must agree on the oldest FiftyOne the plugin runs on (the one tested)."""
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    (requirement,) = [Requirement(r) for r in _pyproject()["project"]["dependencies"]
+                      if Requirement(r).name == "fiftyone"]
+    lower = [s.version for s in requirement.specifier if s.operator == ">="]
+    for path in (REPO / "fiftyone.yml", PACKAGE / "fiftyone.yml"):
+        assert _manifest(path)["fiftyone"]["version"] == f">={lower[0]}", path
+    assert version("fiftyone") in requirement.specifier  # the installed one is allowed
+
+
+def test_licence_file_is_apache_2_and_declared():
+    text = (REPO / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text  # the full text, not a pointer to it
+    project = _pyproject()["project"]
+    assert project["license"] == "Apache-2.0"
+    assert project["license-files"] == ["LICENSE"]
+
+
+def test_wheel_ships_the_plugin_manifest_icon_and_licence(tmp_path):
+    """A non-editable install must carry what FiftyOne loads from the package folder, and the
+    licence."""
     import zipfile
 
-    pytest.importorskip("setuptools")
-    pytest.importorskip("wheel")
+    # PEP 639 licence fields; setuptools builds wheels itself since 70.1 (no `wheel` package)
+    pytest.importorskip("setuptools", minversion="77")
     import shutil
 
     source = tmp_path / "src"  # a clean copy: no build/ left over from earlier builds
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(REPO / name, source / name)
     for name in ("qualiclip", "qualiclip_plugin", "training"):
         shutil.copytree(REPO / name, source / name,
@@ -115,3 +144,8 @@ def test_wheel_ships_the_plugin_manifest_and_icon(tmp_path):
 
     assert "qualiclip_plugin/" + ICON.lstrip("/") in names
     assert manifest["name"] == "@qualiclip/qualiclip"
+    wheel_zip = zipfile.ZipFile(wheel)
+    (licence,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+    assert wheel_zip.read(licence) == (REPO / "LICENSE").read_bytes()
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    assert "License-Expression: Apache-2.0" in wheel_zip.read(metadata).decode()
