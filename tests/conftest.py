@@ -1,8 +1,15 @@
 """Shared test set-up.
 
-* A throwaway MongoDB (FiftyOne's bundled ``mongod``) is started for the whole session on a free
-  loopback port, and FiftyOne is pointed at it through environment variables **before** anything
-  imports fiftyone; subprocesses (the App server in the plugin tests) inherit them.
+* Test folders mirror the packages: ``tests/qualiclip`` (library), ``tests/qualiclip_plugin``
+  (FiftyOne plugin), ``tests/training`` (training, evaluation and sensitivity CLIs), ``tests/app``
+  (the real FiftyOne App in a browser), and ``tests/test_imports.py`` (what each import loads).
+* Tests that need FiftyOne's database carry the ``db`` marker, given here at collection to every
+  test under ``tests/qualiclip_plugin`` and ``tests/app`` (a test elsewhere that needs it marks
+  itself ``@pytest.mark.db``). ``pytest -m "not db"`` is the fast tier: it never starts MongoDB.
+* A throwaway MongoDB (FiftyOne's bundled ``mongod``) is started on a free loopback port when the
+  first ``db`` test runs, and stays up for the session. FiftyOne is pointed at that port through
+  environment variables at start-up, **before** anything imports fiftyone (so FiftyOne never
+  starts a server of its own); subprocesses (the App server in the plugin tests) inherit them.
 * Tiny random ResNet CLIP checkpoints, in both formats, written to a temp dir, exercise the real
   loading path without any download.
 """
@@ -26,20 +33,36 @@ _MONGOD: subprocess.Popen | None = None
 WEIGHTS_DIR = _SESSION_DIR / "weights"
 
 
-def _start_mongod() -> None:
-    """Start a private mongod and export FIFTYONE_DATABASE_URI (unless the caller set one)."""
-    global _MONGOD
+#: Folders whose tests all need FiftyOne's database (marked ``db`` at collection).
+DB_FOLDERS = (Path(__file__).parent / "qualiclip_plugin", Path(__file__).parent / "app")
+_MONGOD_PORT: int | None = None
+
+
+def _reserve_database() -> None:
+    """Point FiftyOne at a free loopback port where a private mongod will listen once a ``db``
+    test runs (unless the caller set FIFTYONE_DATABASE_URI)."""
+    global _MONGOD_PORT
     if os.environ.get("FIFTYONE_DATABASE_URI"):
         return
     import importlib.util
 
     if importlib.util.find_spec("fiftyone") is None:
         return
+    from tests.private_mongod import free_port
+
+    _MONGOD_PORT = free_port()
+    os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{_MONGOD_PORT}"
+    os.environ["FIFTYONE_DATABASE_ADMIN"] = "true"
+
+
+def _start_mongod() -> None:
+    """Start the private mongod on the reserved port, once."""
+    global _MONGOD
+    if _MONGOD is not None or _MONGOD_PORT is None:
+        return
     from tests.private_mongod import start_mongod
 
-    _MONGOD, uri = start_mongod(_SESSION_DIR / "mongo")
-    os.environ["FIFTYONE_DATABASE_URI"] = uri
-    os.environ["FIFTYONE_DATABASE_ADMIN"] = "true"
+    _MONGOD, _ = start_mongod(_SESSION_DIR / "mongo", port=_MONGOD_PORT)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -52,7 +75,20 @@ def pytest_configure(config: pytest.Config) -> None:
     WEIGHTS_DIR.mkdir(exist_ok=True)
     os.environ.setdefault("QUALICLIP_APP_WEIGHTS_DIRS", str(WEIGHTS_DIR))
     os.environ.setdefault("QUALICLIP_APP_OUTPUT_DIR", str(_SESSION_DIR / "app-output"))
-    _start_mongod()
+    _reserve_database()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under a folder of ``DB_FOLDERS`` needs the database."""
+    for item in items:
+        if any(folder in Path(item.path).parents for folder in DB_FOLDERS):
+            item.add_marker(pytest.mark.db)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Start mongod before the first ``db`` test's fixtures (skipped tests never get here)."""
+    if item.get_closest_marker("db") is not None:
+        _start_mongod()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -124,6 +160,30 @@ def tiny_model(tiny_checkpoint):
     from qualiclip import load_model
 
     return load_model(tiny_checkpoint, device="cpu")
+
+
+@pytest.fixture()
+def probe_model(tiny_model):
+    """The tiny random model with its 7 prompt pairs all replaced by one direction: from the
+    mean global embedding of noisy calibration images to that of their clean originals
+    (positive prompt = the clean side). A linear probe, fitted on other images than any test's
+    (see tests/qualiclip/test_quality_maps.py for why that is a fair test model)."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from tests.synthetic import add_noise, smooth_image
+
+    model = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        clean = torch.cat([smooth_image(s) for s in range(8)])
+        noisy = torch.cat([add_noise(smooth_image(s), 100 + s) for s in range(8)])
+        e_clean = F.normalize(model.image_features(clean), dim=-1).mean(0)
+        e_noisy = F.normalize(model.image_features(noisy), dim=-1).mean(0)
+        direction = F.normalize(e_clean - e_noisy, dim=0)
+        model.prompt_features.copy_(torch.stack([direction, -direction] * 7))
+    return model
 
 
 def make_image(path: Path, size: tuple[int, int] = (96, 64), seed: int = 0, mode: str = "RGB"):

@@ -21,8 +21,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_mongod(folder: Path, timeout: float = 60) -> tuple[subprocess.Popen, str]:
-    """Start ``mongod`` with its data and log under ``folder``; wait until it accepts connections.
+def start_mongod(folder: Path, timeout: float = 60,
+                 port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Start ``mongod`` with its data and log under ``folder`` on ``port`` (default: a free one);
+    wait until it accepts connections.
 
     Returns:
         ``(process, uri)``; the caller terminates the process.
@@ -41,7 +43,7 @@ def start_mongod(folder: Path, timeout: float = 60) -> tuple[subprocess.Popen, s
     db_dir = folder / "db"
     db_dir.mkdir(parents=True)
     log = folder / "mongod.log"
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [str(mongod), "--dbpath", str(db_dir), "--port", str(port), "--bind_ip", "127.0.0.1",
          "--logpath", str(log)],

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.app_server import running_app_server
-from tests.plugin.conftest import plugin_link  # noqa: F401  (autouse: the plugin is installed)
+from tests.qualiclip_plugin.conftest import plugin_link  # noqa: F401  (autouse: the plugin is installed)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -15,7 +15,7 @@ import pytest
 
 from qualiclip.prompts import PAIR_NAMES
 from tests.app.conftest import APP_CHECKPOINT_NAME
-from tests.plugin.test_operator import TOL
+from tests.qualiclip_plugin.test_operator import TOL
 
 
 def _names(texts: list[str]) -> list[str]:

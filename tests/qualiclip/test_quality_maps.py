@@ -1,6 +1,6 @@
 """Quality maps: shape/range, consistency with the global score, and spatial localisation.
 
-The localisation test (``probe_model``, tests/reports/conftest.py) needs a model whose prompts
+The localisation test (``probe_model``, tests/conftest.py) needs a model whose prompts
 actually separate clean from degraded images; a random tiny CLIP's prompts do not. So it gives
 the tiny random backbone a *constructed* prompt pair: positive = the direction from the mean
 global embedding of noisy calibration images to that of clean ones (negative = its opposite).
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from qualiclip.quality_maps import compute_quality_maps, overlay, upsample_map
-from tests.reports.conftest import add_noise, smooth_image
+from tests.synthetic import add_noise, smooth_image
 
 
 def _gradient(size: int = 256) -> torch.Tensor:

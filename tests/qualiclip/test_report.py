@@ -10,17 +10,16 @@ import re
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from qualiclip.prompts import PAIR_NAMES
-from qualiclip.report import (
+from qualiclip.report.data import ReportRow, extremes, read_scores_csv
+from qualiclip.report.html import (
     REPORT_SIGNATURE,
     ReportConfig,
     is_qualiclip_report,
     render_report,
     write_report,
 )
-from qualiclip.report_data import ReportRow, extremes, read_scores_csv
 from tests.conftest import make_image
 
 
@@ -171,34 +170,6 @@ def test_read_scores_csv_round_trip(rows, tmp_path):
         read_scores_csv(csv_path, group_by=["label"])
 
 
-def test_cli_scores_then_reports(tiny_checkpoint, image_folder, tmp_path):
-    """`qualiclip score` writes the CSV, `qualiclip report` turns it into a page whose worst grid
-    is the CSV's lowest scores."""
-    from qualiclip.cli import main
-
-    runner = CliRunner()
-    scores_csv = tmp_path / "scores.csv"
-    result = runner.invoke(main, ["score", str(image_folder), "-o", str(scores_csv), "--weights",
-                                  str(tiny_checkpoint), "--device", "cpu", "--workers", "0",
-                                  "--precision", "fp32", "--no-progress"])
-    assert result.exit_code == 0, result.output
-    out = tmp_path / "report.html"
-    result = runner.invoke(main, ["report", str(scores_csv), "-o", str(out), "-n", "3",
-                                  "--threshold", "0.5"])
-    assert result.exit_code == 0, result.output
-    with scores_csv.open() as handle:
-        table = list(csv.DictReader(handle))
-    lowest = sorted(table, key=lambda r: (float(r["score"]), r["path"]))[:3]
-    page = out.read_text()
-    worst = [html.unescape(p) for p in re.findall(r'data-path="([^"]+)"',
-                                                  section(page, 'id="worst"', 'id="best"'))]
-    assert worst == [r["path"] for r in lowest]
-    assert "Scores per prompt pair" in page
-
-    usage = runner.invoke(main, ["report", "-o", str(out)])
-    assert usage.exit_code != 0 and "either SCORES_CSV or --dataset" in usage.output
-
-
 def test_thumbnails_show_transparency_over_white_like_scoring(tmp_path):
     """A fully transparent PNG is scored as white, so its thumbnail must be white too (PIL's
     plain RGB conversion would make it black)."""
@@ -229,7 +200,7 @@ def test_dollar_signs_in_group_labels_are_plain_text(tmp_path):
 def test_csv_with_a_byte_order_mark_and_non_finite_scores(tmp_path):
     """Excel saves CSVs with a BOM; NaN / inf are no scores; out-of-range scores still land in
     a histogram bin, so the bins add up to the scored count."""
-    from qualiclip.report_data import histogram
+    from qualiclip.report.data import histogram
 
     csv_path = tmp_path / "scores.csv"
     csv_path.write_text("path,score\na.jpg,0.4\nb.jpg,nan\nc.jpg,inf\nd.jpg,1.5\ne.jpg,-0.1\n",

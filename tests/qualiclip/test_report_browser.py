@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qualiclip.report import ReportConfig, write_report
-from qualiclip.report_data import ReportRow
+from qualiclip.report.data import ReportRow
+from qualiclip.report.html import ReportConfig, write_report
 from tests.conftest import make_image
 
 CHROMIUM = "/usr/bin/chromium"

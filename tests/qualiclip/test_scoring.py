@@ -81,9 +81,9 @@ def test_pixel_budget_bounds_batches(tiny_model, tmp_path):
     seen = []
 
     class Recording(QualiCLIP):
-        def image_features(self, x):
+        def embed(self, x):
             seen.append(x.shape[0])
-            return super().image_features(x)
+            return super().embed(x)
 
     model = _clone_as(Recording, tiny_model)
     budgeted = score_images(sources, model=model, precision="fp32", progress=False,
@@ -100,11 +100,11 @@ def test_out_of_memory_retries_with_smaller_batches(tiny_model, tmp_path):
     class SmallMemory(QualiCLIP):
         """Behaves like a device that can only hold one image at a time."""
 
-        def image_features(self, x):
+        def embed(self, x):
             calls.append(x.shape[0])
             if x.shape[0] > 1:
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
-            return super().image_features(x)
+            return super().embed(x)
 
     model = _clone_as(SmallMemory, tiny_model)
     results = score_images(sources, model=model, precision="fp32", progress=False,
@@ -156,7 +156,8 @@ def _clone_as(cls, model: QualiCLIP) -> QualiCLIP:
 def test_jpeg_byte_path_decodes_like_pil(tmp_path):
     """The nvJPEG path (exercised here with torchvision's CPU decoder) applies EXIF orientation
     and matches PIL's decode to within JPEG IDCT differences; non-JPEGs take the normal path."""
-    from qualiclip.scoring import _decode_jpeg_on_gpu, _DecodeDataset
+    from qualiclip.gpu_jpeg import decode_jpeg_on_gpu
+    from qualiclip.scoring import _DecodeDataset
 
     image = Image.fromarray(
         (np.random.default_rng(0).random((40, 60, 3)) * 255).astype(np.uint8))
@@ -166,8 +167,8 @@ def test_jpeg_byte_path_decodes_like_pil(tmp_path):
     image.save(jpeg, quality=95, exif=exif.tobytes())
     png = make_image(tmp_path / "p.png")
     dataset = _DecodeDataset([jpeg, png], max_side=None, jpeg_bytes=True)
-    assert dataset[0][2].ndim == 1 and dataset[1][2].ndim == 3
-    decoded = _decode_jpeg_on_gpu(dataset[0][2], str(jpeg), torch.device("cpu"))
+    assert dataset[0].tensor.ndim == 1 and dataset[1].tensor.ndim == 3
+    decoded = decode_jpeg_on_gpu(dataset[0].tensor, str(jpeg), torch.device("cpu"))
     reference = load_image(jpeg, as_uint8=True).tensor
     assert decoded.shape == reference.shape == (3, 60, 40)
     assert (decoded.float() - reference.float()).abs().mean() < 2.0
@@ -186,13 +187,12 @@ def test_jpeg_byte_path_leaves_truncated_and_oversized_files_to_the_cpu_reader(
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(data[: len(data) * 2 // 3])
     dataset = _DecodeDataset([whole, cut], max_side=None, jpeg_bytes=True)
-    assert dataset[0][2].ndim == 1  # bytes for the GPU decoder
-    index, name, tensor, *_, error = dataset[1]
-    assert tensor is None and "cut.jpg" in error
+    assert dataset[0].tensor.ndim == 1  # bytes for the GPU decoder
+    assert dataset[1].tensor is None and "cut.jpg" in dataset[1].error
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)  # whole.jpg is now "too big"
-    index, name, tensor, *_, error = _DecodeDataset([whole], None, jpeg_bytes=True)[0]
-    assert tensor is None and "decompression-bomb" in error
+    refused = _DecodeDataset([whole], None, jpeg_bytes=True)[0]
+    assert refused.tensor is None and "decompression-bomb" in refused.error
 
 
 def test_in_memory_sources_are_read_in_process(tiny_model, monkeypatch):
@@ -216,21 +216,22 @@ def test_in_memory_sources_are_read_in_process(tiny_model, monkeypatch):
 def test_size_buckets_bound_the_pixels_waiting():
     """Every image its own size (nothing ever fills a batch): the pixels waiting stay under the
     cap, every image comes out exactly once, and same-size images still share batches."""
-    from qualiclip.scoring import SizeBuckets
+    from qualiclip.inference import DecodedImage
+    from qualiclip.size_buckets import SizeBuckets
 
     buckets = SizeBuckets(batch_size=32, max_batch_pixels=10_000, max_lag=10_000,
                           max_pending_pixels=20_000)
     batches, peak = [], 0
     sizes = [(40 + i, 50) for i in range(60)] + [(64, 64)] * 3
     for index, (h, w) in enumerate(sizes):
-        batches += buckets.add((index, f"im{index}", torch.zeros(3, h, w), w, h, None))
+        batches += buckets.add(DecodedImage(index, f"im{index}", torch.zeros(3, h, w), w, h))
         assert buckets.pending_pixels <= 20_000
         peak = max(peak, buckets.pending_pixels)
     batches += buckets.drain()
     assert buckets.pending_pixels == 0 and peak > 10_000
-    assert sorted(item[0] for batch in batches for item in batch) == list(range(len(sizes)))
-    assert all(len({tuple(item[2].shape) for item in batch}) == 1 for batch in batches)
-    assert [len(b) for b in batches if tuple(b[0][2].shape) == (3, 64, 64)] == [2, 1]
+    assert sorted(item.index for batch in batches for item in batch) == list(range(len(sizes)))
+    assert all(len({item.shape for item in batch}) == 1 for batch in batches)
+    assert [len(b) for b in batches if b[0].shape == (3, 64, 64)] == [2, 1]
 
 
 def _float_tiff(path, bad=None):
@@ -258,14 +259,14 @@ def test_nan_pixels_are_a_per_file_error_not_a_score(tiny_model, tmp_path, worke
 def _nan_for_black_images(model, monkeypatch):
     """Make ``model`` return NaN features for all-black inputs (as corrupt weights would for
     every image), leaving the other rows of a batch alone."""
-    original = model.image_features
+    original = model.embed
 
-    def image_features(x):
+    def embed(x):
         out = original(x)
         black = x.flatten(1).amax(dim=1) == 0
         return torch.where(black[:, None], torch.full_like(out, float("nan")), out)
 
-    monkeypatch.setattr(model, "image_features", image_features)
+    monkeypatch.setattr(model, "embed", embed)
 
 
 def test_non_finite_model_output_is_an_error_and_batch_mates_keep_their_scores(
@@ -293,7 +294,7 @@ def test_non_finite_model_output_is_an_error_and_batch_mates_keep_their_scores(
 
 
 def test_nonfinite_error_tells_bad_pixels_from_a_bad_model():
-    from qualiclip.scoring import nonfinite_error
+    from qualiclip.inference import nonfinite_error
 
     finite = torch.rand(7)
     nan = finite.clone()

@@ -11,7 +11,7 @@ import pytest
 
 from qualiclip_plugin import OPERATOR_URI
 from tests.app_server import running_app_server
-from tests.plugin.test_operator import TOL
+from tests.qualiclip_plugin.test_operator import TOL
 
 
 @pytest.fixture(scope="module")

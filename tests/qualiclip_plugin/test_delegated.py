@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.plugin.test_operator import TOL, _params
+from tests.qualiclip_plugin.test_operator import TOL, _params
 
 
 def _run_queue(dataset):

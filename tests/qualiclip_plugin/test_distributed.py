@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.plugin.test_delegated import _ops, _run_queue
-from tests.plugin.test_operator import TOL, _params
+from tests.qualiclip_plugin.test_delegated import _ops, _run_queue
+from tests.qualiclip_plugin.test_operator import TOL, _params
 
 
 def _queue_slice(view, tiny_checkpoint, **extra):

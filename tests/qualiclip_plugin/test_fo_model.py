@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from qualiclip.prompts import PAIR_NAMES
-from tests.plugin.test_operator import TOL
+from tests.qualiclip_plugin.test_operator import TOL
 
 
 @pytest.fixture(scope="module")
@@ -151,13 +151,13 @@ def _nan_for_width(model, width, monkeypatch):
     """Make the wrapped QualiCLIP return NaN features for images ``width`` px wide, as corrupt
     weights would for every image; other sizes (same FiftyOne batch) are left alone."""
     inner = model._model
-    original = inner.image_features
+    original = inner.embed
 
-    def image_features(x):
+    def embed(x):
         out = original(x)
         return out * float("nan") if x.shape[-1] == width else out
 
-    monkeypatch.setattr(inner, "image_features", image_features)
+    monkeypatch.setattr(inner, "embed", embed)
 
 
 @pytest.mark.parametrize("pair_scores", [False, True])

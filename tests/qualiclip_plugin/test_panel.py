@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.plugin.test_operator import _params
+from tests.qualiclip_plugin.test_operator import _params
 
 
 @pytest.fixture()

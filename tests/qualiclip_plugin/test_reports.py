@@ -3,6 +3,7 @@ report and quality-map operators through ``foo.execute_operator``, and ``report 
 
 from __future__ import annotations
 
+import csv
 import html
 import re
 import uuid
@@ -14,15 +15,9 @@ from click.testing import CliRunner
 
 from qualiclip.prompts import PAIR_NAMES
 from tests.conftest import make_image, refusal
+from tests.qualiclip.test_report import section
 
 PLUGIN = "@qualiclip/qualiclip"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def plugin_link():
-    from qualiclip_plugin.install import install_plugin
-
-    return install_plugin()
 
 
 @pytest.fixture()
@@ -53,7 +48,7 @@ def scored_dataset(tmp_path):
 
 
 def test_rows_from_collection_reads_scores_and_groups(scored_dataset):
-    from qualiclip_plugin.report import default_group_fields, rows_from_collection
+    from qualiclip_plugin.report_rows import default_group_fields, rows_from_collection
 
     assert default_group_fields(scored_dataset) == ["tags", "split", "ground_truth"]
     rows = rows_from_collection(scored_dataset)
@@ -287,7 +282,7 @@ def test_report_reads_the_apply_model_pair_scores_layout(tmp_path, tiny_checkpoi
     import fiftyone as fo
 
     import qualiclip_plugin
-    from qualiclip_plugin.report import rows_from_collection
+    from qualiclip_plugin.report_rows import rows_from_collection
 
     paths = [make_image(tmp_path / f"a{i}.jpg", size=(64, 48), seed=i) for i in range(3)]
     broken = tmp_path / "broken.jpg"
@@ -304,3 +299,31 @@ def test_report_reads_the_apply_model_pair_scores_layout(tmp_path, tiny_checkpoi
         assert rows[3].score is None and "broken.jpg" in rows[3].error
     finally:
         dataset.delete()
+
+
+def test_cli_scores_then_reports(tiny_checkpoint, image_folder, tmp_path):
+    """`qualiclip score` writes the CSV, `qualiclip report` turns it into a page whose worst grid
+    is the CSV's lowest scores."""
+    from qualiclip.cli import main
+
+    runner = CliRunner()
+    scores_csv = tmp_path / "scores.csv"
+    result = runner.invoke(main, ["score", str(image_folder), "-o", str(scores_csv), "--weights",
+                                  str(tiny_checkpoint), "--device", "cpu", "--workers", "0",
+                                  "--precision", "fp32", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "report.html"
+    result = runner.invoke(main, ["report", str(scores_csv), "-o", str(out), "-n", "3",
+                                  "--threshold", "0.5"])
+    assert result.exit_code == 0, result.output
+    with scores_csv.open() as handle:
+        table = list(csv.DictReader(handle))
+    lowest = sorted(table, key=lambda r: (float(r["score"]), r["path"]))[:3]
+    page = out.read_text()
+    worst = [html.unescape(p) for p in re.findall(r'data-path="([^"]+)"',
+                                                  section(page, 'id="worst"', 'id="best"'))]
+    assert worst == [r["path"] for r in lowest]
+    assert "Scores per prompt pair" in page
+
+    usage = runner.invoke(main, ["report", "-o", str(out)])
+    assert usage.exit_code != 0 and "either SCORES_CSV or --dataset" in usage.output

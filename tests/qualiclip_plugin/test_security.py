@@ -17,7 +17,7 @@ import pytest
 
 from qualiclip_plugin import OPERATOR_URI, PLUGIN_NAME
 from tests.conftest import WEIGHTS_DIR, make_image, refusal
-from tests.plugin.test_operator import _params, _snapshot
+from tests.qualiclip_plugin.test_operator import _params, _snapshot
 
 REPORT_URI = f"{PLUGIN_NAME}/write_quality_report"
 MAPS_URI = f"{PLUGIN_NAME}/compute_quality_maps"

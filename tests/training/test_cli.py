@@ -112,21 +112,35 @@ def test_fine_tune_from_checkpoint_changes_only_the_image_tower(tmp_path, pristi
     assert torch.equal(before.state_dict[key], after.state_dict[key])
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, pristine_dir):
+@pytest.mark.parametrize("unversioned", [False, True], ids=["record", "pre-version-state"])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, pristine_dir,
+                                                               unversioned):
+    """Also from a state as written before the record had a version (read as version 0)."""
+    from training.train_state import VERSION, TrainState
+
     common = ["--pristine-dir", str(pristine_dir), "--steps", "6", "--checkpoint-every", "3",
               "--accum-steps", "2", *TINY]
     full, split = tmp_path / "full", tmp_path / "split"
     assert run([*common, "--output-dir", str(full)]).exit_code == 0
     first = run([*common, "--output-dir", str(split), "--stop-after", "3"])
     assert first.exit_code == 0
-    state = torch.load(split / "train_state.pt", weights_only=True)
-    assert state["step"] == 3
+    state = TrainState.load(split / "train_state.pt")
+    assert state.step == 3 and state.version == VERSION
+    if unversioned:
+        raw = torch.load(split / "train_state.pt", weights_only=True)
+        del raw["format"], raw["version"]
+        torch.save(raw, split / "train_state.pt")
+        assert TrainState.load(split / "train_state.pt").version == 0
     assert run([*common, "--output-dir", str(split), "--resume"]).exit_code == 0
-    a = torch.load(full / "train_state.pt", weights_only=True)
-    b = torch.load(split / "train_state.pt", weights_only=True)
-    assert a["step"] == b["step"] == 6
-    for key, value in a["visual"].items():
-        assert torch.equal(value, b["visual"][key]), key
+    a = TrainState.load(full / "train_state.pt")
+    b = TrainState.load(split / "train_state.pt")
+    assert a.step == b.step == 6 and b.version == VERSION
+    for key, value in a.visual.items():
+        assert torch.equal(value, b.visual[key]), key
+    for key, value in a.optimizer["state"].items():
+        for name, tensor in value.items():
+            assert torch.equal(tensor, b.optimizer["state"][key][name]), (key, name)
+    assert a.eval_history == b.eval_history and a.eval_before == b.eval_before
     # Logged losses agree too (step 4's window is cut by the restart, so it averages less).
     rows_full = [r.split(",")[:6] for r in (full / "metrics.csv").read_text().splitlines()]
     rows_split = [r.split(",")[:6] for r in (split / "metrics.csv").read_text().splitlines()]
@@ -156,7 +170,7 @@ def test_torchrun_two_processes(tmp_path, pristine_dir):
 
 
 def test_epochs_resolve_to_steps():
-    from training.trainer import resolve_steps
+    from training.run import resolve_steps
 
     cfg = TrainConfig(epochs=2.5, batch_size=4, accum_steps=2)
     assert resolve_steps(cfg, n_train=100, world_size=2) == 16  # ceil(250 / 16)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.training.conftest import textured_image
-from training.distortions import DISTORTIONS, GROUPS, lab_to_rgb, rgb_to_lab
+from training.degradation.distortions import DISTORTIONS, GROUPS, lab_to_rgb, rgb_to_lab
 
 NAMES = list(DISTORTIONS)
 

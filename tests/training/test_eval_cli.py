@@ -1,9 +1,8 @@
-"""``qualiclip eval``: correlations against MOS from a CSV, with any checkpoint format."""
+"""``qualiclip eval`` (training.evaluate_cli): correlations against MOS from a CSV, any format."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -11,34 +10,6 @@ from scipy import stats
 
 from tests.conftest import make_image
 from training.evaluate_cli import eval_command
-from training.mos_eval import correlations, read_mos_csv
-
-
-def test_correlations_match_scipy():
-    pred = [0.1, 0.4, 0.35, 0.8, 0.9, 0.5]
-    mos = [1.0, 2.0, 3.0, 4.0, 5.0, 2.5]
-    r = correlations(pred, mos)
-    assert r["srcc"] == pytest.approx(stats.spearmanr(pred, mos).statistic)
-    assert r["krcc"] == pytest.approx(stats.kendalltau(pred, mos).statistic)
-    assert r["plcc_linear"] == pytest.approx(stats.pearsonr(pred, mos).statistic)
-    assert r["plcc"] >= r["plcc_linear"] - 1e-6  # the logistic fit can only help
-    assert r["n"] == 6
-    perfect = correlations([1, 2, 3, 4], [10, 20, 30, 40])
-    assert perfect["srcc"] == pytest.approx(1) and perfect["krcc"] == pytest.approx(1)
-    with pytest.raises(ValueError):
-        correlations([1, 2], [1, 2])
-
-
-def test_read_csv_with_and_without_header(tmp_path):
-    (tmp_path / "a.csv").write_text("image,quality,mos\nx.jpg,9,3.5\n/abs/y.png,1,4\n")
-    assert read_mos_csv(tmp_path / "a.csv") == [(tmp_path / "x.jpg", 3.5),
-                                               (Path("/abs/y.png"), 4.0)]
-    (tmp_path / "b.csv").write_text("x.jpg,2\nz.jpg,1.5\n")
-    assert read_mos_csv(tmp_path / "b.csv", root="/data") == [(Path("/data/x.jpg"), 2.0),
-                                                             (Path("/data/z.jpg"), 1.5)]
-    (tmp_path / "c.csv").write_text("path,mos\nx.jpg,good\n")
-    with pytest.raises(ValueError, match="not a number"):
-        read_mos_csv(tmp_path / "c.csv")
 
 
 @pytest.mark.parametrize("fmt", ["project", "official"])
@@ -68,12 +39,3 @@ def test_eval_command(tmp_path, tiny_checkpoint, tiny_official_checkpoint, tiny_
         scores = [float(tiny_model(load_rgb(tmp_path / f"img{i}.png")[None].float() / 255))
                   for i in range(6)]
     assert r["srcc"] == pytest.approx(stats.spearmanr(scores, list(range(6))).statistic)
-
-
-def test_dmos_column_is_negated_with_a_warning(tmp_path):
-    from training.mos_eval import read_mos_csv
-
-    (tmp_path / "labels.csv").write_text("image,dmos\na.png,10\nb.png,55.5\n")
-    with pytest.warns(UserWarning, match="dmos.*negated"):
-        rows = read_mos_csv(tmp_path / "labels.csv")
-    assert rows == [(tmp_path / "a.png", -10.0), (tmp_path / "b.png", -55.5)]

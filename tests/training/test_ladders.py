@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from tests.training.conftest import textured_image
-from training.distortions import DISTORTIONS
-from training.ladders import apply_ladder, apply_level, ladder_value, sample_ladder, single_ladder
+from training.degradation.distortions import DISTORTIONS
+from training.degradation.ladders import (
+    apply_ladder,
+    apply_level,
+    ladder_value,
+    sample_ladder,
+    single_ladder,
+)
 
 
 def test_sample_ladder_distinct_groups_and_deterministic():

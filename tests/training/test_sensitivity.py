@@ -10,8 +10,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from tests.reports.conftest import smooth_image
-from training.distortions import DISTORTIONS
+from tests.synthetic import smooth_image
+from training.degradation.distortions import DISTORTIONS
 from training.sensitivity import SensitivityConfig, sensitivity_curves
 
 
@@ -33,8 +33,8 @@ def test_noise_curve_falls_for_a_model_that_sees_noise(probe_model):
     assert all(b <= a + 1e-3 for a, b in zip(curve, curve[1:], strict=False)), curve
     assert white[0].srcc < -0.8
     # Independent check of one point: level 5 of white noise by hand, same seeds as the curves.
+    from training.degradation.ladders import apply_ladder, single_ladder
     from training.evaluation import center_crop
-    from training.ladders import apply_ladder, single_ladder
 
     by_hand = []
     for i, image in enumerate(images):
