@@ -68,7 +68,7 @@ def main(**kwargs: Any) -> None:
     from training.trainer import train
 
     try:
-        path = train(cfg)
+        path = train(cfg, validated=True)  # validated above: once per run, not twice
     except ConfigError as exc:  # found once the run's state is read (e.g. --resume mismatches)
         raise click.ClickException(str(exc)) from exc
     except (WeightsDownloadError, CheckpointError) as exc:  # --init weights: offline, corrupt
