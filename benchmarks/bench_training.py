@@ -31,8 +31,8 @@ from torch.utils.data import DataLoader
 
 from qualiclip.architecture import resolve_model_config
 from training.data import PristineCrops, StepBatchSampler
+from training.initial_model import PromptSimilarity, initial_model, set_train_mode, trainable_model
 from training.losses import qualiclip_loss
-from training.model_init import PromptSimilarity, initial_model, set_train_mode, trainable_model
 from training.trainer import degrade_batch
 
 

@@ -19,8 +19,7 @@ from pathlib import Path
 import click
 
 from qualiclip import __version__
-from qualiclip.images import IMAGE_EXTENSIONS
-from qualiclip.precision import PRECISIONS
+from qualiclip.constants import IMAGE_EXTENSIONS, PRECISIONS
 
 ENTRY_POINT_GROUP = "qualiclip.commands"
 
@@ -130,9 +129,10 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
     import torch
 
     from qualiclip.checkpoint import CheckpointError
+    from qualiclip.inference import Preprocessing
     from qualiclip.loading import default_device, load_model
     from qualiclip.precision import resolve_precision
-    from qualiclip.scoring import describe_preprocessing, iter_scores
+    from qualiclip.scoring import iter_scores
     from qualiclip.weights import WeightsDownloadError
 
     images = collect_images(paths, recursive)
@@ -144,23 +144,24 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
         raise click.UsageError(f"no images found in {', '.join(paths)}{hint}")
     if output is not None and not output.parent.exists():
         raise click.BadParameter(f"folder {output.parent} does not exist", param_hint="--output")
-    try:  # before the weights, which may mean a download
-        resolve_precision(precision, torch.device(device or default_device()))
+    try:  # before the weights, which may mean a download; resolved once, used below
+        target = torch.device(device or default_device())
+        precision = resolve_precision(precision, target)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--precision") from exc
     except RuntimeError as exc:  # a malformed device string
         raise click.BadParameter(str(exc), param_hint="--device") from exc
     try:
-        model = load_model(weights, device=device, expected_sha256=expected_sha256,
+        model = load_model(weights, device=target, expected_sha256=expected_sha256,
                            progress=not no_progress)
     except (CheckpointError, WeightsDownloadError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(f"cannot load weights: {exc}") from exc
     except RuntimeError as exc:  # e.g. an unavailable CUDA device
         raise click.ClickException(f"cannot use device {device!r}: {exc}") from exc
 
-    device_used = next(model.parameters()).device
-    info = describe_preprocessing(model, max_side, resolve_precision(precision, device_used),
-                                  device_used)
+    setup = Preprocessing(max_side=max_side, precision=precision,
+                          device=str(next(model.parameters()).device))
+    info = setup.describe(model.weights_info)
     click.echo(f"weights {info['weights']} (SHA-256 {str(info['weights_sha256'])[:12]}...), "
                f"{info['resize']}, precision {info['precision']} on {info['device']}", err=True)
     if output is not None:  # the full record beside the table, for whoever reads it later

@@ -33,17 +33,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from qualiclip.constants import IMAGE_EXTENSIONS  # noqa: F401  (re-exported)
+
 ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]  # noqa: UP007
 
-#: File extensions picked up when a folder is scanned (by ``qualiclip score`` and by training).
-#: HEIC/HEIF/AVIF need ``pillow-heif`` (or a Pillow built with AVIF); JPEG 2000 needs a Pillow
-#: built with OpenJPEG (the PyPI wheels are). Files PIL cannot read become per-file errors that
-#: say so, rather than being skipped silently.
-IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
-    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".dib",
-    ".jp2", ".j2k", ".heic", ".heif", ".avif",
-})
 
 #: Formats PIL reads only through an extra package; named in the error when reading fails.
 _PLUGIN_FORMATS = {".heic": "pillow-heif", ".heif": "pillow-heif", ".avif": "pillow-heif"}

@@ -9,7 +9,7 @@ import torch
 from qualiclip.architecture import build_clip, build_visual, compute_prompt_features
 from qualiclip.checkpoint import Checkpoint, CheckpointError, read_checkpoint
 from qualiclip.model import QualiCLIP
-from qualiclip.prompts import PAIR_NAMES, PROMPT_PAIRS, flat_prompts
+from qualiclip.prompts import flat_prompts, pair_names_for
 from qualiclip.weights import resolve_weights, sha256_file
 
 
@@ -47,35 +47,55 @@ def load_model(
 
 def model_from_checkpoint(checkpoint: Checkpoint, source: str = "checkpoint") -> QualiCLIP:
     """Build the model a :class:`Checkpoint` describes; every weight comes from the checkpoint."""
+    return build_model(checkpoint.model_config, checkpoint.state_dict,
+                       tuple(checkpoint.prompt_pairs), prompt_features_of(checkpoint, source),
+                       source)
+
+
+def prompt_features_of(checkpoint: Checkpoint, source: str = "checkpoint") -> torch.Tensor:
+    """The checkpoint's ``(2 P, D)`` prompt embeddings; when it stores none, computed once with
+    its own (QuickGELU) text tower, which is then dropped from memory.
+
+    Raises:
+        CheckpointError: neither embeddings nor a complete text tower in the checkpoint.
+    """
+    if checkpoint.prompt_features is not None:
+        return checkpoint.prompt_features.float()
     config = checkpoint.model_config
-    pairs = tuple(checkpoint.prompt_pairs)
-    features = checkpoint.prompt_features
-    if features is None:
-        # No stored embeddings: compute them once with the checkpoint's own (QuickGELU) text
-        # tower, then let the text tower go out of scope so it is not kept in memory.
-        if "text_cfg" not in config or "token_embedding.weight" not in checkpoint.state_dict:
-            raise CheckpointError(
-                f"{source} has neither prompt embeddings nor a text tower to compute them"
-            )
-        clip = build_clip(config)
-        _load_state(clip, checkpoint.state_dict, source, prefix="")
-        features = compute_prompt_features(clip, flat_prompts(pairs))
-        visual = clip.visual
-        del clip
-    else:
-        visual = build_visual(config)
-        visual_state = {k[len("visual."):]: v for k, v in checkpoint.state_dict.items()
-                        if k.startswith("visual.")}
-        _load_state(visual, visual_state, source, prefix="visual.")
-    names = PAIR_NAMES if pairs == PROMPT_PAIRS else _names_for(pairs)
-    width = getattr(visual, "output_dim", None)
-    if width is not None and features.ndim == 2 and features.shape[1] != width:
+    if "text_cfg" not in config or "token_embedding.weight" not in checkpoint.state_dict:
         raise CheckpointError(
-            f"{source}: prompt embeddings are {features.shape[1]}-dimensional but the image "
-            f"tower outputs {width}; the checkpoint's prompts_features and model config do not "
-            "belong together")
+            f"{source} has neither prompt embeddings nor a text tower to compute them")
+    clip = build_clip(config)
+    _load_state(clip, checkpoint.state_dict, source, prefix="")
+    return compute_prompt_features(clip.eval(), flat_prompts(tuple(checkpoint.prompt_pairs)))
+
+
+def build_model(model_config: dict, state_dict: dict[str, torch.Tensor],
+                prompt_pairs: tuple[tuple[str, str], ...], prompt_features: torch.Tensor,
+                source: str = "checkpoint") -> QualiCLIP:
+    """The one way a :class:`QualiCLIP` is assembled, for scoring and for training: the image
+    tower from the ``visual.*`` weights of an open_clip ``state_dict`` (every weight required),
+    the ``(2 P, D)`` prompt embeddings, and column names from :func:`pair_names_for`.
+
+    Raises:
+        CheckpointError: missing or mis-shaped weights, or prompt embeddings that do not fit
+            the image tower; the message names ``source``.
+    """
+    visual = build_visual(model_config)
+    visual_state = {k[len("visual."):]: v for k, v in state_dict.items()
+                    if k.startswith("visual.")}
+    _load_state(visual, visual_state, source, prefix="visual.")
+    width = getattr(visual, "output_dim", None)
+    if (width is not None and prompt_features.ndim == 2
+            and prompt_features.shape[1] != width):
+        raise CheckpointError(
+            f"{source}: prompt embeddings are {prompt_features.shape[1]}-dimensional but the "
+            f"image tower outputs {width}; the checkpoint's prompts_features and model config "
+            "do not belong together")
+    pairs = tuple(prompt_pairs)
     try:
-        return QualiCLIP(visual, features, pair_names=names, prompt_pairs=pairs)
+        return QualiCLIP(visual, prompt_features, pair_names=pair_names_for(pairs),
+                         prompt_pairs=pairs)
     except ValueError as exc:  # prompt embeddings of the wrong shape
         raise CheckpointError(f"{source}: {exc}") from exc
 
@@ -93,12 +113,3 @@ def _load_state(module: torch.nn.Module, state: dict, source: str, prefix: str) 
             f"{source} does not match its architecture: {len(missing)} missing weights "
             f"(e.g. {prefix}{missing[0]})"
         )
-
-
-def _names_for(pairs: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
-    """Column names for custom prompt pairs: the positive prompt, lower-cased, as an identifier."""
-    names = []
-    for positive, _ in pairs:
-        slug = "".join(c if c.isalnum() else "_" for c in positive.lower()).strip("_")
-        names.append(slug or f"pair{len(names)}")
-    return tuple(names)

@@ -19,14 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qualiclip.constants import CLIP_MEAN, CLIP_STD, LOGIT_SCALE, MIN_SIDE
 from qualiclip.prompts import PAIR_NAMES, PROMPT_PAIRS
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-#: Fixed logit scale of the official scoring (not the checkpoint's ``logit_scale``).
-LOGIT_SCALE = 100.0
-#: The ResNet downsamples by 32; a side shorter than this would leave an empty feature map.
-MIN_SIDE = 32
 
 
 def upscale_to_min_side(x: torch.Tensor, min_side: int = MIN_SIDE) -> torch.Tensor:
@@ -42,6 +36,12 @@ def upscale_to_min_side(x: torch.Tensor, min_side: int = MIN_SIDE) -> torch.Tens
     scale = min_side / min(h, w)
     size = (max(min_side, round(h * scale)), max(min_side, round(w * scale)))
     return F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp_(0, 1)
+
+
+def overall_score(pair_scores: torch.Tensor) -> torch.Tensor:
+    """``(..., P)`` pair scores in [0, 1] -> ``(...)`` quality scores: their mean (the official
+    rule; the only place it is taken)."""
+    return pair_scores.mean(dim=-1)
 
 
 class QualiCLIP(nn.Module):
@@ -80,8 +80,15 @@ class QualiCLIP(nn.Module):
 
     # --- image tower -----------------------------------------------------------------------
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """ResNet trunk. ``(N, 3, H, W)`` in [0, 1] -> ``(N, C, ceil-ish H/32, W/32)``."""
-        x = upscale_to_min_side(x)
+        """ResNet trunk. ``(N, 3, H, W)`` in [0, 1], any size -> ``(N, C, ~H/32, ~W/32)``."""
+        return self.trunk(upscale_to_min_side(x))
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalisation and ResNet trunk for inputs whose sides are all >= ``MIN_SIDE``.
+
+        ``(N, 3, H, W)`` in [0, 1] -> ``(N, C, ~H/32, ~W/32)``. No data-dependent branch, so an
+        exported graph (ONNX) of it serves every input size.
+        """
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         v = self.visual
         x = v.stem(x)
@@ -114,17 +121,32 @@ class QualiCLIP(nn.Module):
         )
         return out[0]
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` in [0, 1], sides >= ``MIN_SIDE`` -> ``(N, D)`` unnormalised image
+        embeddings. What the inference backends run (and export): no upscale branch."""
+        return self.pool(self.trunk(x))
+
     def image_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 3, H, W)`` in [0, 1] -> ``(N, D)`` unnormalised image embeddings."""
-        return self.pool(self.feature_map(x))
+        """``(N, 3, H, W)`` in [0, 1], any size -> ``(N, D)`` unnormalised image embeddings."""
+        return self.embed(upscale_to_min_side(x))
 
     # --- scoring ---------------------------------------------------------------------------
-    def pair_scores_from_features(self, features: torch.Tensor) -> torch.Tensor:
-        """``(..., D)`` embeddings -> ``(..., P)`` per-pair scores in [0, 1], computed in fp32."""
-        # Outside autocast: fp16/bf16 similarities can overflow or round scores visibly.
+    def prompt_similarities(self, features: torch.Tensor) -> torch.Tensor:
+        """``(..., D)`` embeddings -> ``(..., 2 P)`` cosine similarities to the prompts (pos, neg
+        interleaved), in fp32 even under autocast: bf16 similarities near 0.5 are only a few
+        rounding steps apart, and the scores and training margins live at that scale."""
         with torch.autocast(features.device.type, enabled=False):
             e = F.normalize(features.float(), dim=-1)
-            logits = LOGIT_SCALE * e @ self.prompt_features.t()
+            return e @ self.prompt_features.float().t()
+
+    def pair_scores_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """``(..., D)`` embeddings -> ``(..., P)`` per-pair scores in [0, 1], computed in fp32.
+
+        The one place pair scores are made: scoring, the FiftyOne model, quality maps, MOS
+        evaluation and training's evaluation all come through here.
+        """
+        with torch.autocast(features.device.type, enabled=False):
+            logits = LOGIT_SCALE * self.prompt_similarities(features)
             logits = logits.unflatten(-1, (len(self.PAIR_NAMES), 2))
             return logits.softmax(dim=-1)[..., 0]
 
@@ -134,7 +156,7 @@ class QualiCLIP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` RGB in [0, 1] -> ``(N,)`` quality scores in [0, 1], higher is better."""
-        return self.pair_scores(x).mean(dim=-1)
+        return overall_score(self.pair_scores(x))
 
     def quality_map(self, x: torch.Tensor) -> torch.Tensor:
         """Local quality: ``(N, 3, H, W)`` in [0, 1] -> ``(N, h, w)`` in [0, 1] (``h ~ H/32``).
@@ -149,5 +171,5 @@ class QualiCLIP(nn.Module):
         pool = self.visual.attnpool
         tokens = fmap.flatten(2).transpose(1, 2)  # (N, hw, C)
         local = pool.c_proj(pool.v_proj(tokens))
-        scores = self.pair_scores_from_features(local).mean(dim=-1)
+        scores = overall_score(self.pair_scores_from_features(local))
         return scores.reshape(fmap.shape[0], *fmap.shape[-2:])

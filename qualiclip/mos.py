@@ -1,7 +1,7 @@
 """Agreement of a model with human opinion scores: SRCC, PLCC and KRCC against a (path, mos) CSV.
 
 Works with any weights :func:`qualiclip.load_model` accepts (official or fine-tuned). Images are
-scored one at a time at their native resolution, the official scoring contract.
+scored at their native resolution in fp32, the official scoring contract.
 """
 
 from __future__ import annotations
@@ -64,26 +64,21 @@ def _is_number(text: str) -> bool:
         return False
 
 
-@torch.no_grad()
 def score_files(model: torch.nn.Module, paths: list[Path]) -> list[float | None]:
-    """Score each image at native resolution; ``None`` for unreadable files (one warning)."""
-    # The library's reader, so images are decoded exactly as `qualiclip score` decodes them.
-    from qualiclip.images import ImageReadError, load_image
+    """Score each image at native resolution in exact fp32 through the library's scoring
+    engine (decoded and scored exactly as ``qualiclip score`` does); ``None`` for unreadable
+    files, with one warning naming the count and the first of them."""
+    from qualiclip.scoring import iter_scores
 
-    device = next(model.parameters()).device
     scores: list[float | None] = []
     failed = []
-    for path in paths:
-        try:
-            image = load_image(path).float_tensor()
-        except (ImageReadError, OSError):  # unreadable or missing: skip and count
-            failed.append(path)
-            scores.append(None)
-            continue
-        scores.append(float(model(image[None].to(device))[0]))
+    for result in iter_scores(paths, model=model, precision="fp32", progress=False):
+        if result.error is not None:  # unreadable or missing: skip and count
+            failed.append(result.path)
+        scores.append(result.score)
     if failed:
         warnings.warn(f"skipped {len(failed)} unreadable image(s) (e.g. {failed[0]})",
-                      stacklevel=3)
+                      stacklevel=2)
     return scores
 
 

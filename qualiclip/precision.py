@@ -12,7 +12,7 @@ import contextlib
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+from qualiclip.constants import PRECISIONS
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -32,3 +32,16 @@ PAIR_NAMES: tuple[str, ...] = (
 def flat_prompts(pairs: tuple[tuple[str, str], ...] = PROMPT_PAIRS) -> list[str]:
     """Prompts in checkpoint order: ``pos0, neg0, pos1, neg1, ...`` (``2 * len(pairs)`` strings)."""
     return [text for pair in pairs for text in pair]
+
+
+def pair_names_for(pairs: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    """Column names for ``pairs``: :data:`PAIR_NAMES` for the official pairs, else each positive
+    prompt lower-cased as an identifier (``pair<i>`` where that leaves nothing)."""
+    pairs = tuple(tuple(pair) for pair in pairs)
+    if pairs == PROMPT_PAIRS:
+        return PAIR_NAMES
+    names = []
+    for positive, _ in pairs:
+        slug = "".join(c if c.isalnum() else "_" for c in positive.lower()).strip("_")
+        names.append(slug or f"pair{len(names)}")
+    return tuple(names)

@@ -64,10 +64,10 @@ def iter_quality_maps(
     downscales larger images first, to bound memory. Unreadable files, and images too large for
     the device's memory, give a result with ``error`` set instead of raising, so one bad file
     does not stop a dataset. A map with a NaN / inf cell is an error too (the same rule and text
-    as for scores: :func:`qualiclip.scoring.nonfinite_error`).
+    as for scores: :func:`qualiclip.inference.nonfinite_error`).
     """
     from qualiclip.images import ImageReadError, load_image, short_name
-    from qualiclip.scoring import is_out_of_memory, nonfinite_error
+    from qualiclip.inference import is_out_of_memory, nonfinite_error
 
     for source in sources:
         if isinstance(source, torch.Tensor):

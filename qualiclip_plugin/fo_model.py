@@ -8,10 +8,11 @@ Built like FiftyOne's own open_clip wrapper (config + ``_load_model`` / ``_build
   collate function that keeps the list; ``_predict_all`` runs each same-size group as one batch.
 * **Per-image failures**: FiftyOne's loader drops a whole batch when one file fails to load, so
   images are read by our own ``GetItem`` (in the DataLoader workers, so ``num_workers`` works)
-  that turns a read error into a :class:`ReadFailure` value. The failed sample gets no score (with
+  that turns a read error into a :class:`~qualiclip.inference.DecodedImage` with ``error`` set.
+  The failed sample gets no score (with
   ``pair_scores=True`` an ``<label_field>_error`` string); its batch mates are scored normally.
   A prediction holding NaN / inf is such a failure too, never a score (the library's rule,
-  :func:`qualiclip.scoring.nonfinite_error`).
+  :func:`qualiclip.inference.nonfinite_error`).
 * **Field types**: FiftyOne casts a float into an existing ``IntField`` without a word (every
   score becomes 0), and never tells a model which field it writes. The target fields are checked
   (:meth:`QualiCLIPModel.check_label_field`, ``ValueError`` before anything is written) by
@@ -23,17 +24,16 @@ Built like FiftyOne's own open_clip wrapper (config + ``_load_model`` / ``_build
   rerunning into the same ``label_field`` keeps an old score for an image that now fails, and an
   old error for one fixed since. :meth:`QualiCLIPModel.clear_outputs` empties those fields on a
   collection first, for a clean rerun; the operator does this itself.
-* Scores come from the QualiCLIP module's own methods (``image_features`` then
-  ``pair_scores_from_features``) under :func:`qualiclip.precision.autocast_context`, the same
-  path :mod:`qualiclip.scoring` runs, so ``apply_model`` and the operator agree.
+* Scores come from the library's one inference primitive,
+  :class:`qualiclip.inference.BatchScorer` (precision, memory format, min-side upscale,
+  out-of-memory split, non-finite rule), the same path ``score_images`` runs, so
+  ``apply_model`` and the operator agree.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any
 
 import fiftyone.utils.torch as fout
@@ -43,25 +43,8 @@ import torch
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ReadFailure:
-    """An image that could not be read (or scored); stands in for its tensor in a batch."""
-
-    path: str
-    message: str
-
-
-@dataclass(frozen=True)
-class LoadedInput:
-    """A decoded image, ``(3, H, W)`` uint8 or float in [0, 1], with the name it came from (so a
-    failure found later, at prediction time, can still say which file it was)."""
-
-    path: str
-    tensor: torch.Tensor
-
-
 class QualityGetItem(fout.GetItem):
-    """Loads ``filepath`` with :func:`qualiclip.images.load_image`; never raises."""
+    """Decodes ``filepath`` with :func:`qualiclip.inference.read_image`; never raises."""
 
     def __init__(self, max_side: int | None = None, field_mapping: dict | None = None) -> None:
         self.max_side = max_side
@@ -71,19 +54,10 @@ class QualityGetItem(fout.GetItem):
     def required_keys(self) -> list[str]:
         return ["filepath"]
 
-    def __call__(self, d: dict) -> LoadedInput | ReadFailure:
-        return _load(d["filepath"], self.max_side)
+    def __call__(self, d: dict):
+        from qualiclip.inference import read_image
 
-
-def _load(source: Any, max_side: int | None) -> LoadedInput | ReadFailure:
-    from qualiclip.images import load_image, read_error_text, source_name
-
-    name = source_name(source)
-    try:
-        # uint8 where possible: a quarter of the bytes to pass between processes.
-        return LoadedInput(name, load_image(source, max_side=max_side, as_uint8=True).tensor)
-    except Exception as exc:  # whatever a decoder throws stays with this image
-        return ReadFailure(name, read_error_text(name, exc))
+        return read_image(d["filepath"], max_side=self.max_side)
 
 
 def _keep_list(batch: list) -> list:
@@ -120,14 +94,12 @@ class QualiCLIPModel(fout.TorchImageModel):
     """
 
     def __init__(self, config: QualiCLIPModelConfig) -> None:
+        from qualiclip.inference import scorer_for
         from qualiclip.precision import resolve_precision
 
         super().__init__(config)
         self._precision = resolve_precision(config.precision, self._device)
-        # Same rule as qualiclip.scoring: channels_last where it picks faster kernels.
-        self._memory_format = (torch.channels_last
-                               if self._precision != "fp32" or self._device.type == "cuda"
-                               else torch.contiguous_format)
+        self._scorer = scorer_for(self._model, self._precision, keep_features=True)
         self.read_errors: dict[str, str] = {}
         self._last_embeddings: np.ndarray | None = None
 
@@ -217,25 +189,16 @@ class QualiCLIPModel(fout.TorchImageModel):
         return dict(self._model.weights_info)
 
     def _predict_all(self, imgs) -> list:
-        inputs = self._prepare(imgs)
-        features = self._features(inputs)
-        return [self._prediction(item, feature) for item, feature in zip(inputs, features)]
+        return [self._prediction(scored) for scored in self._score(imgs)]
 
-    def _prediction(self, item: LoadedInput | ReadFailure, feature: torch.Tensor | None):
+    def _prediction(self, scored):
         """One image's output: a float (or dict with the pair scores), or its failure."""
-        from qualiclip.scoring import nonfinite_error
-
-        if isinstance(item, LoadedInput):
-            pair = self._model.pair_scores_from_features(feature[None])[0].cpu()
-            error = nonfinite_error(item.path, pair, item.tensor)
-            if error is None:
-                values = pair.tolist()
-                score = float(sum(values) / len(values))
-                if self.config.pair_scores:
-                    return {"score": score, **dict(zip(self.pair_names, values))}
-                return score
-            item = ReadFailure(item.path, error)
-        return self._failed(item)
+        if scored.error is not None:
+            return self._failed(scored.image.name, scored.error)
+        if self.config.pair_scores:
+            return {"score": scored.score,
+                    **dict(zip(self.pair_names, scored.pair_scores.tolist()))}
+        return scored.score
 
     # --- embeddings -------------------------------------------------------------------------
     @property
@@ -247,16 +210,14 @@ class QualiCLIPModel(fout.TorchImageModel):
 
     def embed_all(self, args) -> np.ndarray:
         """``(N, D)`` unnormalised image embeddings; a row of NaN for an unreadable image."""
-        inputs = self._prepare(args)
-        features = self._features(inputs)
         dim = self._model.prompt_features.shape[-1]
         rows = []
-        for item, feature in zip(inputs, features):
-            if isinstance(item, ReadFailure):
-                self._failed(item)
+        for scored in self._score(args):
+            if scored.features is None:
+                self._failed(scored.image.name, scored.error)
                 rows.append(np.full(dim, np.nan))
             else:
-                rows.append(feature.float().cpu().numpy().astype(float))
+                rows.append(scored.features.numpy().astype(float))
         self._last_embeddings = np.stack(rows)
         return self._last_embeddings
 
@@ -266,47 +227,32 @@ class QualiCLIPModel(fout.TorchImageModel):
         return self._last_embeddings
 
     # --- helpers ----------------------------------------------------------------------------
-    def _prepare(self, imgs) -> list[LoadedInput | ReadFailure]:
-        """Batch items (our GetItem's outputs, tensors, PIL, arrays) -> inputs or failures."""
+    def _score(self, imgs) -> list:
+        """Batch items (our GetItem's decoded images, tensors, PIL, arrays) -> one
+        :class:`~qualiclip.inference.ImageScore` each, in order; one forward per size."""
         from qualiclip.images import source_name
+        from qualiclip.inference import DecodedImage, ImageScore, group_by_shape, read_image
 
-        prepared = []
+        images = []
         for index, img in enumerate(imgs):
-            if isinstance(img, (ReadFailure, LoadedInput)):
-                prepared.append(img)
+            if isinstance(img, DecodedImage):
+                images.append(img)
             elif isinstance(img, torch.Tensor) and self.config.max_side is None:
-                prepared.append(LoadedInput(source_name(img, index), img))  # already decoded
+                images.append(DecodedImage(index, source_name(img, index), img))  # decoded
             else:
-                prepared.append(_load(img, self.config.max_side))
-        return prepared
+                images.append(read_image(img, index, self.config.max_side))
+        scored = {id(image): ImageScore(image, error=image.error) for image in images
+                  if image.tensor is None}
+        for group in group_by_shape(images):
+            scored.update((id(out.image), out) for out in self._scorer.score(group))
+        return [scored[id(image)] for image in images]
 
-    def _features(self, inputs: list) -> list:
-        """Image features per input (``None`` for failures), one forward per same-size group."""
-        from qualiclip.images import to_float
-        from qualiclip.precision import autocast_context
-
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for index, item in enumerate(inputs):
-            if isinstance(item, LoadedInput):
-                groups[tuple(item.tensor.shape)].append(index)
-        features: list = [None] * len(inputs)
-        with torch.inference_mode():
-            for indices in groups.values():
-                batch = torch.stack([to_float(inputs[i].tensor.to(self._device))
-                                     for i in indices])
-                batch = batch.contiguous(memory_format=self._memory_format)
-                with autocast_context(self._precision, self._device):
-                    out = self._model.image_features(batch)
-                for i, row in zip(indices, out.float()):
-                    features[i] = row
-        return features
-
-    def _failed(self, failure: ReadFailure):
-        self.read_errors[failure.path] = failure.message
-        logger.warning("QualiCLIP: not scored: %s", failure.message)
+    def _failed(self, name: str, message: str):
+        self.read_errors[name] = message
+        logger.warning("QualiCLIP: not scored: %s", message)
         if self.config.pair_scores:
             # Only non-None values: FiftyOne cannot infer a new field's type from None.
-            return {"error": failure.message}
+            return {"error": message}
         return None
 
 

@@ -18,10 +18,8 @@ except ImportError:
 
 from qualiclip_plugin.operators import ComputeImageQuality  # noqa: E402
 from qualiclip_plugin.panel import ImageQualityPanel  # noqa: E402
-from qualiclip_plugin.report_operators import (  # noqa: E402
-    ComputeQualityMaps,
-    WriteQualityReport,
-)
+from qualiclip_plugin.quality_maps_operator import ComputeQualityMaps  # noqa: E402
+from qualiclip_plugin.report_operator import WriteQualityReport  # noqa: E402
 
 
 def register(plugin) -> None:

@@ -28,7 +28,7 @@ def describe_run(field: str, weights_info: dict[str, str], preprocessing: dict[s
                  pair_names: list[str], options: dict[str, Any]) -> dict[str, Any]:
     """The JSON-serialisable provenance of a scoring run into ``field``.
 
-    ``preprocessing`` is :func:`qualiclip.scoring.describe_preprocessing`'s record.
+    ``preprocessing`` is :meth:`qualiclip.inference.Preprocessing.describe`'s record.
     """
     import qualiclip
 

@@ -2,7 +2,7 @@
 
 Registered as a ``qualiclip`` sub-command through the ``qualiclip.commands`` entry point. It
 lives here, not in the library, because the ``--dataset`` path needs FiftyOne and the library
-never imports it; the CSV path only uses :mod:`qualiclip.report`, and FiftyOne is imported only
+never imports it; the CSV path only uses :mod:`qualiclip.report.html`, and FiftyOne is imported only
 when ``--dataset`` is given, so a CSV report stays fast.
 """
 
@@ -43,7 +43,7 @@ def report(scores_csv, dataset_name, field, saved_view, output, n, threshold, bi
 
     Give either SCORES_CSV (written by `qualiclip score`) or --dataset.
     """
-    from qualiclip.report import ReportConfig, write_report
+    from qualiclip.report.html import ReportConfig, write_report
 
     if (scores_csv is None) == (dataset_name is None):
         raise click.UsageError("give either SCORES_CSV or --dataset NAME (not both)")
@@ -51,7 +51,7 @@ def report(scores_csv, dataset_name, field, saved_view, output, n, threshold, bi
     if scores_csv is not None:
         from dataclasses import replace
 
-        from qualiclip.report_data import read_scores_csv
+        from qualiclip.report.data import read_scores_csv
 
         try:
             rows = read_scores_csv(scores_csv, group_by=group_by)
@@ -62,7 +62,7 @@ def report(scores_csv, dataset_name, field, saved_view, output, n, threshold, bi
     else:
         import fiftyone as fo
 
-        from qualiclip_plugin.report import write_collection_report
+        from qualiclip_plugin.report_rows import write_collection_report
 
         if not fo.dataset_exists(dataset_name):
             raise click.ClickException(f"no FiftyOne dataset named {dataset_name!r}")

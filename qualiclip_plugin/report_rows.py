@@ -1,4 +1,4 @@
-"""A FiftyOne dataset or view -> rows for :mod:`qualiclip.report` (the HTML builder).
+"""A FiftyOne dataset or view -> rows for :mod:`qualiclip.report.html` (the HTML builder).
 
 Reads the score field a scoring run wrote (``<field>``, ``<field>_<pair>``, ``<field>_error``,
 see :mod:`qualiclip_plugin.writing`) with bulk ``values()`` calls, and the breakdown keys:
@@ -20,8 +20,8 @@ import fiftyone as fo
 
 from qualiclip.files import atomic_write
 from qualiclip.prompts import PAIR_NAMES
-from qualiclip.report import ReportConfig, write_report
-from qualiclip.report_data import NO_GROUP, ReportRow
+from qualiclip.report.data import NO_GROUP, ReportRow
+from qualiclip.report.html import ReportConfig, write_report
 
 #: Label types whose ``label`` values make a breakdown, and the list attribute holding them.
 _LABEL_LISTS = {

@@ -83,15 +83,16 @@ class ScoringRun:
         protection.check_writable(self.dataset, self.layout, req,
                                   ownership=req.shard_index is None)
 
+        from qualiclip.inference import Preprocessing
         from qualiclip.precision import resolve_precision
-        from qualiclip.scoring import describe_preprocessing
 
         device = next(self.model.parameters()).device
         try:
             precision = resolve_precision(req.precision, device)
         except ValueError as exc:
             raise RequestError(str(exc)) from exc
-        preprocessing = describe_preprocessing(self.model, req.max_side, precision, device)
+        preprocessing = Preprocessing(max_side=req.max_side, precision=precision,
+                                      device=str(device)).describe(self.model.weights_info)
         self.description = provenance.describe_run(
             req.field, self.model.weights_info, preprocessing, list(self.model.PAIR_NAMES),
             options={"batch_size": req.batch_size, "pair_scores": req.pair_scores,

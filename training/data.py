@@ -5,7 +5,7 @@
 * :class:`PristineCrops` returns, for a ``(index, draw_seed)`` key, two overlapping crops of one
   image (``(2, 3, C, C)`` uint8) and a ladder seed; with ``levels`` set, also the degraded ladder
   ``(2, L, 3, C, C)`` uint8, computed in the worker. Otherwise the trainer degrades on the
-  training device (:mod:`training.ladders`).
+  training device (:mod:`training.degradation.ladders`).
 * :class:`StepBatchSampler` yields the keys of micro-batch ``k, k+1, ...`` for one process: the
   order is a pure function of ``(seed, k, rank)``, so a resumed run sees exactly the batches the
   killed run would have seen.
@@ -189,7 +189,7 @@ class PristineCrops(Dataset):
         ladder_seed = int(torch.randint(0, 2**62, (1,), generator=g))
         item = {"crops": crops, "ladder_seed": torch.tensor(ladder_seed)}
         if self.levels is not None:
-            from training.ladders import apply_ladder, sample_ladder
+            from training.degradation.ladders import apply_ladder, sample_ladder
 
             ladder = sample_ladder(torch.Generator().manual_seed(ladder_seed),
                                    self.max_distortions)

@@ -15,8 +15,8 @@ import torch
 
 from qualiclip.model import QualiCLIP
 from training.data import fit_min_side
-from training.distortions import DISTORTIONS
-from training.ladders import apply_ladder, single_ladder
+from training.degradation.distortions import DISTORTIONS
+from training.degradation.ladders import apply_ladder, single_ladder
 
 
 def spearman_with_levels(scores: torch.Tensor) -> float:

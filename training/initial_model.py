@@ -12,18 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from qualiclip.architecture import (
-    build_clip,
-    build_visual,
-    compute_prompt_features,
-    resolve_model_config,
-)
+from qualiclip.architecture import build_clip, compute_prompt_features, resolve_model_config
 from qualiclip.checkpoint import read_checkpoint
+from qualiclip.loading import build_model, prompt_features_of
 from qualiclip.model import QualiCLIP
-from qualiclip.prompts import PAIR_NAMES, PROMPT_PAIRS, flat_prompts
+from qualiclip.prompts import PROMPT_PAIRS, flat_prompts
 from qualiclip.weights import OFFICIAL, resolve_weights
 from training.config import check_model_config
 
@@ -79,24 +74,20 @@ def initial_model(init: str, arch: str | None = None, seed: int = 0) -> InitialM
     license = _NC_LICENSE if (init == "qualiclip" or ck.format == "official") else None
     if ck.metadata.get("license"):
         license = ck.metadata["license"]
-    features = ck.prompt_features
-    if features is None:
-        clip = build_clip(ck.model_config)
-        clip.load_state_dict(ck.state_dict, strict=False)
-        features = compute_prompt_features(clip.eval(), flat_prompts(ck.prompt_pairs))
+    # The library's reader: a text tower with missing weights is refused, not half-loaded.
+    features = prompt_features_of(ck, f"--init {init}")
     return InitialModel(ck.model_config, dict(ck.state_dict), tuple(ck.prompt_pairs),
-                        features.float(), f"{name}", license)
+                        features, f"{name}", license)
 
 
 def trainable_model(initial: InitialModel) -> QualiCLIP:
-    """A :class:`QualiCLIP` whose visual tower holds the initial weights and requires grad."""
-    visual = build_visual(initial.model_config)
-    state = {k[len("visual."):]: v for k, v in initial.state_dict.items()
-             if k.startswith("visual.")}
-    visual.load_state_dict(state)
-    pairs = tuple(initial.prompt_pairs)
-    names = PAIR_NAMES if pairs == PROMPT_PAIRS else tuple(f"pair{i}" for i in range(len(pairs)))
-    model = QualiCLIP(visual, initial.prompt_features, pair_names=names, prompt_pairs=pairs)
+    """A :class:`QualiCLIP` whose visual tower holds the initial weights and requires grad.
+
+    Assembled by :func:`qualiclip.loading.build_model`, the path scoring loads checkpoints
+    with, so training scores images exactly as inference will (same pooling, pair names).
+    """
+    model = build_model(initial.model_config, initial.state_dict, initial.prompt_pairs,
+                        initial.prompt_features, initial.source)
     model.visual.requires_grad_(True)
     # The scoring pool skips the positional embedding, so it gets no gradient: freeze it (it
     # stays as in the source checkpoint, and DDP would otherwise wait for its gradient).
@@ -113,12 +104,9 @@ class PromptSimilarity(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.model.image_features(x)
-        # Similarities in fp32 even under AMP, as scoring does: the margins (0.05) are only a
-        # few bf16 rounding steps wide at similarities near 0.5.
-        with torch.autocast(x.device.type, enabled=False):
-            e = F.normalize(features.float(), dim=-1)
-            return e @ self.model.prompt_features.float().t()
+        # The scoring model's own methods (similarities in fp32 even under AMP: the margins,
+        # 0.05, are only a few bf16 rounding steps wide at similarities near 0.5).
+        return self.model.prompt_similarities(self.model.image_features(x))
 
 
 def set_train_mode(model: nn.Module, train_bn: bool) -> None:

@@ -2,11 +2,11 @@
 
 The paper's Fig. 1 as a tool. Each sample image (centre crop, as in training and
 :mod:`training.evaluation`) is degraded by each of the 24 distortion types of
-:mod:`training.distortions` at levels 1..L of a monotone single-type ladder
-(:mod:`training.ladders`); every degraded image is scored and the scores are averaged over the
-sample. A model that tracks a distortion gives a curve falling from the pristine score (level 0);
-a flat or rising curve shows a distortion the model misses on this domain. Run it with several
-weights (before / after fine-tuning) to compare.
+:mod:`training.degradation.distortions` at levels 1..L of a monotone single-type ladder
+(:mod:`training.degradation.ladders`); every degraded image is scored and the scores are
+averaged over the sample. A model that tracks a distortion gives a curve falling from the
+pristine score (level 0); a flat or rising curve shows a distortion the model misses on this
+domain. Run it with several weights (before / after fine-tuning) to compare.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from qualiclip.model import QualiCLIP
-from training.distortions import DISTORTIONS
+from training.degradation.distortions import DISTORTIONS
+from training.degradation.ladders import apply_ladder, ladder_value, single_ladder
 from training.evaluation import center_crop, spearman_with_levels
-from training.ladders import apply_ladder, ladder_value, single_ladder
 
 CSV_COLUMNS = ("weights", "type", "group", "level", "value", "mean_score", "std_score",
                "pristine_score", "n_images", "srcc")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from qualiclip.report_data import GroupStats, ReportRow, scored
+from qualiclip.report.data import GroupStats, ReportRow, scored
 
 
 def _figure(width: float, height: float):

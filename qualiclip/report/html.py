@@ -28,7 +28,7 @@ import torch
 
 from qualiclip.images import ImageReadError, load_image
 from qualiclip.prompts import PAIR_NAMES
-from qualiclip.report_data import (
+from qualiclip.report.data import (
     ReportRow,
     extremes,
     flag_counts,
@@ -36,7 +36,7 @@ from qualiclip.report_data import (
     histogram,
     scored,
 )
-from qualiclip.report_figures import groups_png, histogram_png, pair_scores_png
+from qualiclip.report.figures import groups_png, histogram_png, pair_scores_png
 
 #: The first line of every report this module writes (followed by ``"\n"``): how other code
 #: (the plugin) knows a file is one of ours before it overwrites or serves it.

@@ -3,7 +3,7 @@
 Public API (also what sensitivity curves are built on)::
 
     import torch
-    from training.ladders import apply_level, sample_ladder, apply_ladder
+    from training.degradation.ladders import apply_level, sample_ladder, apply_ladder
 
     g = torch.Generator().manual_seed(0)
     # one type at level 3 of a monotone 5-level ladder; x (N, 3, H, W) or (3, H, W) in [0, 1]
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from training.distortions import DISTORTIONS, GROUPS, Distortion, apply_value
+from training.degradation.distortions import DISTORTIONS, GROUPS, Distortion, apply_value
 
 
 def ladder_value(d: Distortion, level: int, levels: int = 5, sign: int = 1) -> float:
