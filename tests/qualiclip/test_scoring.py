@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -115,24 +117,61 @@ def test_out_of_memory_retries_with_smaller_batches(tiny_model, tmp_path):
     assert [r.score for r in results] == pytest.approx([r.score for r in plain], abs=1e-6)
 
 
-def test_streaming_yields_early_results_before_the_end(tiny_model, tmp_path):
+def test_streaming_yields_early_results_before_the_end(tiny_model, tmp_path, monkeypatch):
+    """The first result arrives while most images are still undecoded: ``iter_scores`` streams
+    rather than collecting everything first. With ``num_workers=0`` every file is decoded in this
+    process, through PIL's ``Image.open``, so counting its calls tells how far decoding got."""
+    from PIL import Image as PILImage
+
     sources = [make_image(tmp_path / f"{i}.png", size=(64, 48 + (i % 2) * 16), seed=i)
                for i in range(40)]
-    consumed = 0
-    for _ in iter_scores(sources, model=tiny_model, batch_size=2, num_workers=0,
-                              progress=False):
-        consumed += 1
-        if consumed == 3:
-            break
-    assert consumed == 3
+    opened = []
+    real_open = PILImage.open
+
+    def recording_open(fp, *args, **kwargs):
+        opened.append(Path(fp).name)
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(PILImage, "open", recording_open)
+    results = iter_scores(sources, model=tiny_model, batch_size=2, num_workers=0, progress=False)
+    first = next(results)
+    decoded_at_first = len(opened)
+    # Two sizes alternate, so the first batch of 2 (images 0 and 2) is full after 3 decodes.
+    assert first.index == 0 and first.error is None
+    assert decoded_at_first == 3, opened
+    rest = list(results)
+    assert [r.index for r in rest] == list(range(1, 40))
+    assert len(opened) == 40
 
 
 def test_auto_precision_is_within_tolerance_of_fp32(tiny_model, image_folder):
+    """"auto" resolves as documented for this machine and stays within 0.01 of fp32 (on a CPU
+    without fast bf16 "auto" is fp32: the bf16 test below covers bf16 itself)."""
+    from qualiclip.precision import cpu_has_fast_bf16, resolve_precision
+
+    assert resolve_precision("auto", torch.device("cpu")) == (
+        "bf16" if cpu_has_fast_bf16() else "fp32")
     sources = sorted(image_folder.iterdir())
     exact = score_images(sources, model=tiny_model, precision="fp32", progress=False)
     fast = score_images(sources, model=tiny_model, precision="auto", progress=False)
     for a, b in zip(exact, fast):
         assert abs(a.score - b.score) < 0.01
+
+
+def test_bf16_on_cpu_is_within_tolerance_of_fp32_and_really_runs(tiny_model, image_folder):
+    """bf16 requested explicitly runs bf16 autocast on any x86 CPU (slowly where it has no bf16
+    units): scores within the documented 0.01 of fp32 (qualiclip/precision.py), yet not all
+    identical to fp32's, which proves the image tower did not quietly run in fp32."""
+    sources = sorted(image_folder.iterdir())
+    exact = score_images(sources, model=tiny_model, device="cpu", precision="fp32",
+                         num_workers=0, progress=False)
+    bf16 = score_images(sources, model=tiny_model, device="cpu", precision="bf16",
+                        num_workers=0, progress=False)
+    assert all(r.error is None for r in exact + bf16)
+    assert max(abs(a.score - b.score) for a, b in zip(exact, bf16)) < 0.01
+    differences = [abs(a.pair_scores[k] - b.pair_scores[k])
+                   for a, b in zip(exact, bf16) for k in PAIR_NAMES]
+    assert max(differences) > 1e-5, "bf16 gave fp32's exact pair scores: autocast did not run"
 
 
 def test_bad_arguments(tiny_model, image_folder):
