@@ -19,7 +19,8 @@ from pathlib import Path
 import click
 
 from qualiclip import __version__
-from qualiclip.constants import IMAGE_EXTENSIONS, PRECISIONS
+from qualiclip.constants import PRECISIONS
+from qualiclip.files import image_files
 
 ENTRY_POINT_GROUP = "qualiclip.commands"
 
@@ -59,9 +60,7 @@ def collect_images(paths: Iterable[str], recursive: bool) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            candidates = sorted(p for p in path.glob(pattern)
-                                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            candidates = image_files(path, recursive)
         else:
             candidates = [path]  # a missing file becomes an error row, not a crash
         for candidate in candidates:

@@ -1,5 +1,5 @@
-"""File-system helpers shared by the weights cache and checkpoint writing (no torch here, so
-:mod:`qualiclip.weights` stays importable without it)."""
+"""File-system helpers shared by the weights cache, checkpoint writing and folder scans (no
+torch here, so :mod:`qualiclip.weights` and the CLI stay importable without it)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from qualiclip.constants import IMAGE_EXTENSIONS
 
 
 def use_default_permissions(path: Path) -> None:
@@ -37,3 +39,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def image_files(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Image files in ``folder`` (by extension, :data:`~qualiclip.constants.IMAGE_EXTENSIONS`;
+    sub-folders only with ``recursive``), sorted, so every scan of a folder lists it alike
+    (``qualiclip score``, the training split, the sensitivity sample)."""
+    root = Path(folder).expanduser()
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in root.glob(pattern)
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)

@@ -23,19 +23,22 @@ from qualiclip.constants import CLIP_MEAN, CLIP_STD, LOGIT_SCALE, MIN_SIDE
 from qualiclip.prompts import PAIR_NAMES, PROMPT_PAIRS
 
 
-def upscale_to_min_side(x: torch.Tensor, min_side: int = MIN_SIDE) -> torch.Tensor:
+def upscale_to_min_side(x: torch.Tensor, min_side: int = MIN_SIDE,
+                        max_value: float = 1.0) -> torch.Tensor:
     """Images whose shorter side is below ``min_side`` px are upscaled (bicubic, aspect ratio
-    kept, values clamped to [0, 1]) so the shorter side is ``min_side``; others pass unchanged.
+    kept, values clamped to [0, ``max_value``]) so the shorter side is ``min_side``; others
+    pass unchanged. ``(N, C, H, W)`` float in, same layout out.
 
     Such images carry too little content to judge; the upscale makes them score (low, as a
-    blurry image does) instead of crashing the backbone.
+    blurry image does) instead of crashing the backbone. Training's crops use it on the 0..255
+    scale (``max_value=255``).
     """
     h, w = x.shape[-2:]
     if min(h, w) >= min_side:
         return x
     scale = min_side / min(h, w)
     size = (max(min_side, round(h * scale)), max(min_side, round(w * scale)))
-    return F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp_(0, 1)
+    return F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp_(0, max_value)
 
 
 def overall_score(pair_scores: torch.Tensor) -> torch.Tensor:

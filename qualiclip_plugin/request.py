@@ -13,6 +13,8 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from qualiclip.constants import DEFAULT_BATCH_SIZE, MIN_SIDE, PRECISIONS
+
 if TYPE_CHECKING:
     from qualiclip_plugin.policy import AppPolicy
 
@@ -25,11 +27,10 @@ IMMEDIATE_MAX_SAMPLES = 500
 DEFAULT_CHUNK_SIZE = 1000
 DEFAULT_FIELD = "quality"
 DEFAULT_WEIGHTS = "qualiclip"
-DEFAULT_BATCH_SIZE = 32
 DEFAULT_FLAG_TAG = "low_quality"
 FLAG_MODES = ("none", "percent", "threshold")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-MIN_MAX_SIDE = 32  # qualiclip.model.MIN_SIDE; repeated here to keep this module torch-free
+#: The library's own values (qualiclip.constants imports no torch, so the App starts fast).
+MIN_MAX_SIDE = MIN_SIDE
 
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _RESERVED = {"id", "_id", "filepath", "tags", "metadata", "created_at", "last_modified_at",

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qualiclip.images import IMAGE_EXTENSIONS
+from qualiclip.constants import IMAGE_EXTENSIONS
+from qualiclip.files import image_files
 
 INIT_CHOICES = ("qualiclip", "openai", "random")
 PROMPT_CHOICES = ("all", "good_photo")
@@ -265,7 +266,7 @@ def _check_pristine(folder: str) -> None:
     path = Path(folder).expanduser()
     if not path.is_dir():
         raise ConfigError(f"--pristine-dir {folder}: no such folder")
-    if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.rglob("*") if p.is_file()):
+    if not image_files(path):
         raise ConfigError(f"--pristine-dir {folder}: no images found (looked recursively for "
                           f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
 

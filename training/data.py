@@ -19,19 +19,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
-from qualiclip.images import IMAGE_EXTENSIONS, load_image, register_optional_openers
+from qualiclip.files import image_files
+from qualiclip.images import load_image, register_optional_openers
+from qualiclip.model import upscale_to_min_side
 
 log = logging.getLogger(__name__)
 
 
 def find_images(folder: str | Path) -> list[Path]:
     """Image files under ``folder``, recursively, sorted (so the split is reproducible)."""
-    root = Path(folder).expanduser()
-    return sorted(p for p in root.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return image_files(folder, recursive=True)
 
 
 def load_rgb(path: str | Path) -> torch.Tensor:
@@ -128,13 +127,11 @@ def split_holdout(paths: list[Path], count: int, seed: int) -> tuple[list[Path],
 
 def fit_min_side(image: torch.Tensor, side: int) -> torch.Tensor:
     """``(3, H, W)`` uint8: upscale (bicubic, aspect kept) so the shorter side is >= ``side``."""
-    h, w = image.shape[-2:]
-    if min(h, w) >= side:
+    if min(image.shape[-2:]) >= side:
         return image
-    scale = side / min(h, w)
-    size = (max(side, round(h * scale)), max(side, round(w * scale)))
-    up = F.interpolate(image[None].float(), size=size, mode="bicubic", align_corners=False)
-    return up[0].round().clamp(0, 255).to(torch.uint8)
+    # The scoring model's own upscale, on the 0..255 scale (crops stay uint8 until degraded).
+    up = upscale_to_min_side(image[None].float(), side, max_value=255.0)
+    return up[0].round().to(torch.uint8)
 
 
 def overlapping_crops(image: torch.Tensor, crop: int, generator: torch.Generator) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 from qualiclip.model import QualiCLIP
 from training.data import fit_min_side
 from training.degradation.distortions import DISTORTIONS
-from training.degradation.ladders import apply_ladder, single_ladder
+from training.degradation.ladders import apply_ladder, evaluation_ladder
 
 
 def spearman_with_levels(scores: torch.Tensor) -> float:
@@ -70,8 +70,7 @@ def degradation_ranking(model: QualiCLIP, images: list[torch.Tensor], crop_size:
         for i, image in enumerate(images):
             x = center_crop(image, crop_size).to(device).float().div(255)[None]
             for t, name in enumerate(names):
-                ladder = single_ladder(name, seed=seed * 100_003 + i * 101 + t,
-                                       sign=1 if (i + t) % 2 == 0 else -1)
+                ladder = evaluation_ladder(name, seed, i, t)
                 batch = apply_ladder(x, ladder, levels)[:, 0]  # (L, 3, C, C)
                 scores = model(batch).float().cpu()
                 per_type[name].append(spearman_with_levels(scores))

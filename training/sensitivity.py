@@ -21,7 +21,7 @@ import torch
 
 from qualiclip.model import QualiCLIP
 from training.degradation.distortions import DISTORTIONS
-from training.degradation.ladders import apply_ladder, ladder_value, single_ladder
+from training.degradation.ladders import apply_ladder, evaluation_ladder, ladder_value
 from training.evaluation import center_crop, spearman_with_levels
 
 CSV_COLUMNS = ("weights", "type", "group", "level", "value", "mean_score", "std_score",
@@ -96,10 +96,7 @@ def sensitivity_curves(model: QualiCLIP, images: Sequence[torch.Tensor],
         base = float(model(x)[0])
         pristine.append(base)
         for t, name in enumerate(names):
-            # Same seed/sign rule as the evaluation, so curves and its SRCC agree; alternating
-            # signs average brightening and darkening for the sign-alternating types.
-            ladder = single_ladder(name, seed=config.seed * 100_003 + i * 101 + t,
-                                   sign=1 if (i + t) % 2 == 0 else -1)
+            ladder = evaluation_ladder(name, config.seed, i, t)  # the evaluation's rule
             scores = model(apply_ladder(x, ladder, config.levels)[:, 0]).float().cpu()
             for level, s in enumerate(scores.tolist()):
                 per_level[name][level].append(s)

@@ -100,6 +100,15 @@ def single_ladder(name: str, seed: int, sign: int = 1) -> Ladder:
     return Ladder((name,), (seed,), (sign,))
 
 
+def evaluation_ladder(name: str, seed: int, image: int, type_index: int) -> Ladder:
+    """The single-type ladder the evaluation and the sensitivity curves give image ``image``
+    for distortion number ``type_index``: its own seed (a run replays exactly), and a sign that
+    alternates over images and types, so the sign-alternating types average brightening and
+    darkening (or contrast up and down). One rule, so the curves and the SRCC agree."""
+    return single_ladder(name, seed=seed * 100_003 + image * 101 + type_index,
+                         sign=1 if (image + type_index) % 2 == 0 else -1)
+
+
 def apply_ladder_level(x: torch.Tensor, ladder: Ladder, level: int,
                        levels: int = 5) -> torch.Tensor:
     """``x`` ``(N, 3, H, W)`` in [0, 1] degraded by every member of ``ladder`` at ``level``,
