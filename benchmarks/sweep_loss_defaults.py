@@ -1,4 +1,4 @@
-"""Reproduce the loss-default sweep behind the README's "Defaults and why" table.
+"""Reproduce the loss-default sweep behind the "Defaults and why" table of docs/training.md.
 
 Each run trains the tiny random-init model (crop 64, batch 4) on 60 generated scenes, holds 10
 out, and prints the held-out mean Spearman correlation between degradation level and score before
@@ -25,7 +25,7 @@ from tests.training.conftest import write_scenes  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.trainer import train  # noqa: E402
 
-#: Overrides of TrainConfig per run, one per row of the README table.
+#: Overrides of TrainConfig per run, one per row of that table.
 RUNS: dict[str, dict] = {
     "m01_l1": {"margin": 0.01, "consistency_weight": 1.0},  # first guess
     "m002_l1": {"margin": 0.002, "consistency_weight": 1.0},

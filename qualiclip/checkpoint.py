@@ -59,6 +59,20 @@ class Checkpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def _load_failure(exc: Exception) -> str:
+    """One short line for why ``torch.load`` failed. Torch's own text spans many lines and, for
+    files holding arbitrary objects, suggests ``weights_only=False``, which would let the file
+    run code: never repeat that advice."""
+    text = str(exc)
+    if "weights_only" in text or "Weights only load failed" in text:
+        return ("it holds Python objects besides tensors, which are never loaded (they could "
+                "run code)")
+    first = " ".join(text.split("\n", 1)[0].split())
+    if len(first) > 160:
+        first = first[:157] + "..."
+    return f"{exc.__class__.__name__}: {first}" if first else exc.__class__.__name__
+
+
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read either checkpoint format from ``path``.
 
@@ -73,8 +87,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
         raise CheckpointError(
-            f"cannot read weights file {path}: {exc.__class__.__name__}: {exc}. "
-            "Is it a complete QualiCLIP .pth file? Delete it and download again if it was cut off."
+            f"cannot read weights file {path}: {_load_failure(exc)}. Is it a complete QualiCLIP "
+            ".pth file? Delete it and download again if it was cut off."
         ) from exc
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} is not a QualiCLIP checkpoint (found {type(raw).__name__})")

@@ -70,6 +70,24 @@ def collect_images(paths: Iterable[str], recursive: bool) -> list[Path]:
     return found
 
 
+def load_model_or_fail(weights: str, device, expected_sha256: str | None = None,
+                       progress: bool = True):
+    """``qualiclip.load_model`` for a command line (``score``, ``eval``, ``sensitivity``):
+    weights that cannot be loaded (missing, corrupt, a failed download) or an unusable device
+    end the command with one line saying which, instead of a traceback."""
+    from qualiclip.loading import load_model
+    from qualiclip.weights import WeightsDownloadError
+
+    try:
+        return load_model(weights, device=device, expected_sha256=expected_sha256,
+                          progress=progress)
+    except (WeightsDownloadError, OSError, ValueError) as exc:  # CheckpointError: a ValueError
+        raise click.ClickException(" ".join(f"cannot load weights: {exc}".split())) from exc
+    except RuntimeError as exc:  # e.g. an unavailable CUDA device
+        raise click.ClickException(
+            " ".join(f"cannot use device {str(device)!r}: {exc}".split())) from exc
+
+
 def finite_row(row: dict) -> dict:
     """``row`` with NaN / inf values replaced by ``None``: neither is a score, and JSON has no
     spelling for them (``NaN`` is a Python extension other parsers reject)."""
@@ -127,12 +145,10 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
     """
     import torch
 
-    from qualiclip.checkpoint import CheckpointError
     from qualiclip.inference import Preprocessing
-    from qualiclip.loading import default_device, load_model
+    from qualiclip.loading import default_device
     from qualiclip.precision import resolve_precision
     from qualiclip.scoring import iter_scores
-    from qualiclip.weights import WeightsDownloadError
 
     images = collect_images(paths, recursive)
     if not any(p.exists() for p in images):
@@ -150,13 +166,8 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
         raise click.BadParameter(str(exc), param_hint="--precision") from exc
     except RuntimeError as exc:  # a malformed device string
         raise click.BadParameter(str(exc), param_hint="--device") from exc
-    try:
-        model = load_model(weights, device=target, expected_sha256=expected_sha256,
-                           progress=not no_progress)
-    except (CheckpointError, WeightsDownloadError, FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(f"cannot load weights: {exc}") from exc
-    except RuntimeError as exc:  # e.g. an unavailable CUDA device
-        raise click.ClickException(f"cannot use device {device!r}: {exc}") from exc
+    model = load_model_or_fail(weights, target, expected_sha256=expected_sha256,
+                               progress=not no_progress)
 
     setup = Preprocessing(max_side=max_side, precision=precision,
                           device=str(next(model.parameters()).device))

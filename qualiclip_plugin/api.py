@@ -40,7 +40,7 @@ def compute_image_quality(sample_collection, field: str = DEFAULT_FIELD,
                           ) -> dict[str, Any]:
     """Score ``sample_collection`` (dataset or view) and write ``field`` and its companions.
 
-    Parameters are those of the App form (README, "FiftyOne plugin"). Runs here and returns the
+    Parameters are those of the App form (docs/plugin.md, "In the App"). Runs here and returns the
     summary (also stored with the field's run record); ``num_shards > 1`` queues that many
     delegated operations, ``delegate=True`` queues the whole run, for
     ``fiftyone delegated launch`` (both need a persistent dataset).

@@ -51,7 +51,7 @@ def weights_input(inputs: types.Object, params: dict[str, Any], policy: AppPolic
     for choice in choices:
         dropdown.add_choice(choice.value, label=choice.label)
     inputs.enum("weights", values, default=default, label=label, view=dropdown,
-                description="Weights offered on this server (admins: README, 'Running on a "
+                description="Weights offered on this server (admins: docs/plugin.md, 'Running on a "
                             "shared App server')")
     return str(given or default or "")
 
@@ -62,7 +62,7 @@ def weights_problem(weights: str, policy: AppPolicy) -> str | None:
 
     if not weights:
         return ("no weights are offered on this server: ask its admin to allow the official "
-                "weights or a checkpoint folder (README, 'Running on a shared App server')")
+                "weights or a checkpoint folder (docs/plugin.md, 'Running on a shared App server')")
     try:
         resolved = check_weights(weights, policy)
     except RequestError as exc:

@@ -43,7 +43,7 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class ScoreRequest:
-    """A validated scoring request (see the README for each parameter's meaning)."""
+    """A validated scoring request (docs/plugin.md, "In the App": what each parameter means)."""
 
     field: str = DEFAULT_FIELD
     weights: str = DEFAULT_WEIGHTS

@@ -2,7 +2,7 @@
 
 The CLI (:mod:`training.cli`) builds its options from these fields (name, type, default and the
 ``help`` metadata), so the two can never disagree. Defaults marked "by experiment" were picked
-with the runs recorded in README.md (training section).
+with the runs recorded in docs/training.md ("Defaults and why").
 """
 
 from __future__ import annotations

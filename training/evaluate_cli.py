@@ -13,23 +13,6 @@ from pathlib import Path
 import click
 
 
-def load_model_or_fail(weights: str, device: str | None):
-    """``qualiclip.load_model`` for a command line: weights that cannot be loaded (missing,
-    corrupt, a failed download) or an unusable device end the command with one line saying
-    which, as ``qualiclip score`` does, instead of a traceback."""
-    from qualiclip import load_model
-    from qualiclip.weights import WeightsDownloadError
-
-    try:
-        return load_model(weights, device=device)
-    except (WeightsDownloadError, OSError, ValueError) as exc:  # CheckpointError is a ValueError
-        # one line: torch's messages for unreadable files span several
-        raise click.ClickException(" ".join(f"cannot load weights: {exc}".split())) from exc
-    except RuntimeError as exc:  # e.g. an unavailable CUDA device
-        raise click.ClickException(
-            " ".join(f"cannot use device {device!r}: {exc}".split())) from exc
-
-
 @click.command("eval")
 @click.argument("csv_path", metavar="CSV", type=click.Path(exists=True, dir_okay=False))
 @click.option("--weights", "-w", default="qualiclip", show_default=True,
@@ -53,6 +36,8 @@ def eval_command(csv_path: str, weights: str, root: str | None, device: str | No
         rows = read_mos_csv(csv_path, root)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    from qualiclip.cli import load_model_or_fail
+
     model = load_model_or_fail(weights, device)
     scores = score_files(model, [p for p, _ in rows])
     kept = [(p, m, s) for (p, m), s in zip(rows, scores, strict=True) if s is not None]

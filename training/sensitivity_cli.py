@@ -63,8 +63,7 @@ def sensitivity(paths, recursive, weights, output_dir, sample, crop, max_side, l
 
     Cost: images x types x levels forward passes (32 x 24 x 5 = 3,840 crops by default).
     """
-    from qualiclip.cli import collect_images
-    from training.evaluate_cli import load_model_or_fail
+    from qualiclip.cli import collect_images, load_model_or_fail
     from training.sensitivity import SensitivityConfig, sensitivity_curves, write_curves_csv
     from training.sensitivity_plot import plot_curves
 
