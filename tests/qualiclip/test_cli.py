@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -43,7 +44,14 @@ def test_score_folder_writes_csv_and_summary(tmp_path, tiny_checkpoint):
     assert by_name["broken.jpg"]["error"] and by_name["broken.jpg"]["score"] == ""
     assert by_name["a.jpg"]["width"] == "96" and by_name["a.jpg"]["height"] == "64"
     good = [float(r["score"]) for r in rows if not r["error"]]
-    assert all(0 <= s <= 1 for s in good)
+    # the CSV holds the library's own fp32 scores of the same files
+    from qualiclip import score_images
+
+    scored = [r for r in rows if not r["error"]]
+    reference = score_images([r["path"] for r in scored], weights=str(tiny_checkpoint),
+                             device="cpu", precision="fp32", num_workers=0,
+                             progress=False)
+    assert good == pytest.approx([r.score for r in reference], abs=1e-6)
     summary = result.stderr.strip().splitlines()[-1]
     assert summary.startswith("scored 5, failed 1, mean ")
     assert abs(float(summary.split("mean ")[1].split()[0]) - sum(good) / 5) < 1e-4

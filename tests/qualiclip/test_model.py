@@ -129,7 +129,7 @@ def test_text_tower_uses_quick_gelu(tiny_clip):
 def test_images_smaller_than_stride_are_upscaled_not_crashing(tiny_model, size):
     with torch.no_grad():
         score = tiny_model(torch.rand(1, 3, *size))
-    assert score.shape == (1,) and 0.0 <= score.item() <= 1.0
+    assert score.shape == (1,) and torch.isfinite(score).all()
 
 
 def test_quality_map_shape_and_range(tiny_model):

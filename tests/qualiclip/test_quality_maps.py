@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from qualiclip.images import load_image
 from qualiclip.quality_maps import compute_quality_maps, overlay, upsample_map
 from tests.synthetic import add_noise, smooth_image
 
@@ -76,7 +77,9 @@ def test_maps_from_files_shape_range_and_errors(tiny_model, image_folder, tmp_pa
         assert r.map.dtype == np.float32
         # 96x64 -> 3x2 cells, 64x80 -> 3x2 (ceil-free: the trunk floors odd sizes)
         assert r.map.shape == tiny_model.quality_map(torch.zeros(1, 3, r.height, r.width)).shape[1:]
-        assert np.all((r.map >= 0) & (r.map <= 1))
+        with torch.no_grad():
+            expected = tiny_model.quality_map(load_image(r.path).tensor[None])[0]
+        np.testing.assert_allclose(r.map, expected.numpy(), atol=1e-5)
     assert results[-1].map is None and "missing.jpg" in results[-1].error
 
     big = upsample_map(results[0].map, (results[0].width, results[0].height))
