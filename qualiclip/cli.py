@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from qualiclip import __version__
-from qualiclip.constants import PRECISIONS
+from qualiclip.constants import BACKENDS, PRECISIONS
 from qualiclip.files import image_files
 
 ENTRY_POINT_GROUP = "qualiclip.commands"
@@ -133,11 +133,15 @@ def _writer(output: Path | None, columns: list[str]):
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto = fp16 AMP on CUDA, bf16 on CPUs with native bf16, else fp32; "
                    "fp32 = exact scores.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="What runs the model: auto = an installed CPU runtime for fp32 on the CPU "
+                   "(exact, ~2x torch), else torch; onnxruntime / openvino need "
+                   "'pip install \"qualiclip[cpu-fast]\"'.")
 @click.option("--sha256", "expected_sha256", default=None,
               help="Refuse weights whose SHA-256 differs from this.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def score(paths, recursive, output, weights, device, batch_size, max_side, workers, precision,
-          expected_sha256, no_progress) -> None:
+          backend, expected_sha256, no_progress) -> None:
     """Score image files and folders; one row per image, then a summary line on stderr.
 
     Columns: path, score, the 7 pair scores, width, height, error. Exits 0 when the run
@@ -145,9 +149,10 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
     """
     import torch
 
+    from qualiclip.backends import BackendUnavailableError
+    from qualiclip.backends.selection import resolve_backend
     from qualiclip.inference import Preprocessing
     from qualiclip.loading import default_device
-    from qualiclip.precision import resolve_precision
     from qualiclip.scoring import iter_scores
 
     images = collect_images(paths, recursive)
@@ -161,19 +166,23 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
         raise click.BadParameter(f"folder {output.parent} does not exist", param_hint="--output")
     try:  # before the weights, which may mean a download; resolved once, used below
         target = torch.device(device or default_device())
-        precision = resolve_precision(precision, target)
+        backend, precision = resolve_backend(backend, precision, target)
+    except BackendUnavailableError as exc:
+        raise click.BadParameter(str(exc), param_hint="--backend") from exc
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--precision") from exc
+        hint = "--backend" if "backend" in str(exc) else "--precision"
+        raise click.BadParameter(str(exc), param_hint=hint) from exc
     except RuntimeError as exc:  # a malformed device string
         raise click.BadParameter(str(exc), param_hint="--device") from exc
     model = load_model_or_fail(weights, target, expected_sha256=expected_sha256,
                                progress=not no_progress)
 
     setup = Preprocessing(max_side=max_side, precision=precision,
-                          device=str(next(model.parameters()).device))
+                          device=str(next(model.parameters()).device), backend=backend)
     info = setup.describe(model.weights_info)
     click.echo(f"weights {info['weights']} (SHA-256 {str(info['weights_sha256'])[:12]}...), "
-               f"{info['resize']}, precision {info['precision']} on {info['device']}", err=True)
+               f"{info['resize']}, precision {info['precision']} on {info['device']} "
+               f"({info['backend']})", err=True)
     if output is not None:  # the full record beside the table, for whoever reads it later
         meta = output.with_name(output.name + ".preprocessing.json")
         meta.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
@@ -186,7 +195,7 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
     try:
         for result in iter_scores(images, model=model, batch_size=batch_size,
                                   num_workers=workers, max_side=max_side, precision=precision,
-                                  progress=not no_progress):
+                                  backend=backend, progress=not no_progress):
             row = finite_row(result.to_row(names))  # the engine never scores NaN; guard anyway
             write_row(row)
             if row["score"] is not None:

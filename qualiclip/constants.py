@@ -36,3 +36,8 @@ IMAGE_EXTENSIONS = frozenset({
     ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".dib",
     ".jp2", ".j2k", ".heic", ".heif", ".avif",
 })
+
+#: ``backend=`` values: what runs the image tower. ``auto`` picks the fastest exact option on
+#: the device (:mod:`qualiclip.backends.selection`); the runtimes run exported fp32 graphs on
+#: the CPU and need the ``cpu-fast`` extra.
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")

@@ -238,6 +238,17 @@ class BatchScorer:
         self.keep_features = keep_features
         self.pair_names = tuple(model.PAIR_NAMES)
 
+    @property
+    def backend(self) -> str:
+        """What runs the image tower (``"torch"``, ``"onnxruntime"``, ``"openvino"``)."""
+        return getattr(self.features, "name", "torch")
+
+    def preprocessing(self, max_side: int | None, jpeg_decoder: str = "PIL") -> Preprocessing:
+        """The record of how this scorer's scores are made, for ``max_side`` inputs."""
+        return Preprocessing(max_side=max_side, precision=self.precision,
+                             device=str(self.device), backend=self.backend,
+                             jpeg_decoder=jpeg_decoder)
+
     def score(self, images: Sequence[DecodedImage]) -> list[ImageScore]:
         """``images`` of one shape -> one :class:`ImageScore` each, in order. An out-of-memory
         error splits the batch in halves down to single images; an image too large even alone,
@@ -276,10 +287,21 @@ class BatchScorer:
                           features=embedding if self.keep_features else None)
 
 
-def scorer_for(model: QualiCLIP, precision: str, features: FeatureBackend | None = None,
-               keep_features: bool = False) -> BatchScorer:
-    """A :class:`BatchScorer` on the model's device with a resolved ``precision``."""
+def make_scorer(model: QualiCLIP, precision: str = "auto", backend: str = "auto",
+                keep_features: bool = False, progress: bool = True) -> BatchScorer:
+    """A :class:`BatchScorer` on the model's device, with ``precision`` and ``backend`` resolved
+    together (:func:`qualiclip.backends.selection.resolve_backend`: ``auto`` is the fastest
+    exact option on the device). A runtime backend exports the model once per weights (cached).
+
+    Raises:
+        ValueError: an unknown or impossible precision / backend combination.
+        qualiclip.backends.BackendUnavailableError: a requested runtime is not installed.
+    """
+    from qualiclip.backends.selection import feature_backend, resolve_backend
+
     device = next(model.parameters()).device
+    backend, precision = resolve_backend(backend, precision, device)
+    features = feature_backend(backend, model, precision, progress=progress)
     return BatchScorer(model, device, precision, features=features, keep_features=keep_features)
 
 

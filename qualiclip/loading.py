@@ -8,6 +8,7 @@ import torch
 
 from qualiclip.architecture import build_clip, build_visual, compute_prompt_features
 from qualiclip.checkpoint import Checkpoint, CheckpointError, read_checkpoint
+from qualiclip.constants import BACKENDS
 from qualiclip.model import QualiCLIP
 from qualiclip.prompts import flat_prompts, pair_names_for
 from qualiclip.weights import resolve_weights, sha256_file
@@ -23,6 +24,7 @@ def load_model(
     device: str | torch.device | None = None,
     expected_sha256: str | None = None,
     progress: bool = True,
+    backend: str = "auto",
 ) -> QualiCLIP:
     """Load QualiCLIP weights into an eval-mode fp32 :class:`QualiCLIP`.
 
@@ -31,17 +33,23 @@ def load_model(
             into the cache), a local ``.pth`` in either checkpoint format, or a URL.
         device: ``"cuda"``, ``"cpu"``, ... (default: CUDA if available).
         expected_sha256: pin the file's SHA-256 (also ``$QUALICLIP_SHA256``).
+        backend: what :func:`~qualiclip.score_images` runs the image tower with for this model
+            unless told otherwise (``model.backend``): ``"auto"``, ``"torch"``,
+            ``"onnxruntime"`` or ``"openvino"`` (see :mod:`qualiclip.backends.selection`).
 
     Returns:
         ``model(x)`` maps ``(N, 3, H, W)`` RGB in [0, 1] to ``(N,)`` scores in [0, 1];
         ``model.weights_info`` holds ``name``, ``path`` and ``sha256`` of the weights.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     path, name = resolve_weights(weights, expected_sha256=expected_sha256, progress=progress)
     checkpoint = read_checkpoint(path)
     model = model_from_checkpoint(checkpoint, source=str(path))
     model.weights_info = {"name": name, "path": str(path), "sha256": sha256_file(path),
                           "format": checkpoint.format}
     model.requires_grad_(False)  # inference only; training code builds its own trainable copy
+    model.backend = backend
     return model.to(device or default_device()).eval()
 
 

@@ -80,6 +80,8 @@ class QualiCLIP(nn.Module):
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1))
         #: Set by :func:`qualiclip.load_model`: where the weights came from (name, path, sha256).
         self.weights_info: dict[str, str] = {}
+        #: The backend scoring uses for this model unless told otherwise (``load_model``).
+        self.backend = "auto"
 
     # --- image tower -----------------------------------------------------------------------
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:

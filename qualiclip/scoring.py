@@ -37,12 +37,11 @@ from qualiclip.inference import (
     BatchScorer,
     DecodedImage,
     ImageScore,
-    Preprocessing,
     default_num_workers,
+    make_scorer,
     read_image,
 )
 from qualiclip.model import QualiCLIP
-from qualiclip.precision import resolve_precision
 from qualiclip.size_buckets import SizeBuckets
 
 
@@ -197,6 +196,7 @@ def iter_scores(
     progress: bool = True,
     max_batch_pixels: int | None = None,
     gpu_jpeg: bool = False,
+    backend: str | None = None,
 ) -> Iterator[ScoreResult]:
     """Score ``sources`` lazily, yielding one :class:`ScoreResult` per input, in input order.
 
@@ -211,18 +211,36 @@ def iter_scores(
             ``"fp32"`` (exact), ``"fp16"``, ``"bf16"``.
         gpu_jpeg: on CUDA, decode JPEGs with the GPU's decoder (nvJPEG) instead of PIL in the
             workers; its IDCT differs slightly from libjpeg's, so scores move by ~1e-3.
+        backend: what runs the image tower: ``"auto"`` (default: the model's ``backend`` from
+            :func:`~qualiclip.load_model`, else the fastest exact option on the device: an
+            installed CPU runtime for fp32 on the CPU, else torch), ``"torch"``,
+            ``"onnxruntime"`` or ``"openvino"`` (CPU, fp32; the ``cpu-fast`` extra).
     """
     sources = list(sources)
+    model, dev = _prepare(model, weights, device)
+    scorer = _scorer(model, precision, backend, progress)
+    yield from _iter_with(scorer, sources, batch_size, num_workers, max_side, progress,
+                          max_batch_pixels, gpu_jpeg and dev.type == "cuda")
+
+
+def _scorer(model: QualiCLIP, precision: str, backend: str | None,
+            progress: bool) -> BatchScorer:
+    if backend is None:
+        backend = getattr(model, "backend", None) or "auto"
+    return make_scorer(model, precision=precision, backend=backend, progress=progress)
+
+
+def _iter_with(scorer: BatchScorer, sources: list, batch_size: int | None,
+               num_workers: int | None, max_side: int | None, progress: bool,
+               max_batch_pixels: int | None, gpu_jpeg: bool) -> Iterator[ScoreResult]:
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_side is not None and max_side < MIN_SIDE:
         raise ValueError(f"max_side must be >= {MIN_SIDE} px (or None), got {max_side}")
-    model, dev = _prepare(model, weights, device)
-    scorer = BatchScorer(model, dev, resolve_precision(precision, dev))
+    dev = scorer.device
     buckets = SizeBuckets(batch_size, max_batch_pixels or default_max_batch_pixels(dev))
-    decoded = _decoded(sources, max_side, _worker_count(sources, num_workers),
-                       gpu_jpeg and dev.type == "cuda", dev)
+    decoded = _decoded(sources, max_side, _worker_count(sources, num_workers), gpu_jpeg, dev)
     from tqdm.auto import tqdm
 
     with tqdm(total=len(sources), unit="img", desc="Scoring", disable=not progress) as bar:
@@ -272,18 +290,16 @@ def score_images(
     progress: bool = True,
     max_batch_pixels: int | None = None,
     gpu_jpeg: bool = False,
+    backend: str | None = None,
 ) -> ScoreResults:
     """Score ``sources`` and return all results (input order) with ``.preprocessing``.
 
     See :func:`iter_scores` for the arguments; this collects its results.
     """
     model, dev = _prepare(model, weights, device)
-    results = list(iter_scores(sources, model=model, batch_size=batch_size,
-                               num_workers=num_workers, max_side=max_side, precision=precision,
-                               progress=progress, max_batch_pixels=max_batch_pixels,
-                               gpu_jpeg=gpu_jpeg))
-    setup = Preprocessing(max_side=max_side, precision=resolve_precision(precision, dev),
-                          device=str(dev),
-                          jpeg_decoder="nvJPEG (GPU)" if gpu_jpeg and dev.type == "cuda"
-                          else "PIL")
+    scorer = _scorer(model, precision, backend, progress)
+    gpu_jpeg = gpu_jpeg and dev.type == "cuda"
+    results = list(_iter_with(scorer, list(sources), batch_size, num_workers, max_side,
+                              progress, max_batch_pixels, gpu_jpeg))
+    setup = scorer.preprocessing(max_side, "nvJPEG (GPU)" if gpu_jpeg else "PIL")
     return ScoreResults(results, setup.describe(model.weights_info))

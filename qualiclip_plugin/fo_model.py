@@ -74,6 +74,8 @@ class QualiCLIPModelConfig(fout.TorchImageModelConfig):
             ``<label_field>_<attribute>`` and ``<label_field>_error``.
         max_side (None): cap the longer side in pixels; ``None`` = native resolution.
         precision ("auto"): ``auto``, ``fp32``, ``fp16`` (CUDA) or ``bf16``.
+        backend ("auto"): what runs the image tower: ``auto`` (an installed CPU runtime for
+            fp32 on the CPU, else torch), ``torch``, ``onnxruntime`` or ``openvino``.
     """
 
     def __init__(self, d: dict) -> None:
@@ -84,6 +86,7 @@ class QualiCLIPModelConfig(fout.TorchImageModelConfig):
         self.pair_scores = self.parse_bool(d, "pair_scores", default=False)
         self.max_side = self.parse_raw(d, "max_side", default=None)
         self.precision = self.parse_string(d, "precision", default="auto")
+        self.backend = self.parse_string(d, "backend", default="auto")
 
 
 class QualiCLIPModel(fout.TorchImageModel):
@@ -94,12 +97,12 @@ class QualiCLIPModel(fout.TorchImageModel):
     """
 
     def __init__(self, config: QualiCLIPModelConfig) -> None:
-        from qualiclip.inference import scorer_for
-        from qualiclip.precision import resolve_precision
+        from qualiclip.inference import make_scorer
 
         super().__init__(config)
-        self._precision = resolve_precision(config.precision, self._device)
-        self._scorer = scorer_for(self._model, self._precision, keep_features=True)
+        self._scorer = make_scorer(self._model, precision=config.precision,
+                                   backend=config.backend, keep_features=True, progress=False)
+        self._precision = self._scorer.precision
         self.read_errors: dict[str, str] = {}
         self._last_embeddings: np.ndarray | None = None
 
@@ -257,7 +260,7 @@ class QualiCLIPModel(fout.TorchImageModel):
 
 
 def load_model(weights: str = "qualiclip", device: str | None = None, pair_scores: bool = False,
-               max_side: int | None = None, precision: str = "auto",
+               max_side: int | None = None, precision: str = "auto", backend: str = "auto",
                **options: Any) -> QualiCLIPModel:
     """A FiftyOne model for ``apply_model`` / ``compute_embeddings``.
 
@@ -267,11 +270,13 @@ def load_model(weights: str = "qualiclip", device: str | None = None, pair_score
         pair_scores: predict the 7 attribute scores too (see :class:`QualiCLIPModelConfig`).
         max_side: cap the longer side; ``None`` keeps the native resolution (official).
         precision: ``"auto"`` (fp16 on CUDA, bf16 on CPUs with fast bf16, else fp32) or explicit.
+        backend: ``"auto"`` (an installed CPU runtime for fp32 on the CPU, else torch),
+            ``"torch"``, ``"onnxruntime"`` or ``"openvino"``.
         **options: other :class:`fiftyone.utils.torch.TorchImageModelConfig` keys.
     """
     config = QualiCLIPModelConfig(dict(weights=str(weights), device=device,
                                        pair_scores=pair_scores, max_side=max_side,
-                                       precision=precision, **options))
+                                       precision=precision, backend=backend, **options))
     return QualiCLIPModel(config)
 
 

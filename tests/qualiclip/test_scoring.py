@@ -89,7 +89,8 @@ def test_pixel_budget_bounds_batches(tiny_model, tmp_path):
 
     model = _clone_as(Recording, tiny_model)
     budgeted = score_images(sources, model=model, precision="fp32", progress=False,
-                            num_workers=0, max_batch_pixels=2 * 64 * 64)
+                            num_workers=0, max_batch_pixels=2 * 64 * 64,
+                            backend="torch")  # the hook is in the torch module
     assert max(seen) <= 2 and sum(seen) == 7
     plain = score_images(sources, model=tiny_model, precision="fp32", progress=False)
     assert [r.score for r in budgeted] == pytest.approx([r.score for r in plain], abs=1e-6)
@@ -110,7 +111,7 @@ def test_out_of_memory_retries_with_smaller_batches(tiny_model, tmp_path):
 
     model = _clone_as(SmallMemory, tiny_model)
     results = score_images(sources, model=model, precision="fp32", progress=False,
-                           num_workers=0, batch_size=8)
+                           num_workers=0, batch_size=8, backend="torch")  # torch module hook
     assert all(r.error is None for r in results)
     assert calls[0] == 6 and calls.count(1) == 6
     plain = score_images(sources, model=tiny_model, precision="fp32", progress=False)
@@ -320,7 +321,7 @@ def test_non_finite_model_output_is_an_error_and_batch_mates_keep_their_scores(
     monkeypatch.setattr(tiny_model, "pair_scores_from_features",
                         lambda f: batches.append(len(f)) or original_score(f))
     results = score_images(images, model=tiny_model, precision="fp32", progress=False,
-                           batch_size=4)
+                           batch_size=4, backend="torch")  # the NaN hook is in the torch module
     assert batches == [3]  # one batch: the bad image's mates were scored with it
     bad = results[1]
     assert bad.score is None and bad.pair_scores == {}

@@ -166,7 +166,8 @@ def test_apply_model_non_finite_predictions_are_errors(
     import qualiclip_plugin
 
     model = qualiclip_plugin.load_model(weights=tiny_checkpoint, device="cpu",
-                                        precision="fp32", pair_scores=pair_scores)
+                                        precision="fp32", pair_scores=pair_scores,
+                                        backend="torch")  # the NaN hook is in the torch module
     _nan_for_width(model, 72, monkeypatch)
     dataset = make_dataset()
     dataset.apply_model(model, label_field="q", batch_size=13, num_workers=0)  # one batch
