@@ -133,16 +133,15 @@ def setup(cfg: TrainConfig) -> Run:
 
     last_step = total_steps if cfg.stop_after is None else min(total_steps,
                                                                start_step + cfg.stop_after)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(0.05 * total_steps)
+    pair_index = list(range(len(initial.prompt_pairs))) if cfg.prompts == "all" else [0]
     return Run(cfg=cfg, dist=dist, device=device, out=out, data=data, initial=initial,
                model=model, scorer=scorer, optimizer=optimizer, scaler=scaler,
-               amp_dtype=amp_dtype,
-               pair_index=list(range(len(initial.prompt_pairs))) if cfg.prompts == "all" else [0],
+               amp_dtype=amp_dtype, pair_index=pair_index,
                train_bn=cfg.train_bn or cfg.init == "random",  # random BN statistics mean nothing
                loader=_loader(cfg, data, dist, device, start_step, total_steps),
-               total_steps=total_steps,
-               warmup=cfg.warmup_steps if cfg.warmup_steps is not None
-               else round(0.05 * total_steps),
-               base_lr=cfg.peak_lr(), start_step=start_step, last_step=last_step,
+               total_steps=total_steps, warmup=warmup, base_lr=cfg.peak_lr(),
+               start_step=start_step, last_step=last_step,
                history=list(state.eval_history) if state is not None else [],
                eval_before=state.eval_before if state is not None else None)
 
