@@ -32,7 +32,7 @@ def compute_image_quality(sample_collection, field: str = DEFAULT_FIELD,
                           weights: str = DEFAULT_WEIGHTS, device: str | None = None,
                           batch_size: int = DEFAULT_BATCH_SIZE, num_workers: int | None = None,
                           max_side: int | None = None, precision: str = "auto",
-                          pair_scores: bool = True, overwrite: bool = False,
+                          backend: str = "auto", pair_scores: bool = True, overwrite: bool = False,
                           flag_percent: float | None = None, flag_threshold: float | None = None,
                           flag_field: str | None = None, flag_tag: str | None = DEFAULT_FLAG_TAG,
                           flag_view: str | None = None, num_shards: int = 1,
@@ -52,8 +52,9 @@ def compute_image_quality(sample_collection, field: str = DEFAULT_FIELD,
 
     params = dict(field=field, weights=str(weights), device=device, batch_size=batch_size,
                   num_workers=num_workers, max_side=max_side, precision=precision,
-                  pair_scores=pair_scores, overwrite=overwrite, flag_percent=flag_percent,
-                  flag_threshold=flag_threshold, flag_field=flag_field, flag_tag=flag_tag,
+                  backend=backend, pair_scores=pair_scores, overwrite=overwrite,
+                  flag_percent=flag_percent, flag_threshold=flag_threshold,
+                  flag_field=flag_field, flag_tag=flag_tag,
                   flag_view=flag_view, num_shards=num_shards, chunk_size=chunk_size)
     request = parse_request(params, policy=None)
     view = sample_collection.view()

@@ -17,6 +17,7 @@ import fiftyone.operators.types as types
 
 from qualiclip_plugin import OPERATOR_NAME, forms
 from qualiclip_plugin.request import (
+    BACKENDS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_FIELD,
     DEFAULT_FLAG_TAG,
@@ -142,6 +143,12 @@ class ComputeImageQuality(foo.Operator):
         inputs.enum("precision", list(PRECISIONS),
                     default=last.get("precision") if last.get("precision") in PRECISIONS
                     else "auto", label="Precision", view=types.DropdownView())
+        inputs.enum("backend", list(BACKENDS),
+                    default=options.get("backend") if options.get("backend") in BACKENDS
+                    else "auto", label="Backend", view=types.DropdownView(),
+                    description="What runs the model: auto = a CPU runtime for exact fp32 on "
+                                "the CPU when the server has one (about twice as fast), else "
+                                "torch")
         inputs.bool("pair_scores", default=options.get("pair_scores", True),
                     label="Store the 7 attribute scores",
                     description="good photo, sharp image, sharp edges, high resolution, "

@@ -7,13 +7,14 @@ bad request is refused before anything is written.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from qualiclip.constants import DEFAULT_BATCH_SIZE, MIN_SIDE, PRECISIONS
+from qualiclip.constants import BACKENDS, DEFAULT_BATCH_SIZE, MIN_SIDE, PRECISIONS
 
 if TYPE_CHECKING:
     from qualiclip_plugin.policy import AppPolicy
@@ -52,6 +53,7 @@ class ScoreRequest:
     num_workers: int | None = None
     max_side: int | None = None
     precision: str = "auto"
+    backend: str = "auto"
     pair_scores: bool = True
     overwrite: bool = False
     flag_percent: float | None = None
@@ -131,6 +133,25 @@ def parse_model_options(params: dict[str, Any], policy: AppPolicy | None) -> Mod
     return ModelOptions(weights=weights, device=device, max_side=max_side)
 
 
+def parse_backend(value: Any, precision: str = "auto") -> str:
+    """The ``backend`` parameter: one of :data:`~qualiclip.constants.BACKENDS` (empty =
+    ``auto``); a CPU runtime must be installed on this server and runs fp32 only. Checked
+    without importing torch or the runtime (the App form calls this)."""
+    backend = value or "auto"
+    if backend not in BACKENDS:
+        raise RequestError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend in ("auto", "torch"):
+        return backend
+    if precision not in ("auto", "fp32"):
+        raise RequestError(f"backend {backend!r} runs exact fp32: choose precision fp32 (or "
+                           f"auto), or backend torch for {precision}")
+    if importlib.util.find_spec(backend) is None:
+        raise RequestError(f"backend {backend!r} is not installed on this server (its admin "
+                           "can add it: pip install \"qualiclip[cpu-fast]\"); choose auto or "
+                           "torch")
+    return backend
+
+
 def parse_request(params: dict[str, Any], policy: AppPolicy | None = None) -> ScoreRequest:
     """App or Python params -> :class:`ScoreRequest`; raises :class:`RequestError`.
 
@@ -157,6 +178,7 @@ def parse_request(params: dict[str, Any], policy: AppPolicy | None = None) -> Sc
     precision = p.get("precision") or "auto"
     if precision not in PRECISIONS:
         raise RequestError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    backend = parse_backend(p.get("backend"), precision)
     chunk_size = parse_int(p.get("chunk_size"), "chunk_size", DEFAULT_CHUNK_SIZE, minimum=1,
                            maximum=MAX_CHUNK_SIZE)
     num_shards = parse_int(p.get("num_shards"), "num_shards", 1, minimum=1, maximum=MAX_SHARDS)
@@ -196,7 +218,7 @@ def parse_request(params: dict[str, Any], policy: AppPolicy | None = None) -> Sc
 
     return ScoreRequest(
         field=field, weights=model.weights, device=model.device, batch_size=batch_size,
-        num_workers=num_workers, max_side=model.max_side, precision=precision,
+        num_workers=num_workers, max_side=model.max_side, precision=precision, backend=backend,
         pair_scores=bool(p.get("pair_scores", True)), overwrite=bool(p.get("overwrite", False)),
         flag_percent=percent, flag_threshold=threshold,
         flag_field=flag_field if flagging else None, flag_tag=tag if flagging else None,

@@ -52,6 +52,8 @@ class ScoringRun:
         self.slices = slices
         self.target = _restrict_to_shard(target, request.shard_bounds)
         self.model = None
+        #: What runs the image tower, and at which precision (resolved by :meth:`prepare`).
+        self.backend, self.precision = "torch", "fp32"
         self.layout: writing.FieldLayout | None = None
         self.description: dict[str, Any] | None = None
         self.summary: dict[str, Any] = {}
@@ -83,21 +85,24 @@ class ScoringRun:
         protection.check_writable(self.dataset, self.layout, req,
                                   ownership=req.shard_index is None)
 
+        from qualiclip.backends import BackendUnavailableError
+        from qualiclip.backends.selection import resolve_backend
         from qualiclip.inference import Preprocessing
-        from qualiclip.precision import resolve_precision
 
         device = next(self.model.parameters()).device
         try:
-            precision = resolve_precision(req.precision, device)
-        except ValueError as exc:
+            self.backend, self.precision = resolve_backend(req.backend, req.precision, device)
+        except (ValueError, BackendUnavailableError) as exc:
             raise RequestError(str(exc)) from exc
-        preprocessing = Preprocessing(max_side=req.max_side, precision=precision,
-                                      device=str(device)).describe(self.model.weights_info)
+        preprocessing = Preprocessing(max_side=req.max_side, precision=self.precision,
+                                      device=str(device), backend=self.backend
+                                      ).describe(self.model.weights_info)
         self.description = provenance.describe_run(
             req.field, self.model.weights_info, preprocessing, list(self.model.PAIR_NAMES),
             options={"batch_size": req.batch_size, "pair_scores": req.pair_scores,
                      "flag_percent": req.flag_percent, "flag_threshold": req.flag_threshold,
                      "flag_field": req.flag_field, "flag_tag": req.flag_tag,
+                     "backend": req.backend,
                      "num_shards": req.num_shards})
         if req.flag_view:
             taken = writing.flag_view_conflict(self.dataset, req.flag_view)
@@ -209,7 +214,7 @@ class ScoringRun:
         done = 0
         results = iter_scores(paths, model=self.model, batch_size=req.batch_size,
                               num_workers=num_workers, max_side=req.max_side,
-                              precision=req.precision, progress=False)
+                              precision=self.precision, backend=self.backend, progress=False)
         for result in results:
             chunk.append(result)
             if len(chunk) >= chunk_size:

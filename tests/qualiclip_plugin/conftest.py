@@ -71,5 +71,6 @@ def reference_scores(image_files, tiny_checkpoint):
     from qualiclip.scoring import score_images
 
     results = score_images([str(p) for p in image_files], weights=str(tiny_checkpoint),
-                           device="cpu", precision="fp32", num_workers=0, progress=False)
+                           device="cpu", precision="fp32", backend="torch", num_workers=0,
+                           progress=False)
     return {r.path: r for r in results}

@@ -1,0 +1,53 @@
+"""The plugin's ``backend`` option: checked in the form, recorded in provenance, same scores."""
+
+from __future__ import annotations
+
+import pytest
+
+from qualiclip.backends.selection import RUNTIMES, runtime_available
+from qualiclip_plugin.request import RequestError, parse_request
+
+INSTALLED = [name for name in RUNTIMES if runtime_available(name)]
+
+
+def test_request_checks_backend_without_loading_anything():
+    assert parse_request({}).backend == "auto"
+    assert parse_request({"backend": ""}).backend == "auto"
+    with pytest.raises(RequestError, match="backend must be one of"):
+        parse_request({"backend": "tensorrt"})
+    with pytest.raises(RequestError, match="runs exact fp32"):
+        parse_request({"backend": "openvino", "precision": "bf16"})
+
+
+def test_a_runtime_missing_on_the_server_is_refused_in_the_form(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(RequestError, match="not installed on this server"):
+        parse_request({"backend": "onnxruntime"})
+
+
+@pytest.mark.skipif(not INSTALLED, reason="no CPU runtime installed")
+def test_runtime_backend_writes_the_torch_scores_and_records_itself(
+        make_dataset, tiny_checkpoint, reference_scores):
+    from qualiclip_plugin import provenance
+    from qualiclip_plugin.api import compute_image_quality
+
+    # The runtime auto would not pick where both are installed, so ignoring the option shows.
+    runtime = INSTALLED[-1]
+    dataset = make_dataset()
+    summary = compute_image_quality(dataset, field="q", weights=str(tiny_checkpoint),
+                                    device="cpu", backend=runtime, batch_size=4)
+    assert summary["failed"] == 1
+    for path, score in zip(dataset.values("filepath"), dataset.values("q")):
+        expected = reference_scores[path]
+        if expected.error is not None:
+            assert score is None
+        else:
+            assert score == pytest.approx(expected.score, abs=1e-4)
+    record = provenance.recorded(dataset, "q")
+    assert record["preprocessing"]["backend"] == runtime
+    assert record["options"]["backend"] == runtime
+    assert record["precision"] == "fp32"
