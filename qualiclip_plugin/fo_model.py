@@ -285,8 +285,8 @@ def _apply_model_call() -> tuple[Any, str] | None:
     the model, or ``None`` when the model is entered some other way.
 
     FiftyOne passes a model neither the collection nor the label field; its ``apply_model``
-    frame holds both (checked against fiftyone 1.22; tests/plugin/test_security.py fails if a
-    release renames them, and then :func:`apply_model` below still checks).
+    frame holds both (checked against fiftyone 1.22; tests/qualiclip_plugin/test_security.py
+    fails if a release renames them, and then :func:`apply_model` below still checks).
     """
     frame = inspect.currentframe()
     try:

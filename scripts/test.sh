@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# The browser tests (report rendering in tests/reports, the FiftyOne App driven by Playwright in
+# The browser tests (report rendering in tests/qualiclip, the FiftyOne App driven by Playwright in
 # tests/app) use headless Chromium, Debian's package. Install it where we can; they skip without
 # it, except with CI=true, where they fail.
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
