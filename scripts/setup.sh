@@ -32,8 +32,8 @@ if ! "$VENV/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
     # shellcheck disable=SC2086
     "${PIP[@]}" install -q $TORCH_SPEC
 fi
-echo "==> installing qualiclip (editable) with its dependencies and dev tools (pytest, ruff, playwright)"
-"${PIP[@]}" install -q -e ".[dev]"
+echo "==> installing qualiclip (editable) with its dependencies, dev tools (pytest, ruff, playwright) and the ONNX Runtime CPU backend (cpu-fast)"
+"${PIP[@]}" install -q -e ".[dev,cpu-fast]"
 
 # FiftyOne needs a MongoDB. Normally `pip install fiftyone` brings one that runs. Where it could
 # not be fetched, or the bundled build cannot run (e.g. it needs OpenSSL 1.1, which Debian 12

@@ -9,6 +9,10 @@ Importing this package imports no runtime.
 
 from __future__ import annotations
 
-from qualiclip.backends._common import INSTALL_HINT, BackendUnavailableError
+from qualiclip.backends._common import (
+    INSTALL_HINT,
+    OPENVINO_INSTALL_HINT,
+    BackendUnavailableError,
+)
 
-__all__ = ["INSTALL_HINT", "BackendUnavailableError"]
+__all__ = ["INSTALL_HINT", "OPENVINO_INSTALL_HINT", "BackendUnavailableError"]

@@ -8,8 +8,11 @@ import torch
 
 from qualiclip.constants import MIN_SIDE
 
-#: The extra that installs the CPU runtime (pyproject ``[project.optional-dependencies]``).
+#: The extra that installs the default CPU runtime, ONNX Runtime (pyproject
+#: ``[project.optional-dependencies]``; docs/backends.md says why that one).
 INSTALL_HINT = 'pip install "qualiclip[cpu-fast]"'
+#: The extra for the OpenVINO backend (not installed by the set-up script).
+OPENVINO_INSTALL_HINT = 'pip install "qualiclip[openvino]"'
 
 
 class BackendUnavailableError(ImportError):
@@ -24,14 +27,22 @@ def module_available(module: str) -> bool:
         return False
 
 
-def unavailable(backend: str, package: str, exc: BaseException | None = None
-                ) -> BackendUnavailableError:
-    """The one-line error for a backend whose runtime is missing."""
+def unavailable(backend: str, package: str, exc: BaseException | None = None,
+                hint: str = INSTALL_HINT) -> BackendUnavailableError:
+    """The one-line error for a backend whose runtime (or the exporter's ``onnx``) is missing."""
     reason = f" ({exc})" if exc is not None and str(exc) else ""
     return BackendUnavailableError(
         f"backend {backend!r} needs the {package} package, which is not installed{reason}: "
-        f"{INSTALL_HINT}"
+        f"{hint}"
     )
+
+
+def require_onnx(hint: str = INSTALL_HINT) -> None:
+    """torch's ONNX exporter needs the ``onnx`` package; raise the one-line hint without it."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise unavailable("export", "onnx", exc, hint=hint) from exc
 
 
 def default_threads() -> int:

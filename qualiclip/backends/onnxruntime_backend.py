@@ -17,6 +17,7 @@ from qualiclip.backends._common import (
     check_batch,
     default_threads,
     module_available,
+    require_onnx,
     to_numpy,
     unavailable,
 )
@@ -26,8 +27,8 @@ NAME = "onnxruntime"
 
 
 def is_available() -> bool:
-    """True when the ``onnxruntime`` package is installed."""
-    return module_available("onnxruntime")
+    """True when the ``onnxruntime`` package (and ``onnx``, for the export) is installed."""
+    return module_available("onnxruntime") and module_available("onnx")
 
 
 def _import_runtime():
@@ -50,7 +51,8 @@ class OnnxRuntimeEmbedder:
         progress: show the one-time export message.
 
     Raises:
-        BackendUnavailableError: onnxruntime is not installed (the message gives the pip line).
+        BackendUnavailableError: onnxruntime or onnx (the exporter needs it) is not installed;
+            the message gives the pip line.
     """
 
     name = NAME
@@ -59,6 +61,7 @@ class OnnxRuntimeEmbedder:
                  cache_folder: str | os.PathLike | None = None, progress: bool = True,
                  opset: int = DEFAULT_OPSET) -> None:
         ort = _import_runtime()
+        require_onnx()
         self.threads = threads or default_threads()
         self.onnx_path = ensure_onnx(model, opset=opset, folder=cache_folder, progress=progress)
         try:

@@ -17,9 +17,11 @@ import torch
 from torch import nn
 
 from qualiclip.backends._common import (
+    OPENVINO_INSTALL_HINT,
     check_batch,
     default_threads,
     module_available,
+    require_onnx,
     to_numpy,
     unavailable,
 )
@@ -29,15 +31,15 @@ NAME = "openvino"
 
 
 def is_available() -> bool:
-    """True when the ``openvino`` package is installed."""
-    return module_available("openvino")
+    """True when the ``openvino`` package (and ``onnx``, for the export) is installed."""
+    return module_available("openvino") and module_available("onnx")
 
 
 def _import_runtime():
     try:
         import openvino
     except ImportError as exc:
-        raise unavailable(NAME, "openvino", exc) from exc
+        raise unavailable(NAME, "openvino", exc, hint=OPENVINO_INSTALL_HINT) from exc
     return openvino
 
 
@@ -48,7 +50,8 @@ class OpenVinoEmbedder:
     Args: as :class:`qualiclip.backends.onnxruntime_backend.OnnxRuntimeEmbedder`.
 
     Raises:
-        BackendUnavailableError: openvino is not installed (the message gives the pip line).
+        BackendUnavailableError: openvino or onnx (the exporter needs it) is not installed; the
+            message gives the pip line.
     """
 
     name = NAME
@@ -57,6 +60,7 @@ class OpenVinoEmbedder:
                  cache_folder: str | os.PathLike | None = None, progress: bool = True,
                  opset: int = DEFAULT_OPSET) -> None:
         ov = _import_runtime()
+        require_onnx(OPENVINO_INSTALL_HINT)
         self.threads = threads or default_threads()
         self.onnx_path = ensure_onnx(model, opset=opset, folder=cache_folder, progress=progress)
         try:

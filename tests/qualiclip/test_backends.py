@@ -11,7 +11,12 @@ import sys
 import pytest
 import torch
 
-from qualiclip.backends import INSTALL_HINT, BackendUnavailableError, export
+from qualiclip.backends import (
+    INSTALL_HINT,
+    OPENVINO_INSTALL_HINT,
+    BackendUnavailableError,
+    export,
+)
 
 RUNTIMES = {
     "onnxruntime": ("qualiclip.backends.onnxruntime_backend", "OnnxRuntimeEmbedder"),
@@ -131,15 +136,22 @@ def test_corrupt_export_is_rebuilt(runtime, tiny_model, embedder, tmp_path, dama
         assert float((rebuilt(x) - tiny_model.embed(x)).abs().max()) <= TOL
 
 
+HINTS = {"onnxruntime": INSTALL_HINT, "openvino": OPENVINO_INSTALL_HINT}
+
+
+@pytest.mark.parametrize("missing", ["runtime", "onnx"])
 @pytest.mark.parametrize("name", list(RUNTIMES))
-def test_missing_runtime_gives_the_install_hint(monkeypatch, tiny_model, tmp_path, name):
+def test_missing_runtime_gives_the_install_hint(monkeypatch, tiny_model, tmp_path, name,
+                                                missing):
     import importlib
 
-    monkeypatch.setitem(sys.modules, name, None)  # `import name` now raises ImportError
+    # `import <module>` now raises ImportError, as when the package is not installed.
+    monkeypatch.setitem(sys.modules, name if missing == "runtime" else "onnx", None)
     module = importlib.import_module(RUNTIMES[name][0])
     assert not module.is_available()
     with pytest.raises(BackendUnavailableError) as info:
         embedder_class(name)(tiny_model, cache_folder=tmp_path, progress=False)
     message = str(info.value)
-    assert INSTALL_HINT in message and name in message and "\n" not in message
+    assert HINTS[name] in message and "\n" not in message
+    assert (name if missing == "runtime" else "onnx") in message
     assert not os.listdir(tmp_path)  # nothing exported for a runtime that is not there
