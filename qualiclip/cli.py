@@ -134,8 +134,8 @@ def _writer(output: Path | None, columns: list[str]):
               help="auto = fp16 AMP on CUDA, bf16 on CPUs with native bf16, else fp32; "
                    "fp32 = exact scores.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
-              help="What runs the model: auto = an installed CPU runtime for fp32 on the CPU "
-                   "(exact, ~2x torch), else torch; onnxruntime / openvino need "
+              help="What runs the model: auto = ONNX Runtime for fp32 on the CPU when "
+                   "installed (same scores, 1.3-1.8x torch), else torch; onnxruntime needs "
                    "'pip install \"qualiclip[cpu-fast]\"'.")
 @click.option("--sha256", "expected_sha256", default=None,
               help="Refuse weights whose SHA-256 differs from this.")

@@ -38,6 +38,6 @@ IMAGE_EXTENSIONS = frozenset({
 })
 
 #: ``backend=`` values: what runs the image tower. ``auto`` picks the fastest exact option on
-#: the device (:mod:`qualiclip.backends.selection`); the runtimes run exported fp32 graphs on
-#: the CPU and need the ``cpu-fast`` extra.
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+#: the device (:mod:`qualiclip.backends.selection`); ``onnxruntime`` runs the exported fp32 graph
+#: on the CPU and needs the ``cpu-fast`` extra.
+BACKENDS = ("auto", "torch", "onnxruntime")

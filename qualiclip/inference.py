@@ -240,7 +240,7 @@ class BatchScorer:
 
     @property
     def backend(self) -> str:
-        """What runs the image tower (``"torch"``, ``"onnxruntime"``, ``"openvino"``)."""
+        """What runs the image tower (``"torch"`` or ``"onnxruntime"``)."""
         return getattr(self.features, "name", "torch")
 
     def preprocessing(self, max_side: int | None, jpeg_decoder: str = "PIL") -> Preprocessing:

@@ -35,7 +35,7 @@ def load_model(
         expected_sha256: pin the file's SHA-256 (also ``$QUALICLIP_SHA256``).
         backend: what :func:`~qualiclip.score_images` runs the image tower with for this model
             unless told otherwise (``model.backend``): ``"auto"``, ``"torch"``,
-            ``"onnxruntime"`` or ``"openvino"`` (see :mod:`qualiclip.backends.selection`).
+            or ``"onnxruntime"`` (see :mod:`qualiclip.backends.selection`).
 
     Returns:
         ``model(x)`` maps ``(N, 3, H, W)`` RGB in [0, 1] to ``(N,)`` scores in [0, 1];

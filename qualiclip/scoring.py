@@ -214,7 +214,7 @@ def iter_scores(
         backend: what runs the image tower: ``"auto"`` (default: the model's ``backend`` from
             :func:`~qualiclip.load_model`, else the fastest exact option on the device: an
             installed CPU runtime for fp32 on the CPU, else torch), ``"torch"``,
-            ``"onnxruntime"`` or ``"openvino"`` (CPU, fp32; the ``cpu-fast`` extra).
+            or ``"onnxruntime"`` (CPU, fp32; the ``cpu-fast`` extra).
     """
     sources = list(sources)
     model, dev = _prepare(model, weights, device)

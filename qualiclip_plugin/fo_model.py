@@ -75,7 +75,7 @@ class QualiCLIPModelConfig(fout.TorchImageModelConfig):
         max_side (None): cap the longer side in pixels; ``None`` = native resolution.
         precision ("auto"): ``auto``, ``fp32``, ``fp16`` (CUDA) or ``bf16``.
         backend ("auto"): what runs the image tower: ``auto`` (an installed CPU runtime for
-            fp32 on the CPU, else torch), ``torch``, ``onnxruntime`` or ``openvino``.
+            fp32 on the CPU, else torch), ``torch`` or ``onnxruntime``.
     """
 
     def __init__(self, d: dict) -> None:
@@ -271,7 +271,7 @@ def load_model(weights: str = "qualiclip", device: str | None = None, pair_score
         max_side: cap the longer side; ``None`` keeps the native resolution (official).
         precision: ``"auto"`` (fp16 on CUDA, bf16 on CPUs with fast bf16, else fp32) or explicit.
         backend: ``"auto"`` (an installed CPU runtime for fp32 on the CPU, else torch),
-            ``"torch"``, ``"onnxruntime"`` or ``"openvino"``.
+            ``"torch"`` or ``"onnxruntime"``.
         **options: other :class:`fiftyone.utils.torch.TorchImageModelConfig` keys.
     """
     config = QualiCLIPModelConfig(dict(weights=str(weights), device=device,

@@ -16,7 +16,7 @@ def test_request_checks_backend_without_loading_anything():
     with pytest.raises(RequestError, match="backend must be one of"):
         parse_request({"backend": "tensorrt"})
     with pytest.raises(RequestError, match="runs exact fp32"):
-        parse_request({"backend": "openvino", "precision": "bf16"})
+        parse_request({"backend": "onnxruntime", "precision": "bf16"})
 
 
 def test_a_runtime_missing_on_the_server_is_refused_in_the_form(monkeypatch):
@@ -30,16 +30,16 @@ def test_a_runtime_missing_on_the_server_is_refused_in_the_form(monkeypatch):
 
 
 @pytest.mark.skipif(not INSTALLED, reason="no CPU runtime installed")
-def test_runtime_backend_writes_the_torch_scores_and_records_itself(
-        make_dataset, tiny_checkpoint, reference_scores):
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_the_backend_asked_for_writes_the_torch_scores_and_is_recorded(
+        make_dataset, tiny_checkpoint, reference_scores, backend):
+    """auto would pick ONNX Runtime here, so the torch run shows the option is not ignored."""
     from qualiclip_plugin import provenance
     from qualiclip_plugin.api import compute_image_quality
 
-    # The runtime auto would not pick where both are installed, so ignoring the option shows.
-    runtime = INSTALLED[-1]
     dataset = make_dataset()
     summary = compute_image_quality(dataset, field="q", weights=str(tiny_checkpoint),
-                                    device="cpu", backend=runtime, batch_size=4)
+                                    device="cpu", backend=backend, batch_size=4)
     assert summary["failed"] == 1
     for path, score in zip(dataset.values("filepath"), dataset.values("q")):
         expected = reference_scores[path]
@@ -48,6 +48,6 @@ def test_runtime_backend_writes_the_torch_scores_and_records_itself(
         else:
             assert score == pytest.approx(expected.score, abs=1e-4)
     record = provenance.recorded(dataset, "q")
-    assert record["preprocessing"]["backend"] == runtime
-    assert record["options"]["backend"] == runtime
+    assert record["preprocessing"]["backend"] == backend
+    assert record["options"]["backend"] == backend
     assert record["precision"] == "fp32"
