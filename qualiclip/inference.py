@@ -315,9 +315,13 @@ def group_by_shape(images: Sequence[DecodedImage]) -> list[list[DecodedImage]]:
     return list(groups.values())
 
 
-def default_num_workers(n_images: int) -> int:
-    """Half the cores (at most 8) for decoding; none for a handful of images, where starting
-    worker processes costs more than it saves."""
-    if n_images < 16:
+def default_num_workers(n_images: int, device: torch.device | None = None) -> int:
+    """Decoding processes: half the cores (at most 8); none for a handful of images, where
+    starting worker processes costs more than it saves, and none when the model runs on a CPU
+    of two cores or fewer: there a worker only takes cycles from the model (decoding a 640x480
+    JPEG is ~3 % of scoring it; measured in benchmarks/RESULTS.md: ONNX Runtime 1.33x the naive
+    loop without a worker, 1.20x with one)."""
+    cores = os.cpu_count() or 2
+    if n_images < 16 or (cores <= 2 and (device is None or device.type == "cpu")):
         return 0
-    return max(1, min(8, (os.cpu_count() or 2) // 2))
+    return max(1, min(8, cores // 2))

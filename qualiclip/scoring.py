@@ -158,8 +158,10 @@ def _prepare(model: QualiCLIP | None, weights: Any, device: Any) -> tuple[QualiC
     return model, next(model.parameters()).device
 
 
-def _worker_count(sources: Sequence[ImageSource], num_workers: int | None) -> int:
-    workers = default_num_workers(len(sources)) if num_workers is None else int(num_workers)
+def _worker_count(sources: Sequence[ImageSource], num_workers: int | None,
+                  device: torch.device) -> int:
+    workers = (default_num_workers(len(sources), device) if num_workers is None
+               else int(num_workers))
     if workers and any(isinstance(src, torch.Tensor) and src.device.type != "cpu"
                        for src in sources):
         # Worker processes cannot touch CUDA memory (forked workers fail on it), and the
@@ -205,7 +207,8 @@ def iter_scores(
         model: a loaded model (else ``weights`` is loaded on ``device``).
         batch_size: most images per batch (default 32); ``max_batch_pixels`` also bounds it
             (default 2**23 px on CUDA, 2**19 px on CPU; a single larger image still runs).
-        num_workers: decoding processes (default: half the cores, 0 for < 16 images).
+        num_workers: decoding processes (default: half the cores; none for < 16 images or
+            for a CPU model on <= 2 cores).
         max_side: cap the longer side (antialiased); ``None`` = native resolution (official).
         precision: ``"auto"`` (fp16 AMP on CUDA, bf16 on CPUs with native bf16, else fp32),
             ``"fp32"`` (exact), ``"fp16"``, ``"bf16"``.
@@ -240,7 +243,8 @@ def _iter_with(scorer: BatchScorer, sources: list, batch_size: int | None,
         raise ValueError(f"max_side must be >= {MIN_SIDE} px (or None), got {max_side}")
     dev = scorer.device
     buckets = SizeBuckets(batch_size, max_batch_pixels or default_max_batch_pixels(dev))
-    decoded = _decoded(sources, max_side, _worker_count(sources, num_workers), gpu_jpeg, dev)
+    decoded = _decoded(sources, max_side, _worker_count(sources, num_workers, dev), gpu_jpeg,
+                       dev)
     from tqdm.auto import tqdm
 
     with tqdm(total=len(sources), unit="img", desc="Scoring", disable=not progress) as bar:
