@@ -45,6 +45,23 @@ def require_onnx(hint: str = INSTALL_HINT) -> None:
         raise unavailable("export", "onnx", exc, hint=hint) from exc
 
 
+def runtime_available(package: str) -> bool:
+    """True when a runtime ``package`` and ``onnx`` (the exporter needs it) are installed."""
+    return module_available(package) and module_available("onnx")
+
+
+def import_runtime(backend: str, package: str, hint: str = INSTALL_HINT):
+    """Import a runtime ``package`` (checking ``onnx`` too), or raise the one-line hint."""
+    import importlib
+
+    try:
+        module = importlib.import_module(package)
+    except ImportError as exc:
+        raise unavailable(backend, package, exc, hint=hint) from exc
+    require_onnx(hint)
+    return module
+
+
 def default_threads() -> int:
     """Intra-op threads of the runtimes: torch's own setting (by default the number of physical
     cores), so ``torch.set_num_threads`` steers every backend alike."""

@@ -16,10 +16,9 @@ from torch import nn
 from qualiclip.backends._common import (
     check_batch,
     default_threads,
-    module_available,
-    require_onnx,
+    import_runtime,
+    runtime_available,
     to_numpy,
-    unavailable,
 )
 from qualiclip.backends.export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, ensure_onnx
 
@@ -28,15 +27,7 @@ NAME = "onnxruntime"
 
 def is_available() -> bool:
     """True when the ``onnxruntime`` package (and ``onnx``, for the export) is installed."""
-    return module_available("onnxruntime") and module_available("onnx")
-
-
-def _import_runtime():
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise unavailable(NAME, "onnxruntime", exc) from exc
-    return onnxruntime
+    return runtime_available("onnxruntime")
 
 
 class OnnxRuntimeEmbedder:
@@ -60,8 +51,7 @@ class OnnxRuntimeEmbedder:
     def __init__(self, model: nn.Module, threads: int | None = None,
                  cache_folder: str | os.PathLike | None = None, progress: bool = True,
                  opset: int = DEFAULT_OPSET) -> None:
-        ort = _import_runtime()
-        require_onnx()
+        ort = import_runtime(NAME, "onnxruntime")
         self.threads = threads or default_threads()
         self.onnx_path = ensure_onnx(model, opset=opset, folder=cache_folder, progress=progress)
         try:

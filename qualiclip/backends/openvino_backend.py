@@ -20,10 +20,9 @@ from qualiclip.backends._common import (
     OPENVINO_INSTALL_HINT,
     check_batch,
     default_threads,
-    module_available,
-    require_onnx,
+    import_runtime,
+    runtime_available,
     to_numpy,
-    unavailable,
 )
 from qualiclip.backends.export import DEFAULT_OPSET, ensure_onnx
 
@@ -32,15 +31,7 @@ NAME = "openvino"
 
 def is_available() -> bool:
     """True when the ``openvino`` package (and ``onnx``, for the export) is installed."""
-    return module_available("openvino") and module_available("onnx")
-
-
-def _import_runtime():
-    try:
-        import openvino
-    except ImportError as exc:
-        raise unavailable(NAME, "openvino", exc, hint=OPENVINO_INSTALL_HINT) from exc
-    return openvino
+    return runtime_available("openvino")
 
 
 class OpenVinoEmbedder:
@@ -59,8 +50,7 @@ class OpenVinoEmbedder:
     def __init__(self, model: nn.Module, threads: int | None = None,
                  cache_folder: str | os.PathLike | None = None, progress: bool = True,
                  opset: int = DEFAULT_OPSET) -> None:
-        ov = _import_runtime()
-        require_onnx(OPENVINO_INSTALL_HINT)
+        ov = import_runtime(NAME, "openvino", OPENVINO_INSTALL_HINT)
         self.threads = threads or default_threads()
         self.onnx_path = ensure_onnx(model, opset=opset, folder=cache_folder, progress=progress)
         try:
