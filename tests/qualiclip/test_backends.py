@@ -1,9 +1,12 @@
 """CPU runtime backends (qualiclip.backends): parity with torch fp32, the export cache, the
-missing-runtime hint. Tiny random model; each runtime's tests skip when it is not installed."""
+missing-runtime hint. Tiny random model. ONNX Runtime is the scoring runtime (scripts/setup.sh
+installs it), so its tests always run; OpenVINO's embedder serves the benchmarks only, and its
+tests run where it is installed (``pip install "qualiclip[openvino]"``)."""
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import sys
@@ -22,6 +25,7 @@ RUNTIMES = {
     "onnxruntime": ("qualiclip.backends.onnxruntime_backend", "OnnxRuntimeEmbedder"),
     "openvino": ("qualiclip.backends.openvino_backend", "OpenVinoEmbedder"),
 }
+TESTED = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
 #: (N, H, W): non-square both ways, odd sides, the minimum side, several batch sizes.
 SHAPES = [(1, 32, 32), (2, 64, 96), (3, 97, 45), (1, 45, 130), (4, 33, 70), (2, 224, 160)]
 TOL = 1e-4
@@ -34,9 +38,8 @@ def embedder_class(runtime: str):
     return getattr(importlib.import_module(module_name), class_name)
 
 
-@pytest.fixture(scope="module", params=list(RUNTIMES))
+@pytest.fixture(scope="module", params=TESTED)
 def runtime(request) -> str:
-    pytest.importorskip(request.param)
     return request.param
 
 
@@ -140,7 +143,7 @@ HINTS = {"onnxruntime": INSTALL_HINT, "openvino": OPENVINO_INSTALL_HINT}
 
 
 @pytest.mark.parametrize("missing", ["runtime", "onnx"])
-@pytest.mark.parametrize("name", list(RUNTIMES))
+@pytest.mark.parametrize("name", TESTED)
 def test_missing_runtime_gives_the_install_hint(monkeypatch, tiny_model, tmp_path, name,
                                                 missing):
     import importlib
