@@ -232,9 +232,10 @@ def download(weights, expected_sha256) -> None:
 
 @main.command()
 def info() -> None:
-    """Version, known weights and their cache state, device, torch / CUDA."""
+    """Version, known weights and their cache state, device, torch / CUDA, the backend."""
     import torch
 
+    from qualiclip.backends.selection import resolve_backend
     from qualiclip.precision import cpu_has_fast_bf16
     from qualiclip.weights import REGISTRY, cache_dir
 
@@ -251,6 +252,8 @@ def info() -> None:
                f"available: {cuda}")
     click.echo(f"cpu bf16:  {'native' if cpu_has_fast_bf16() else 'no'}; "
                f"cores: {os.cpu_count()}")
+    backend, precision = resolve_backend("auto", "auto", torch.device("cuda" if cuda else "cpu"))
+    click.echo(f"backend:   {backend} at {precision} by default (--backend / --precision)")
 
 
 if __name__ == "__main__":

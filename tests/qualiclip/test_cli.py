@@ -8,6 +8,7 @@ import io
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -110,6 +111,10 @@ def test_download_and_info(tmp_path, monkeypatch, tiny_checkpoint):
     assert result.exit_code == 0
     assert "qualiclip 0.1.0" in result.output and "CC BY-NC 4.0" in result.output
     assert str(tmp_path / "cache") in result.output and "torch" in result.output
+    from qualiclip.backends.selection import resolve_backend
+
+    backend, _ = resolve_backend("auto", "auto", torch.device("cpu"))
+    assert f"backend:   {backend} at " in result.output  # what auto picks on this machine
 
 
 def _strict_json(line: str):
