@@ -267,9 +267,10 @@ class BatchScorer:
             half = len(images) // 2
             return self.score(images[:half]) + self.score(images[half:])
         pair_scores = self.model.pair_scores_from_features(embeddings).cpu()
-        embeddings = embeddings.float().cpu()
+        # Embeddings leave the device only for callers that keep them (compute_embeddings).
+        kept = embeddings.float().cpu() if self.keep_features else [None] * len(images)
         return [self._result(image, pair, embedding)
-                for image, pair, embedding in zip(images, pair_scores, embeddings)]
+                for image, pair, embedding in zip(images, pair_scores, kept)]
 
     def _embed(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         with torch.inference_mode():
@@ -279,12 +280,11 @@ class BatchScorer:
         return self.features(batch)
 
     def _result(self, image: DecodedImage, pair: torch.Tensor,
-                embedding: torch.Tensor) -> ImageScore:
+                embedding: torch.Tensor | None) -> ImageScore:
         error = nonfinite_error(image.name, pair, image.tensor)
         if error is not None:
             return ImageScore(image, error=error)
-        return ImageScore(image, pair_scores=pair,
-                          features=embedding if self.keep_features else None)
+        return ImageScore(image, pair_scores=pair, features=embedding)
 
 
 def make_scorer(model: QualiCLIP, precision: str = "auto", backend: str = "auto",

@@ -102,7 +102,6 @@ class QualiCLIPModel(fout.TorchImageModel):
         super().__init__(config)
         self._scorer = make_scorer(self._model, precision=config.precision,
                                    backend=config.backend, keep_features=True, progress=False)
-        self._precision = self._scorer.precision
         self.read_errors: dict[str, str] = {}
         self._last_embeddings: np.ndarray | None = None
 

@@ -28,8 +28,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -187,6 +188,23 @@ def _export_lock(path: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+Loaded = TypeVar("Loaded")
+
+
+def load_export(model: nn.Module, load: Callable[[Path], Loaded], opset: int = DEFAULT_OPSET,
+                folder: str | os.PathLike | None = None,
+                progress: bool = True) -> tuple[Path, Loaded]:
+    """``(path, load(path))`` for the cached export of ``model.embed`` (:func:`ensure_onnx`);
+    an export that passed its checksum yet the runtime cannot ``load`` is exported again, once.
+    Both runtime backends load their session / compiled model through this."""
+    path = ensure_onnx(model, opset=opset, folder=folder, progress=progress)
+    try:
+        return path, load(path)
+    except Exception:  # noqa: BLE001 - whatever the runtime raises for an unloadable file
+        path = ensure_onnx(model, opset=opset, folder=folder, progress=progress, force=True)
+        return path, load(path)
 
 
 def ensure_onnx(model: nn.Module, opset: int = DEFAULT_OPSET,

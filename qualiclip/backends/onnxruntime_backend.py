@@ -20,7 +20,7 @@ from qualiclip.backends._common import (
     runtime_available,
     to_numpy,
 )
-from qualiclip.backends.export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, ensure_onnx
+from qualiclip.backends.export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, load_export
 
 NAME = "onnxruntime"
 
@@ -53,13 +53,9 @@ class OnnxRuntimeEmbedder:
                  opset: int = DEFAULT_OPSET) -> None:
         ort = import_runtime(NAME, "onnxruntime")
         self.threads = threads or default_threads()
-        self.onnx_path = ensure_onnx(model, opset=opset, folder=cache_folder, progress=progress)
-        try:
-            self.session = self._session(ort, self.onnx_path)
-        except Exception:  # passed its checksum yet does not load: export again, once
-            self.onnx_path = ensure_onnx(model, opset=opset, folder=cache_folder,
-                                         progress=progress, force=True)
-            self.session = self._session(ort, self.onnx_path)
+        self.onnx_path, self.session = load_export(
+            model, lambda path: self._session(ort, path), opset=opset, folder=cache_folder,
+            progress=progress)
 
     def _session(self, ort, path: Path):
         options = ort.SessionOptions()

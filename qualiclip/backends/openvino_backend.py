@@ -24,7 +24,7 @@ from qualiclip.backends._common import (
     runtime_available,
     to_numpy,
 )
-from qualiclip.backends.export import DEFAULT_OPSET, ensure_onnx
+from qualiclip.backends.export import DEFAULT_OPSET, load_export
 
 NAME = "openvino"
 
@@ -52,13 +52,9 @@ class OpenVinoEmbedder:
                  opset: int = DEFAULT_OPSET) -> None:
         ov = import_runtime(NAME, "openvino", OPENVINO_INSTALL_HINT)
         self.threads = threads or default_threads()
-        self.onnx_path = ensure_onnx(model, opset=opset, folder=cache_folder, progress=progress)
-        try:
-            self.compiled = self._compile(ov, self.onnx_path)
-        except Exception:  # passed its checksum yet does not load: export again, once
-            self.onnx_path = ensure_onnx(model, opset=opset, folder=cache_folder,
-                                         progress=progress, force=True)
-            self.compiled = self._compile(ov, self.onnx_path)
+        self.onnx_path, self.compiled = load_export(
+            model, lambda path: self._compile(ov, path), opset=opset, folder=cache_folder,
+            progress=progress)
         self.request = self.compiled.create_infer_request()
 
     def _compile(self, ov, path):

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from qualiclip.backends._common import INSTALL_HINT, BackendUnavailableError, module_available
+from qualiclip.backends import _common
+from qualiclip.backends._common import INSTALL_HINT, BackendUnavailableError
 from qualiclip.constants import BACKENDS
 from qualiclip.precision import resolve_precision
 
@@ -36,10 +37,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: runtime backend -> (the Python packages it needs, its module, its embedder class). ``onnx``
-#: is needed by torch's exporter.
+#: runtime backend -> (its Python package, its module, its embedder class). ``onnx``, which
+#: torch's exporter needs, is checked with every runtime (:func:`_common.runtime_available`).
 RUNTIMES = {
-    "onnxruntime": (("onnxruntime", "onnx"), "qualiclip.backends.onnxruntime_backend",
+    "onnxruntime": ("onnxruntime", "qualiclip.backends.onnxruntime_backend",
                     "OnnxRuntimeEmbedder"),
 }
 #: The order ``auto`` tries installed runtimes in.
@@ -51,8 +52,9 @@ _EMBEDDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def runtime_available(backend: str) -> bool:
-    """True when ``backend``'s runtime package is installed (``torch`` always is)."""
-    return backend == "torch" or all(module_available(p) for p in RUNTIMES[backend][0])
+    """True when ``backend``'s runtime package and ``onnx`` are installed (``torch`` always
+    is)."""
+    return backend == "torch" or _common.runtime_available(RUNTIMES[backend][0])
 
 
 def resolve_backend(backend: str, precision: str, device: torch.device) -> tuple[str, str]:
@@ -74,7 +76,7 @@ def resolve_backend(backend: str, precision: str, device: torch.device) -> tuple
                              f"'auto'), or backend 'torch' for {precision}")
         if not runtime_available(backend):
             raise BackendUnavailableError(
-                f"backend {backend!r} needs the {' and '.join(RUNTIMES[backend][0])} packages, "
+                f"backend {backend!r} needs the {RUNTIMES[backend][0]} and onnx packages, "
                 f"which are not installed: {INSTALL_HINT}")
         return backend, "fp32"
     resolved = resolve_precision(precision, device)

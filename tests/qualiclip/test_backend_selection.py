@@ -58,7 +58,7 @@ def test_explicit_runtimes_refuse_what_they_cannot_do(runtime):
 
 def test_a_missing_runtime_is_an_error_when_asked_for_and_a_fallback_under_auto(
         monkeypatch, caplog):
-    missing = {name: (("qualiclip_no_such_runtime",), module, cls)
+    missing = {name: ("qualiclip_no_such_runtime", module, cls)
                for name, (_, module, cls) in RUNTIMES.items()}
     monkeypatch.setattr(selection, "RUNTIMES", missing)
     with pytest.raises(BackendUnavailableError, match=r"qualiclip\[cpu-fast\]"):
