@@ -145,7 +145,9 @@ def parse_backend(value: Any, precision: str = "auto") -> str:
     if precision not in ("auto", "fp32"):
         raise RequestError(f"backend {backend!r} runs exact fp32: choose precision fp32 (or "
                            f"auto), or backend torch for {precision}")
-    if importlib.util.find_spec(backend) is None:
+    # The rule of qualiclip.backends.selection.runtime_available (the runtime and onnx, which
+    # the export needs), checked here without importing torch.
+    if any(importlib.util.find_spec(package) is None for package in (backend, "onnx")):
         raise RequestError(f"backend {backend!r} is not installed on this server (its admin "
                            "can add it: pip install \"qualiclip[cpu-fast]\"); choose auto or "
                            "torch")

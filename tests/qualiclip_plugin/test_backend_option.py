@@ -16,12 +16,13 @@ def test_request_checks_backend_without_loading_anything():
         parse_request({"backend": "onnxruntime", "precision": "bf16"})
 
 
-def test_a_runtime_missing_on_the_server_is_refused_in_the_form(monkeypatch):
+@pytest.mark.parametrize("missing", ["onnxruntime", "onnx"])
+def test_a_runtime_missing_on_the_server_is_refused_in_the_form(monkeypatch, missing):
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+                        lambda name, *a: None if name == missing else real(name, *a))
     with pytest.raises(RequestError, match="not installed on this server"):
         parse_request({"backend": "onnxruntime"})
 
