@@ -7,8 +7,8 @@ The rule (numbers: docs/backends.md, benchmarks/RESULTS.md):
   the fastest path there and within 0.01 of fp32;
 * on any other CPU, or with ``precision="fp32"``: the exported fp32 graph on ONNX Runtime when
   installed (the ``cpu-fast`` extra), equal to torch fp32 within ~1e-6 and 1.2-1.6x as fast as
-  torch eager (decoding included) on a 2-core AVX2 CPU; without it, torch fp32 and a one-line hint (once per
-  process).
+  torch eager (decoding included) on a 2-core AVX2 CPU; without it, torch fp32 and a one-line
+  hint (once per process).
 
 An explicit runtime backend runs fp32 on the CPU; asking it for fp16/bf16 or a CUDA device is
 an error that says what to use instead. OpenVINO was measured too (docs/backends.md) and is not
