@@ -105,26 +105,35 @@ class QualiCLIP(nn.Module):
     def pool(self, fmap: torch.Tensor) -> torch.Tensor:
         """Attention pooling **without** the positional embedding.
 
-        ``(N, C, h, w)`` -> ``(N, D)`` unnormalised image embedding. Only the mean token is used
-        as query: its output equals the official full-sequence attention's first token.
+        ``(N, C, h, w)`` -> ``(N, D)`` unnormalised image embedding: the official attention
+        pool's output for its first (mean) token, the only one CLIP keeps.
+
+        Computed in an algebraically equal, cheaper order. With one query per head, its scores
+        ``q_h . (W_k,h x_t + b_k,h)`` equal ``(W_k,h^T q_h) . x_t`` plus a term that is the same
+        for every token (softmax ignores it), and since the attention weights sum to one the
+        attended value ``sum_t p_t (W_v,h x_t + b_v,h)`` equals ``W_v,h (sum_t p_t x_t) + b_v,h``.
+        So the key and value projections are applied to the query and to one mixed token per
+        head instead of to all ``hw + 1`` tokens: about 50 M instead of 2.5 G multiply-adds at
+        640x480, equal to the official order within float rounding (~1e-6).
         """
         pool = self.visual.attnpool
-        tokens = fmap.flatten(2).permute(2, 0, 1)  # (hw, N, C)
-        tokens = torch.cat([tokens.mean(dim=0, keepdim=True), tokens], dim=0)
-        out, _ = F.multi_head_attention_forward(
-            query=tokens[:1], key=tokens, value=tokens,
-            embed_dim_to_check=tokens.shape[-1],
-            num_heads=pool.num_heads,
-            q_proj_weight=pool.q_proj.weight,
-            k_proj_weight=pool.k_proj.weight,
-            v_proj_weight=pool.v_proj.weight,
-            in_proj_weight=None,
-            in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
-            bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
-            out_proj_weight=pool.c_proj.weight, out_proj_bias=pool.c_proj.bias,
-            use_separate_proj_weight=True, training=False, need_weights=False,
-        )
-        return out[0]
+        heads = pool.num_heads
+        n, channels = fmap.shape[:2]
+        head_dim = channels // heads
+        tokens = fmap.flatten(2).transpose(1, 2)  # (N, hw, C)
+        mean = tokens.mean(dim=1, keepdim=True)  # (N, 1, C)
+        tokens = torch.cat([mean, tokens], dim=1)  # (N, T, C), T = hw + 1
+        # per-head matrices as batched matmuls (heads first); no tensor is repeated per head
+        query = pool.q_proj(mean[:, 0]).view(n, heads, head_dim).transpose(0, 1)  # (heads, N, d)
+        query = query * head_dim ** -0.5
+        key_weight = pool.k_proj.weight.view(heads, head_dim, channels)
+        value_weight = pool.v_proj.weight.view(heads, head_dim, channels)
+        key_direction = (query @ key_weight).transpose(0, 1)  # (N, heads, C)
+        attention = (key_direction @ tokens.transpose(1, 2)).softmax(dim=-1)  # (N, heads, T)
+        mixed = (attention @ tokens).transpose(0, 1)  # (heads, N, C)
+        values = (mixed @ value_weight.transpose(1, 2)).transpose(0, 1)  # (N, heads, d)
+        values = values.reshape(n, channels) + pool.v_proj.bias
+        return pool.c_proj(values)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` in [0, 1], sides >= ``MIN_SIDE`` -> ``(N, D)`` unnormalised image

@@ -19,6 +19,22 @@ MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 
 
+def reference_pool(pool, h: torch.Tensor) -> torch.Tensor:
+    """The attention pool as CLIP writes it, minus the positional embedding: every token
+    (mean token first) projected to queries, keys and values, full multi-head attention,
+    output projection, first token. ``(N, C, h, w)`` -> ``(N, D)``."""
+    n, c = h.shape[:2]
+    seq = h.reshape(n, c, -1).permute(0, 2, 1)  # (N, L, C)
+    seq = torch.cat([seq.mean(dim=1, keepdim=True), seq], dim=1)
+    heads = pool.num_heads
+    q = pool.q_proj(seq).reshape(n, -1, heads, c // heads).transpose(1, 2)
+    k = pool.k_proj(seq).reshape(n, -1, heads, c // heads).transpose(1, 2)
+    v = pool.v_proj(seq).reshape(n, -1, heads, c // heads).transpose(1, 2)
+    attn = (q @ k.transpose(-1, -2) / math.sqrt(c // heads)).softmax(dim=-1)
+    out = (attn @ v).transpose(1, 2).reshape(n, -1, c)
+    return pool.c_proj(out)[:, 0]
+
+
 def reference_scores(visual, prompt_features: torch.Tensor, x: torch.Tensor):
     """Written from method.md alone: normalise, ResNet trunk, attention pool over the full
     sequence WITHOUT positional embedding (hand-written multi-head attention, first token),
@@ -30,17 +46,7 @@ def reference_scores(visual, prompt_features: torch.Tensor, x: torch.Tensor):
     h = visual.avgpool(h)
     for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
         h = layer(h)
-    n, c = h.shape[:2]
-    seq = h.reshape(n, c, -1).permute(0, 2, 1)  # (N, L, C)
-    seq = torch.cat([seq.mean(dim=1, keepdim=True), seq], dim=1)
-    pool = visual.attnpool
-    heads = pool.num_heads
-    q = pool.q_proj(seq).reshape(n, -1, heads, c // heads).transpose(1, 2)
-    k = pool.k_proj(seq).reshape(n, -1, heads, c // heads).transpose(1, 2)
-    v = pool.v_proj(seq).reshape(n, -1, heads, c // heads).transpose(1, 2)
-    attn = (q @ k.transpose(-1, -2) / math.sqrt(c // heads)).softmax(dim=-1)
-    out = (attn @ v).transpose(1, 2).reshape(n, -1, c)
-    emb = pool.c_proj(out)[:, 0]
+    emb = reference_pool(visual.attnpool, h)
     emb = emb / emb.norm(dim=-1, keepdim=True)
     text = prompt_features / prompt_features.norm(dim=-1, keepdim=True)
     logits = 100.0 * emb @ text.T
@@ -69,6 +75,19 @@ def test_full_rn50_matches_reference_at_non_square_sizes(rn50_pair, size):
     assert pairs.shape == (2, 7) and score.shape == (2,)
     torch.testing.assert_close(pairs, ref_pairs, atol=1e-5, rtol=0)
     torch.testing.assert_close(score, ref_score, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("grid", [(1, 1), (7, 7), (15, 20), (3, 11)])
+def test_pool_embedding_equals_full_sequence_attention(rn50_pair, grid):
+    """``QualiCLIP.pool`` reorders the attention algebra (keys and values projected after
+    mixing); the embedding itself, not only the scores, must equal CLIP's formulation."""
+    visual, _, model = rn50_pair
+    torch.manual_seed(grid[1])
+    fmap = torch.randn(3, 2048, *grid).relu() * 2
+    with torch.no_grad():
+        ours, ref = model.pool(fmap), reference_pool(visual.attnpool, fmap)
+    assert ours.shape == ref.shape == (3, 1024)
+    torch.testing.assert_close(ours, ref, atol=1e-5 * float(ref.abs().max()), rtol=0)
 
 
 def test_positional_embedding_is_really_skipped(rn50_pair):
