@@ -108,6 +108,8 @@ def main() -> None:
     parser.add_argument("--weights", default=None, help="default: random RN50 checkpoint")
     parser.add_argument("--precisions", default="auto,fp32")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-sizes", default=None,
+                        help="comma-separated batch sizes to try (default: --batch-size)")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--backends", default="torch",
                         help="comma-separated: torch, onnxruntime, auto")
@@ -140,19 +142,21 @@ def main() -> None:
         print(f"device: {device_name}; torch {torch.__version__}; threads "
               f"{torch.get_num_threads()}; {len(paths)} JPEGs {args.width}x{args.height} "
               f"(half portrait); weights: {'random RN50' if not args.weights else args.weights}")
-        print("| method | precision | backend | decode workers | images/s | speed-up vs naive | "
-              "max abs score diff vs exact fp32 |")
-        print("|---|---|---|---|---|---|---|")
+        print("| method | precision | backend | decode workers | batch size | images/s | "
+              "speed-up vs naive | max abs score diff vs exact fp32 |")
+        print("|---|---|---|---|---|---|---|---|")
         base_diff = max(abs(a - b) for a, b in zip(baseline, reference, strict=True))
         workers_list = ([None if w in ("", "default") else int(w)
                          for w in args.workers_list.split(",")]
                         if args.workers_list else [args.workers])
-        variants = [(p, b, w, False) for p in args.precisions.split(",")
-                    for b in args.backends.split(",") for w in workers_list
+        batch_sizes = ([int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes
+                       else [args.batch_size])
+        variants = [(p, b, w, False, bs) for p in args.precisions.split(",")
+                    for b in args.backends.split(",") for w in workers_list for bs in batch_sizes
                     if b in ("torch", "auto") or p in ("fp32", "auto")]
         if device.type == "cuda":
-            variants.append(("auto", "torch", args.workers, True))
-        for precision, backend, _, gpu_jpeg in variants:  # warm-up (and the one-time export)
+            variants.append(("auto", "torch", args.workers, True, args.batch_size))
+        for precision, backend, _, gpu_jpeg, _ in variants:  # warm-up (and the one-time export)
             score_images(paths[:4], model=model, precision=precision, backend=backend,
                          progress=False, num_workers=0, gpu_jpeg=gpu_jpeg)
         best: dict[int, float] = {}
@@ -161,26 +165,26 @@ def main() -> None:
             start = time.perf_counter()
             naive_loop(model, paths, device, baseline_context())
             naive_s = min(naive_s, time.perf_counter() - start)
-            for i, (precision, backend, workers, gpu_jpeg) in enumerate(variants):
+            for i, (precision, backend, workers, gpu_jpeg, batch_size) in enumerate(variants):
                 start = time.perf_counter()
                 outputs[i] = score_images(paths, model=model, precision=precision,
                                           backend=backend, progress=False,
-                                          batch_size=args.batch_size, num_workers=workers,
+                                          batch_size=batch_size, num_workers=workers,
                                           gpu_jpeg=gpu_jpeg)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 best[i] = min(best.get(i, float("inf")), time.perf_counter() - start)
         naive_ips = len(paths) / naive_s
-        print(f"| naive loop (official example style) | {baseline_precision} | torch | - | "
+        print(f"| naive loop (official example style) | {baseline_precision} | torch | - | 1 | "
               f"{naive_ips:.2f} | 1.00x | {base_diff:.5f} |")
-        for i, (precision, _backend, workers, gpu_jpeg) in enumerate(variants):
+        for i, (precision, _backend, workers, gpu_jpeg, batch_size) in enumerate(variants):
             results = outputs[i]
             diff = max(abs(r.score - s) for r, s in zip(results, reference))
             resolved = results.preprocessing["precision"]
             ips = len(paths) / best[i]
             label = "score_images + GPU JPEG decode" if gpu_jpeg else "score_images"
             print(f"| {label} | {precision} ({resolved}) | {results.preprocessing['backend']} "
-                  f"| {'default' if workers is None else workers} | {ips:.2f} | "
+                  f"| {'default' if workers is None else workers} | {batch_size} | {ips:.2f} | "
                   f"{ips / naive_ips:.2f}x | {diff:.5f} |")
 
 if __name__ == "__main__":
