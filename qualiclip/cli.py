@@ -136,7 +136,7 @@ def _writer(output: Path | None, columns: list[str]):
                    "fp32 = exact scores.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="What runs the model: auto = ONNX Runtime for fp32 on the CPU when "
-                   "installed (same scores, 1.2-1.6x torch), else torch; onnxruntime needs "
+                   "installed (same scores, 1.1-1.6x torch), else torch; onnxruntime needs "
                    "'pip install \"qualiclip[cpu-fast]\"'.")
 @click.option("--sha256", "expected_sha256", default=None,
               help="Refuse weights whose SHA-256 differs from this.")

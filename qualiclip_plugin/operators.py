@@ -147,7 +147,7 @@ class ComputeImageQuality(foo.Operator):
                     default=options.get("backend") if options.get("backend") in BACKENDS
                     else "auto", label="Backend", view=types.DropdownView(),
                     description="What runs the model: auto = ONNX Runtime for exact fp32 on "
-                                "the CPU when the server has it (same scores, 1.2-1.6x as "
+                                "the CPU when the server has it (same scores, 1.1-1.6x as "
                                 "fast as torch in our measurements), else torch")
         inputs.bool("pair_scores", default=options.get("pair_scores", True),
                     label="Store the 7 attribute scores",

@@ -6,7 +6,7 @@ The rule (numbers: docs/backends.md, benchmarks/RESULTS.md):
 * on a CPU with native bf16 (AMX / AVX512-BF16), ``precision="auto"``: torch with bf16 autocast,
   the fastest path there and within 0.01 of fp32;
 * on any other CPU, or with ``precision="fp32"``: the exported fp32 graph on ONNX Runtime when
-  installed (the ``cpu-fast`` extra), equal to torch fp32 within ~1e-6 and 1.2-1.6x as fast as
+  installed (the ``cpu-fast`` extra), equal to torch fp32 within ~1e-6 and 1.1-1.6x as fast as
   torch eager (decoding included) on a 2-core AVX2 CPU; without it, torch fp32 and a one-line
   hint (once per process).
 
@@ -92,7 +92,7 @@ def resolve_backend(backend: str, precision: str, device: torch.device) -> tuple
 @functools.cache
 def _hint_once() -> None:
     logger.warning("QualiCLIP: scoring on the CPU with torch; ONNX Runtime gives the same "
-                   "scores faster (1.2-1.6x measured on a 2-core CPU): %s", INSTALL_HINT)
+                   "scores faster (1.1-1.6x measured on a 2-core CPU): %s", INSTALL_HINT)
 
 
 def feature_backend(backend: str, model: QualiCLIP, precision: str,
