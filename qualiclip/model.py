@@ -109,12 +109,14 @@ class QualiCLIP(nn.Module):
         pool's output for its first (mean) token, the only one CLIP keeps.
 
         Computed in an algebraically equal, cheaper order. With one query per head, its scores
-        ``q_h . (W_k,h x_t + b_k,h)`` equal ``(W_k,h^T q_h) . x_t`` plus a term that is the same
-        for every token (softmax ignores it), and since the attention weights sum to one the
-        attended value ``sum_t p_t (W_v,h x_t + b_v,h)`` equals ``W_v,h (sum_t p_t x_t) + b_v,h``.
-        So the key and value projections are applied to the query and to one mixed token per
-        head instead of to all ``hw + 1`` tokens: about 50 M instead of 2.5 G multiply-adds at
-        640x480, equal to the official order within float rounding (~1e-6).
+        ``q_h . (W_k,h x_t + b_k,h)`` equal ``(W_k,h^T q_h) . x_t + q_h . b_k,h``, and since the
+        attention weights sum to one the attended value ``sum_t p_t (W_v,h x_t + b_v,h)`` equals
+        ``W_v,h (sum_t p_t x_t) + b_v,h``. So the key and value projections are applied to the
+        query and to one mixed token per head instead of to all ``hw + 1`` tokens: about 50 M
+        instead of 4.8 G multiply-adds (CLIP's full-sequence pool) at 640x480, equal to it within
+        float rounding (~1e-6). The key-bias term is the same for every token, so softmax ignores
+        it; it is kept so that every parameter stays in the graph, as DistributedDataParallel
+        requires when training.
         """
         pool = self.visual.attnpool
         heads = pool.num_heads
@@ -129,7 +131,9 @@ class QualiCLIP(nn.Module):
         key_weight = pool.k_proj.weight.view(heads, head_dim, channels)
         value_weight = pool.v_proj.weight.view(heads, head_dim, channels)
         key_direction = (query @ key_weight).transpose(0, 1)  # (N, heads, C)
-        attention = (key_direction @ tokens.transpose(1, 2)).softmax(dim=-1)  # (N, heads, T)
+        key_bias = (query * pool.k_proj.bias.view(heads, 1, head_dim)).sum(-1)  # (heads, N)
+        scores = key_direction @ tokens.transpose(1, 2) + key_bias.t().unsqueeze(-1)
+        attention = scores.softmax(dim=-1)  # (N, heads, T)
         mixed = (attention @ tokens).transpose(0, 1)  # (heads, N, C)
         values = (mixed @ value_weight.transpose(1, 2)).transpose(0, 1)  # (N, heads, d)
         values = values.reshape(n, channels) + pool.v_proj.bias

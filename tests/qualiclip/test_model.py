@@ -90,6 +90,19 @@ def test_pool_embedding_equals_full_sequence_attention(rn50_pair, grid):
     torch.testing.assert_close(ours, ref, atol=1e-5 * float(ref.abs().max()), rtol=0)
 
 
+def test_every_attention_pool_parameter_gets_a_gradient(rn50_pair):
+    """Training wraps the model in DistributedDataParallel, which fails on a parameter outside
+    the graph: the reordered pool must keep the key bias (softmax-invariant) in it."""
+    _, _, model = rn50_pair
+    pool = model.visual.attnpool
+    pool.zero_grad(set_to_none=True)
+    model.pool(torch.randn(2, 2048, 2, 3)).sum().backward()
+    missing = [name for name, p in pool.named_parameters()
+               if p.requires_grad and p.grad is None and name != "positional_embedding"]
+    pool.zero_grad(set_to_none=True)
+    assert missing == []
+
+
 def test_positional_embedding_is_really_skipped(rn50_pair):
     """The stock open_clip pool (with the positional table) must give other embeddings at 224,
     so the parity test above would catch an implementation that kept it."""
