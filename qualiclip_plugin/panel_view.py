@@ -50,14 +50,11 @@ def build_view(handlers: ImageQualityPanel, state) -> types.Property:
         ranks.btn("best", label="Best N", on_click=handlers.show_best, variant="outlined")
         ranks.btn("back", label="Back to my view", on_click=handlers.back_to_view,
                   variant="outlined")
-        threshold = state.threshold if state.threshold is not None else DEFAULT_THRESHOLD
-        low, high = _slider_range(state.edges or [], threshold)
-        panel.float("threshold", default=threshold, min=low, max=high, label="Threshold",
-                    view=types.SliderView(data=threshold, step=(high - low) / 200),
-                    on_change=handlers.on_change_threshold)
-        below = "?" if state.below is None else state.below
-        panel.md(f"{below} of {state.scored or 0} scored samples in the view are below "
-                 f"{threshold:.6g}", name="below_text")
+        if state.threshold is not None:
+            # Not before the panel's load has set it: the App stores a slider's first value
+            # in the state and reports it as a change, so a slider drawn with a stand-in
+            # value while the loaded state is still arriving could overwrite the saved one.
+            _threshold_slider(panel, handlers, state)
         saved = panel.h_stack("saved_row", align_x="left", gap=1)
         saved.btn("save", label="Save threshold", on_click=handlers.save_threshold,
                   variant="contained")
@@ -85,6 +82,18 @@ def build_view(handlers: ImageQualityPanel, state) -> types.Property:
                                                      padding=2))
 
 
+def _threshold_slider(panel: types.Object, handlers: ImageQualityPanel, state) -> None:
+    """The threshold slider (spanning the view's scores) and the count below it."""
+    threshold = state.threshold
+    low, high = _slider_range(state.edges or [], threshold)
+    panel.float("threshold", default=threshold, min=low, max=high, label="Threshold",
+                view=types.SliderView(data=threshold, step=(high - low) / 200),
+                on_change=handlers.on_change_threshold)
+    below = "?" if state.below is None else state.below
+    panel.md(f"{below} of {state.scored or 0} scored samples in the view are below "
+             f"{threshold:.6g}", name="below_text")
+
+
 def histogram_bars(hist: dict[str, list]) -> list[dict[str, Any]]:
     """The Plotly bar trace of :func:`.panel_data.histogram`'s ``{"edges", "counts"}``: one bar
     per bin, as wide as the bin."""
@@ -96,14 +105,17 @@ def histogram_bars(hist: dict[str, list]) -> list[dict[str, Any]]:
 
 
 def _layout(state) -> dict[str, Any]:
-    threshold = state.threshold if state.threshold is not None else DEFAULT_THRESHOLD
     path = state.field if state.attribute in (None, "overall") else \
         f"{state.field}_{state.attribute}"
+    # The threshold line only once the threshold is known: a stand-in line far from the
+    # scores would stretch the x axis until the bars are too thin to see or click.
+    threshold = state.threshold
+    shapes = [] if threshold is None else [
+        {"type": "line", "x0": threshold, "x1": threshold, "y0": 0, "y1": 1, "yref": "paper",
+         "line": {"color": "#d62728", "width": 2}}]
     return {"xaxis": {"title": {"text": f"{path} ({state.total or 0} samples in the view)"}},
             "yaxis": {"title": {"text": "samples"}}, "bargap": 0.05, "dragmode": "select",
-            "margin": {"t": 8, "l": 40, "b": 40, "r": 8},
-            "shapes": [{"type": "line", "x0": threshold, "x1": threshold, "y0": 0, "y1": 1,
-                        "yref": "paper", "line": {"color": "#d62728", "width": 2}}]}
+            "margin": {"t": 8, "l": 40, "b": 40, "r": 8}, "shapes": shapes}
 
 
 def _slider_range(edges: list[float], threshold: float) -> tuple[float, float]:
