@@ -39,13 +39,10 @@ def full_sequence_pool(pool, fmap: torch.Tensor) -> torch.Tensor:
     return pool.c_proj((attention @ v).transpose(1, 2).reshape(n, -1, c))[:, 0]
 
 
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def gflop(fn) -> float:
@@ -93,8 +90,8 @@ def compare(model, fmap: torch.Tensor, repeats: int) -> str:
     diff = float((ref - ours()).abs().max() / ref.abs().max())
     full_ms = ours_ms = float("inf")
     for _ in range(repeats):  # interleaved
-        full_ms = min(full_ms, 1e3 * best_time(full, 1))
-        ours_ms = min(ours_ms, 1e3 * best_time(ours, 1))
+        full_ms = min(full_ms, 1e3 * seconds(full))
+        ours_ms = min(ours_ms, 1e3 * seconds(ours))
     h, w = fmap.shape[2:]
     return (f"| {h}x{w} ({32 * w}x{32 * h}) | {full_ms:.1f} | {ours_ms:.1f} | "
             f"{full_ms / ours_ms:.1f}x | {gflop(full):.2f} / {gflop(ours):.3f} | {diff:.1e} |")
