@@ -27,13 +27,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from qualiclip_train.data import PristineCrops, StepBatchSampler
+from qualiclip_train.initial_model import (
+    PromptSimilarity,
+    initial_model,
+    set_train_mode,
+    trainable_model,
+)
+from qualiclip_train.losses import qualiclip_loss
+from qualiclip_train.trainer import degrade_batch
 from torch.utils.data import DataLoader
 
 from qualiclip.architecture import resolve_model_config
-from training.data import PristineCrops, StepBatchSampler
-from training.initial_model import PromptSimilarity, initial_model, set_train_mode, trainable_model
-from training.losses import qualiclip_loss
-from training.trainer import degrade_batch
 
 
 def make_images(folder: Path, count: int, side: int) -> list[Path]:

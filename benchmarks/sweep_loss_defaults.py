@@ -20,10 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from qualiclip_train.config import TrainConfig  # noqa: E402
+from qualiclip_train.trainer import train  # noqa: E402
+
 from qualiclip.checkpoint import read_checkpoint  # noqa: E402
 from tests.training.conftest import write_scenes  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.trainer import train  # noqa: E402
 
 #: Overrides of TrainConfig per run, one per row of that table.
 RUNS: dict[str, dict] = {

@@ -81,7 +81,7 @@ def test_cli_help_loads_no_torch_pil_numpy_or_fiftyone():
             except SystemExit:
                 pass
     """)["new"]
-    assert set(new) <= {"click", "qualiclip", "qualiclip_plugin", "training"}, new
+    assert set(new) <= {"click", "qualiclip", "qualiclip_plugin", "qualiclip_train"}, new
 
 
 def _walk(package: str) -> str:
@@ -104,7 +104,7 @@ def test_no_library_module_imports_fiftyone_the_plugin_or_training():
     """Every module of ``qualiclip``, imported together: the library depends on neither of the
     packages built on it, nor on FiftyOne."""
     loaded = newly_loaded(_walk("qualiclip"))
-    assert not {"fiftyone", "qualiclip_plugin", "training"} & set(loaded["new"]), loaded
+    assert not {"fiftyone", "qualiclip_plugin", "qualiclip_train"} & set(loaded["new"]), loaded
     assert not {"qualiclip.scoring", "qualiclip.cli"} & set(loaded["skipped"])
 
 
@@ -112,7 +112,7 @@ def test_no_plugin_module_imports_training():
     """Every module of ``qualiclip_plugin``, imported together: the plugin depends on the
     library only."""
     loaded = newly_loaded(_walk("qualiclip_plugin"))
-    assert "training" not in loaded["new"], loaded
+    assert "qualiclip_train" not in loaded["new"], loaded
     assert "fiftyone" in loaded["new"]  # the walk did reach the operators
 
 

@@ -14,8 +14,7 @@ import typing
 from typing import Any
 
 import click
-
-from training.config import ConfigError, TrainConfig, validate
+from qualiclip_train.config import ConfigError, TrainConfig, validate
 
 _REQUIRED = {"pristine_dir", "output_dir"}
 
@@ -63,9 +62,10 @@ def main(**kwargs: Any) -> None:
         validate(cfg)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
+    from qualiclip_train.trainer import train
+
     from qualiclip.checkpoint import CheckpointError
     from qualiclip.weights import WeightsDownloadError
-    from training.trainer import train
 
     try:
         path = train(cfg, validated=True)  # validated above: once per run, not twice

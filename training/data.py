@@ -186,7 +186,7 @@ class PristineCrops(Dataset):
         ladder_seed = int(torch.randint(0, 2**62, (1,), generator=g))
         item = {"crops": crops, "ladder_seed": torch.tensor(ladder_seed)}
         if self.levels is not None:
-            from training.degradation.ladders import apply_ladder, sample_ladder
+            from qualiclip_train.degradation.ladders import apply_ladder, sample_ladder
 
             ladder = sample_ladder(torch.Generator().manual_seed(ladder_seed),
                                    self.max_distortions)

@@ -12,11 +12,11 @@ import math
 from collections import defaultdict
 
 import torch
+from qualiclip_train.data import fit_min_side
+from qualiclip_train.degradation.distortions import DISTORTIONS
+from qualiclip_train.degradation.ladders import apply_ladder, evaluation_ladder
 
 from qualiclip.model import QualiCLIP
-from training.data import fit_min_side
-from training.degradation.distortions import DISTORTIONS
-from training.degradation.ladders import apply_ladder, evaluation_ladder
 
 
 def spearman_with_levels(scores: torch.Tensor) -> float:

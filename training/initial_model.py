@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from qualiclip_train.config import check_model_config
 from torch import nn
 
 from qualiclip.architecture import build_clip, compute_prompt_features, resolve_model_config
@@ -20,7 +21,6 @@ from qualiclip.loading import build_model, prompt_features_of
 from qualiclip.model import QualiCLIP
 from qualiclip.prompts import PROMPT_PAIRS, flat_prompts
 from qualiclip.weights import OFFICIAL, resolve_weights
-from training.config import check_model_config
 
 _NC_LICENSE = (f"{OFFICIAL.license} ({OFFICIAL.license_url}), inherited from the official "
                "QualiCLIP weights")

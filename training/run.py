@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
-
-from training.config import ConfigError, TrainConfig
-from training.data import (
+from qualiclip_train.config import ConfigError, TrainConfig
+from qualiclip_train.data import (
     PristineCrops,
     StepBatchSampler,
     find_images,
@@ -24,10 +22,16 @@ from training.data import (
     readable_images,
     split_holdout,
 )
-from training.initial_model import InitialModel, PromptSimilarity, initial_model, trainable_model
-from training.train_state import STATE_NAME, TrainState
+from qualiclip_train.initial_model import (
+    InitialModel,
+    PromptSimilarity,
+    initial_model,
+    trainable_model,
+)
+from qualiclip_train.train_state import STATE_NAME, TrainState
+from torch.utils.data import DataLoader
 
-log = logging.getLogger("training")
+log = logging.getLogger("qualiclip_train")
 
 
 @dataclass

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from qualiclip_train.degradation.distortions import DISTORTIONS
+from qualiclip_train.degradation.ladders import apply_ladder, evaluation_ladder, ladder_value
+from qualiclip_train.evaluation import center_crop, spearman_with_levels
 
 from qualiclip.model import QualiCLIP
-from training.degradation.distortions import DISTORTIONS
-from training.degradation.ladders import apply_ladder, evaluation_ladder, ladder_value
-from training.evaluation import center_crop, spearman_with_levels
 
 CSV_COLUMNS = ("weights", "type", "group", "level", "value", "mean_score", "std_score",
                "pristine_score", "n_images", "srcc")

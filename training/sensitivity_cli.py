@@ -63,9 +63,10 @@ def sensitivity(paths, recursive, weights, output_dir, sample, crop, max_side, l
 
     Cost: images x types x levels forward passes (32 x 24 x 5 = 3,840 crops by default).
     """
+    from qualiclip_train.sensitivity import SensitivityConfig, sensitivity_curves, write_curves_csv
+    from qualiclip_train.sensitivity_plot import plot_curves
+
     from qualiclip.cli import collect_images, load_model_or_fail
-    from training.sensitivity import SensitivityConfig, sensitivity_curves, write_curves_csv
-    from training.sensitivity_plot import plot_curves
 
     files = collect_images(paths, recursive)
     images = load_sample(files, sample, seed, max_side)

@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from training.sensitivity import CurvePoint
+from qualiclip_train.sensitivity import CurvePoint
 
 
 def short_labels(names: Sequence[str]) -> dict[str, str]:

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from qualiclip_train.config import ConfigError, TrainConfig, resume_conflicts
+from qualiclip_train.data import pristine_differences
 
 from qualiclip.checkpoint import atomic_torch_save
-from training.config import ConfigError, TrainConfig, resume_conflicts
-from training.data import pristine_differences
 
-log = logging.getLogger("training")
+log = logging.getLogger("qualiclip_train")
 
 FORMAT = "qualiclip-train-state"
 VERSION = 1

@@ -25,19 +25,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from qualiclip_train.config import TrainConfig, validate
+from qualiclip_train.degradation.ladders import apply_ladder, sample_ladder
+from qualiclip_train.evaluation import degradation_ranking, format_report
+from qualiclip_train.initial_model import set_train_mode
+from qualiclip_train.losses import qualiclip_loss
+from qualiclip_train.metrics import (
+    append_metrics,
+    plot_curves,
+    tensorboard_writer,
+    truncate_metrics,
+)
+from qualiclip_train.run import Run, setup
+from qualiclip_train.schedule import lr_at
+from qualiclip_train.train_state import STATE_NAME
 
 from qualiclip.checkpoint import write_checkpoint, write_official_checkpoint
-from training.config import TrainConfig, validate
-from training.degradation.ladders import apply_ladder, sample_ladder
-from training.evaluation import degradation_ranking, format_report
-from training.initial_model import set_train_mode
-from training.losses import qualiclip_loss
-from training.metrics import append_metrics, plot_curves, tensorboard_writer, truncate_metrics
-from training.run import Run, setup
-from training.schedule import lr_at
-from training.train_state import STATE_NAME
 
-log = logging.getLogger("training")
+log = logging.getLogger("qualiclip_train")
 
 CHECKPOINT_NAME = "qualiclip-finetuned.pth"
 OFFICIAL_NAME = "qualiclip-finetuned-official.pth"

@@ -8,9 +8,8 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-
-from training.cli import main
-from training.config import TrainConfig
+from qualiclip_train.cli import main
+from qualiclip_train.config import TrainConfig
 
 TINY = ["--init", "random", "--arch", "tiny-test-rn", "--crop-size", "48", "--batch-size", "2",
         "--workers", "0", "--val-images", "2", "--no-progress", "--log-every", "2"]
@@ -116,7 +115,7 @@ def test_fine_tune_from_checkpoint_changes_only_the_image_tower(tmp_path, pristi
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, pristine_dir,
                                                                unversioned):
     """Also from a state as written before the record had a version (read as version 0)."""
-    from training.train_state import VERSION, TrainState
+    from qualiclip_train.train_state import VERSION, TrainState
 
     common = ["--pristine-dir", str(pristine_dir), "--steps", "6", "--checkpoint-every", "3",
               "--accum-steps", "2", *TINY]
@@ -157,7 +156,7 @@ def test_torchrun_two_processes(tmp_path, pristine_dir):
 
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "training.cli", "--pristine-dir", str(pristine_dir), "--output-dir", str(out),
+           "-m", "qualiclip_train.cli", "--pristine-dir", str(pristine_dir), "--output-dir", str(out),
            "--steps", "2", *TINY]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -170,7 +169,7 @@ def test_torchrun_two_processes(tmp_path, pristine_dir):
 
 
 def test_epochs_resolve_to_steps():
-    from training.run import resolve_steps
+    from qualiclip_train.run import resolve_steps
 
     cfg = TrainConfig(epochs=2.5, batch_size=4, accum_steps=2)
     assert resolve_steps(cfg, n_train=100, world_size=2) == 16  # ceil(250 / 16)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from qualiclip_train.evaluate_cli import eval_command
+from qualiclip_train.sensitivity_cli import sensitivity
 
 from tests.conftest import make_image
-from training.evaluate_cli import eval_command
-from training.sensitivity_cli import sensitivity
 
 
 def _missing(tmp_path: Path) -> Path:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
-
-from tests.conftest import make_image
-from training.data import (
+from qualiclip_train.data import (
     PristineCrops,
     StepBatchSampler,
     find_images,
@@ -17,6 +15,8 @@ from training.data import (
     readable_images,
     split_holdout,
 )
+
+from tests.conftest import make_image
 
 
 def test_find_images_recursive_all_formats(tmp_path):

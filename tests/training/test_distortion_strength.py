@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from qualiclip_train.degradation.distortions import DISTORTIONS
+from qualiclip_train.degradation.ladders import apply_level
 
 from tests.training.arniqa_reference import REFERENCE
 from tests.training.strength import photo_set, psnr, ssim
-from training.degradation.distortions import DISTORTIONS
-from training.degradation.ladders import apply_level
 
 PSNR_TOLERANCE_DB = 3.0
 PSNR_INDISTINCT_DB = 35.0  # above this both are near-invisible: the exact dB do not matter

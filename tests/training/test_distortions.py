@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from qualiclip_train.degradation.distortions import DISTORTIONS, GROUPS, lab_to_rgb, rgb_to_lab
 
 from tests.training.conftest import textured_image
-from training.degradation.distortions import DISTORTIONS, GROUPS, lab_to_rgb, rgb_to_lab
 
 NAMES = list(DISTORTIONS)
 

@@ -6,17 +6,16 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from qualiclip_train.evaluate_cli import eval_command
 from scipy import stats
 
 from tests.conftest import make_image
-from training.evaluate_cli import eval_command
 
 
 @pytest.mark.parametrize("fmt", ["project", "official"])
 def test_eval_command(tmp_path, tiny_checkpoint, tiny_official_checkpoint, tiny_model, fmt):
     import torch
-
-    from training.data import load_rgb
+    from qualiclip_train.data import load_rgb
 
     lines = ["path,mos"]
     for i in range(6):

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from tests.training.conftest import textured_image
-from training.degradation.distortions import DISTORTIONS
-from training.degradation.ladders import (
+from qualiclip_train.degradation.distortions import DISTORTIONS
+from qualiclip_train.degradation.ladders import (
     apply_ladder,
     apply_level,
     ladder_value,
     sample_ladder,
     single_ladder,
 )
+
+from tests.training.conftest import textured_image
 
 
 def test_sample_ladder_distinct_groups_and_deterministic():
@@ -78,7 +78,7 @@ def test_single_type_ladder_matches_apply_level():
 
 
 def test_spearman_with_levels():
-    from training.evaluation import spearman_with_levels
+    from qualiclip_train.evaluation import spearman_with_levels
 
     assert spearman_with_levels(torch.tensor([5.0, 4, 3, 2, 1])) == pytest.approx(-1)
     assert spearman_with_levels(torch.tensor([1.0, 2, 3])) == pytest.approx(1)

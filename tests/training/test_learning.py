@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+from qualiclip_train.config import TrainConfig
+from qualiclip_train.trainer import train
+
 from tests.training.conftest import write_scenes
-from training.config import TrainConfig
-from training.trainer import train
 
 # Sized to keep this near a minute on 2 CPU cores. With the defaults (margin 0.05, lambda 0.1)
 # this exact setting took the held-out SRCC from -0.16 to about -0.62 (-0.646 in the README's

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from training.losses import consistency_loss, level_pairs, qualiclip_loss, ranking_loss
-from training.schedule import lr_at
+from qualiclip_train.losses import consistency_loss, level_pairs, qualiclip_loss, ranking_loss
+from qualiclip_train.schedule import lr_at
 
 
 def test_level_pairs():
@@ -71,7 +70,7 @@ def test_lr_schedule():
 def test_prompt_similarities_stay_fp32_under_bf16_autocast(tiny_checkpoint):
     """The losses' margins (0.05) are a few bf16 steps wide near 0.5, so the similarities are
     computed in fp32 even inside the training step's autocast."""
-    from training.initial_model import PromptSimilarity, initial_model, trainable_model
+    from qualiclip_train.initial_model import PromptSimilarity, initial_model, trainable_model
 
     scorer = PromptSimilarity(trainable_model(initial_model(str(tiny_checkpoint)))).eval()
     x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))

@@ -9,10 +9,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from qualiclip_train.degradation.distortions import DISTORTIONS
+from qualiclip_train.sensitivity import SensitivityConfig, sensitivity_curves
 
 from tests.synthetic import smooth_image
-from training.degradation.distortions import DISTORTIONS
-from training.sensitivity import SensitivityConfig, sensitivity_curves
 
 
 def _uint8_images(n: int, size: int = 96) -> list[torch.Tensor]:
@@ -33,8 +33,8 @@ def test_noise_curve_falls_for_a_model_that_sees_noise(probe_model):
     assert all(b <= a + 1e-3 for a, b in zip(curve, curve[1:], strict=False)), curve
     assert white[0].srcc < -0.8
     # Independent check of one point: level 5 of white noise by hand, same seeds as the curves.
-    from training.degradation.ladders import apply_ladder, single_ladder
-    from training.evaluation import center_crop
+    from qualiclip_train.degradation.ladders import apply_ladder, single_ladder
+    from qualiclip_train.evaluation import center_crop
 
     by_hand = []
     for i, image in enumerate(images):
@@ -78,8 +78,9 @@ def test_cli_writes_24_types_by_5_levels(tiny_checkpoint, tmp_path):
                                                   * int(r["level"]) / 5)
     assert len({r["pristine_score"] for r in rows}) == 1  # one pristine mean for every type
     # ... the model's mean score of the centre crops of the three readable images
+    from qualiclip_train.evaluation import center_crop
+
     from qualiclip import load_model
-    from training.evaluation import center_crop
 
     model = load_model(tiny_checkpoint, device="cpu")
     with torch.no_grad():
@@ -125,7 +126,7 @@ def test_cli_keeps_runs_with_the_same_checkpoint_name_apart(tiny_checkpoint, tmp
 
 
 def test_plot_labels_are_the_shortest_distinct_path_tails():
-    from training.sensitivity_plot import short_labels
+    from qualiclip_train.sensitivity_plot import short_labels
 
     names = ["qualiclip", "/x/runs/a/qualiclip-finetuned.pth", "/x/runs/b/qualiclip-finetuned.pth",
              "/y/other.pth"]

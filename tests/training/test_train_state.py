@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from training.config import ConfigError
-from training.train_state import FORMAT, VERSION, TrainState
+from qualiclip_train.config import ConfigError
+from qualiclip_train.train_state import FORMAT, VERSION, TrainState
 
 
 def _state() -> TrainState:

@@ -8,10 +8,10 @@ import logging
 import pytest
 import torch
 from click.testing import CliRunner
+from qualiclip_train.cli import main
+from qualiclip_train.data import find_images, split_holdout
 
 from tests.training.test_cli import TINY
-from training.cli import main
-from training.data import find_images, split_holdout
 
 
 def invoke(args: list[str]):
@@ -74,8 +74,9 @@ def test_resume_refuses_a_changed_pristine_set_listing_the_differences(tmp_path,
 
 
 def test_unreadable_held_out_image_is_skipped_with_a_warning(tmp_path, pristine_dir, caplog):
+    from qualiclip_train.data import load_rgb
+
     from qualiclip.images import ImageReadError
-    from training.data import load_rgb
 
     # A PNG cut in half: its header parses (so the file is listed) but its pixels do not decode.
     victim = pristine_dir / "img_3.png"
@@ -86,7 +87,7 @@ def test_unreadable_held_out_image_is_skipped_with_a_warning(tmp_path, pristine_
     seed = next(s for s in range(50) if victim in split_holdout(paths, 2, s)[1])
     args = ["--pristine-dir", str(pristine_dir), "--output-dir", str(tmp_path / "run"),
             "--steps", "1", "--eval-every", "0", *TINY, "--seed", str(seed)]
-    with caplog.at_level(logging.WARNING, logger="training"):
+    with caplog.at_level(logging.WARNING, logger="qualiclip_train"):
         result = invoke(args)
     assert result.exit_code == 0, result.output
     assert any("held-out" in r.getMessage() and "img_3.png" in r.getMessage()

@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
-
-from training.degradation.primitives import filter2d, gaussian_filter, uniform
+from qualiclip_train.degradation.primitives import filter2d, gaussian_filter, uniform
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:

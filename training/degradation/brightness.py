@@ -7,8 +7,7 @@ Every function follows the contract of :mod:`.distortions`: ``fn(x, value, gener
 from __future__ import annotations
 
 import torch
-
-from training.degradation.colorspaces import lab_to_rgb, rgb_to_lab
+from qualiclip_train.degradation.colorspaces import lab_to_rgb, rgb_to_lab
 
 
 def _bend(x: torch.Tensor, amount: float) -> torch.Tensor:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from training.degradation.colorspaces import lab_to_rgb, luma, rgb_to_lab
-from training.degradation.primitives import gaussian_filter, side_scale, uniform
+from qualiclip_train.degradation.colorspaces import lab_to_rgb, luma, rgb_to_lab
+from qualiclip_train.degradation.primitives import gaussian_filter, side_scale, uniform
 
 
 def color_diffusion(x: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:

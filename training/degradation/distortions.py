@@ -20,7 +20,7 @@ entry point; it re-exports the 24 functions, :func:`rgb_to_lab`, :func:`lab_to_r
 :data:`DISTORTIONS` is the single table: name -> :class:`Distortion` (group, the five level values
 of the table in method.md, the function). Use it like::
 
-    from training.degradation.distortions import DISTORTIONS
+    from qualiclip_train.degradation.distortions import DISTORTIONS
     g = torch.Generator().manual_seed(0)
     y = DISTORTIONS["gaussian_blur"].apply(x, level=3, generator=g)   # level 1..5
 
@@ -43,25 +43,29 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-from training.degradation.blur import gaussian_blur, lens_blur, motion_blur
-from training.degradation.brightness import brighten, darken, mean_shift
-from training.degradation.color import color_diffusion, color_shift, saturation_hsv, saturation_lab
-from training.degradation.colorspaces import lab_to_rgb, rgb_to_lab
-from training.degradation.compression import jpeg, jpeg2000
-from training.degradation.noise import (
+from qualiclip_train.degradation.blur import gaussian_blur, lens_blur, motion_blur
+from qualiclip_train.degradation.brightness import brighten, darken, mean_shift
+from qualiclip_train.degradation.color import (
+    color_diffusion,
+    color_shift,
+    saturation_hsv,
+    saturation_lab,
+)
+from qualiclip_train.degradation.colorspaces import lab_to_rgb, rgb_to_lab
+from qualiclip_train.degradation.compression import jpeg, jpeg2000
+from qualiclip_train.degradation.noise import (
     impulse_noise,
     multiplicative_noise,
     white_noise,
     white_noise_ycbcr,
 )
-from training.degradation.primitives import REFERENCE_SIDE
-from training.degradation.sharpness_contrast import (
+from qualiclip_train.degradation.primitives import REFERENCE_SIDE
+from qualiclip_train.degradation.sharpness_contrast import (
     linear_contrast,
     nonlinear_contrast,
     over_sharpen,
 )
-from training.degradation.spatial import (
+from qualiclip_train.degradation.spatial import (
     color_blocks,
     jitter,
     non_eccentricity,

@@ -3,7 +3,7 @@
 Public API (also what sensitivity curves are built on)::
 
     import torch
-    from training.degradation.ladders import apply_level, sample_ladder, apply_ladder
+    from qualiclip_train.degradation.ladders import apply_level, sample_ladder, apply_ladder
 
     g = torch.Generator().manual_seed(0)
     # one type at level 3 of a monotone 5-level ladder; x (N, 3, H, W) or (3, H, W) in [0, 1]
@@ -28,8 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from training.degradation.distortions import DISTORTIONS, GROUPS, Distortion, apply_value
+from qualiclip_train.degradation.distortions import DISTORTIONS, GROUPS, Distortion, apply_value
 
 
 def ladder_value(d: Distortion, level: int, levels: int = 5, sign: int = 1) -> float:

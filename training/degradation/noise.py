@@ -10,9 +10,8 @@ from __future__ import annotations
 import math
 
 import torch
-
-from training.degradation.colorspaces import rgb_to_ycbcr, ycbcr_to_rgb
-from training.degradation.primitives import shared_normal, uniform
+from qualiclip_train.degradation.colorspaces import rgb_to_ycbcr, ycbcr_to_rgb
+from qualiclip_train.degradation.primitives import shared_normal, uniform
 
 
 def white_noise(x: torch.Tensor, variance: float, generator: torch.Generator) -> torch.Tensor:

@@ -8,9 +8,8 @@ Every function follows the contract of :mod:`.distortions`: ``fn(x, value, gener
 from __future__ import annotations
 
 import torch
-
-from training.degradation.colorspaces import lab_to_rgb, rgb_to_lab
-from training.degradation.primitives import gaussian_filter
+from qualiclip_train.degradation.colorspaces import lab_to_rgb, rgb_to_lab
+from qualiclip_train.degradation.primitives import gaussian_filter
 
 
 def over_sharpen(x: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:

@@ -12,8 +12,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-
-from training.degradation.primitives import side_scale, uniform
+from qualiclip_train.degradation.primitives import side_scale, uniform
 
 
 def jitter(x: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:
