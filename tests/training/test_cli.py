@@ -156,8 +156,8 @@ def test_torchrun_two_processes(tmp_path, pristine_dir):
 
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "qualiclip_train.cli", "--pristine-dir", str(pristine_dir), "--output-dir", str(out),
-           "--steps", "2", *TINY]
+           "-m", "qualiclip_train.cli", "--pristine-dir", str(pristine_dir),
+           "--output-dir", str(out), "--steps", "2", *TINY]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
