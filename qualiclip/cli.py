@@ -154,6 +154,7 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
     from qualiclip.backends.selection import resolve_backend
     from qualiclip.inference import Preprocessing
     from qualiclip.loading import default_device
+    from qualiclip.precision import PrecisionEnvError
     from qualiclip.scoring import iter_scores
 
     images = collect_images(paths, recursive)
@@ -170,6 +171,8 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
         backend, precision = resolve_backend(backend, precision, target)
     except BackendUnavailableError as exc:
         raise click.BadParameter(str(exc), param_hint="--backend") from exc
+    except PrecisionEnvError as exc:  # the environment, not an option, is wrong
+        raise click.ClickException(str(exc)) from exc
     except ValueError as exc:
         hint = "--backend" if "backend" in str(exc) else "--precision"
         raise click.BadParameter(str(exc), param_hint=hint) from exc
@@ -236,7 +239,12 @@ def info() -> None:
     import torch
 
     from qualiclip.backends.selection import resolve_backend
-    from qualiclip.precision import cpu_has_fast_bf16
+    from qualiclip.precision import (
+        CPU_BF16_ENV,
+        PrecisionEnvError,
+        cpu_bf16_override,
+        cpu_has_fast_bf16,
+    )
     from qualiclip.weights import REGISTRY, cache_dir
 
     click.echo(f"qualiclip {__version__}")
@@ -250,8 +258,13 @@ def info() -> None:
     click.echo(f"device:    {device} (default {'cuda' if cuda else 'cpu'})")
     click.echo(f"torch:     {torch.__version__}, CUDA {torch.version.cuda or 'n/a'}, "
                f"available: {cuda}")
-    click.echo(f"cpu bf16:  {'native' if cpu_has_fast_bf16() else 'no'}; "
-               f"cores: {os.cpu_count()}")
+    try:
+        bf16 = "native" if cpu_has_fast_bf16() else "no"
+    except PrecisionEnvError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if cpu_bf16_override() is not None:
+        bf16 += f" (set by ${CPU_BF16_ENV})"
+    click.echo(f"cpu bf16:  {bf16}; cores: {os.cpu_count()}")
     backend, precision = resolve_backend("auto", "auto", torch.device("cuda" if cuda else "cpu"))
     click.echo(f"backend:   {backend} at {precision} by default (--backend / --precision)")
 

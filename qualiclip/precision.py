@@ -4,19 +4,56 @@
 native bf16 matrix units (AMX or AVX512-BF16), where it was measured to keep scores within 0.01 of
 fp32 (benchmarks/RESULTS.md); elsewhere fp32. The similarity and softmax always run in fp32
 (see :meth:`qualiclip.model.QualiCLIP.pair_scores_from_features`).
+
+The environment variable ``QUALICLIP_CPU_BF16`` overrides the bf16 detection: ``1`` treats the CPU
+as having native bf16, ``0`` as not, unset (or empty) detects. It is read at every resolution, so
+child processes (a FiftyOne App server, a CLI run) follow it by inheriting the environment. It
+lets one machine reproduce what ``"auto"`` does on another (e.g. run the tests both ways).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
 from qualiclip.constants import PRECISIONS
 
+#: Environment variable overriding :func:`cpu_has_fast_bf16`: ``1`` yes, ``0`` no, unset detects.
+CPU_BF16_ENV = "QUALICLIP_CPU_BF16"
+
+
+class PrecisionEnvError(ValueError):
+    """``$QUALICLIP_CPU_BF16`` holds a value other than ``1``, ``0`` or nothing."""
+
+
+def cpu_bf16_override() -> bool | None:
+    """``$QUALICLIP_CPU_BF16`` parsed: True for ``1``, False for ``0``, None when unset or empty.
+
+    Raises:
+        PrecisionEnvError: any other value (one line, naming the variable and what to set).
+    """
+    raw = os.environ.get(CPU_BF16_ENV, "")
+    value = raw.strip()
+    if value == "":
+        return None
+    if value in ("0", "1"):
+        return value == "1"
+    raise PrecisionEnvError(f"${CPU_BF16_ENV} is {raw!r}; set it to 1 (use bf16 for precision "
+                            f"'auto' on the CPU) or 0 (use fp32), or unset it to detect")
+
 
 def cpu_has_fast_bf16() -> bool:
-    """True when this CPU has native bf16 matrix instructions (AMX tiles or AVX512-BF16)."""
+    """True when this CPU has native bf16 matrix instructions (AMX tiles or AVX512-BF16), or
+    when ``$QUALICLIP_CPU_BF16`` says so (``1``/``0`` overrides the detection).
+
+    Raises:
+        PrecisionEnvError: ``$QUALICLIP_CPU_BF16`` is set to something other than 1 or 0.
+    """
+    override = cpu_bf16_override()
+    if override is not None:
+        return override
     cpu = getattr(torch, "cpu", None)
     for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
         check = getattr(cpu, probe, None)
@@ -33,6 +70,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
     Raises:
         ValueError: unknown precision, or fp16 requested on CPU.
+        PrecisionEnvError: ``"auto"`` on the CPU with a bad ``$QUALICLIP_CPU_BF16`` (a
+            ValueError too).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
