@@ -1,6 +1,6 @@
 """The QualiCLIP scoring module: a CLIP ResNet image tower plus fixed antonym prompt embeddings.
 
-Scoring contract (official release, method.md section 2):
+Scoring contract (official release; docs/method.md, "Scoring contract"):
 
 * input ``(N, 3, H, W)`` RGB in [0, 1] at any size; normalised with CLIP's mean / std;
 * the ResNet's attention pool runs **without** its positional embedding, which is what lets

@@ -1,4 +1,4 @@
-"""The three margin ranking losses of QualiCLIP (method.md section 4), as pure functions.
+"""QualiCLIP's three margin ranking losses (docs/method.md, "Training recipe"), pure functions.
 
 Shapes: ``s_pos`` / ``s_neg`` are cosine similarities ``(B, 2, L, P)`` in [-1, 1]: ``B`` pristine
 images, their 2 crops, ``L`` levels (level 1 = least degraded first), ``P`` prompt pairs.

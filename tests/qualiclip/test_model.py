@@ -1,5 +1,5 @@
-"""The scoring module against an independent reference of the official formula (method.md s.2),
-plus loading both checkpoint formats."""
+"""The scoring module against an independent reference of the official formula (docs/method.md,
+"Scoring contract"), plus loading both checkpoint formats."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def reference_pool(pool, h: torch.Tensor) -> torch.Tensor:
 
 
 def reference_scores(visual, prompt_features: torch.Tensor, x: torch.Tensor):
-    """Written from method.md alone: normalise, ResNet trunk, attention pool over the full
+    """Written from docs/method.md alone: normalise, ResNet trunk, attention pool over the full
     sequence WITHOUT positional embedding (hand-written multi-head attention, first token),
     cosine similarity * 100 against the 14 prompts, softmax per pair, positive column."""
     x = (x - MEAN) / STD

@@ -1,4 +1,4 @@
-"""The 24 synthetic distortions of KADID-10k / ARNIQA (method.md section 5), reimplemented in torch.
+"""The 24 synthetic distortions of KADID-10k / ARNIQA (docs/method.md, "Degradations"), in torch.
 
 Every distortion is one small function ``fn(x, value, generator) -> x`` where
 
@@ -18,7 +18,7 @@ entry point; it re-exports the 24 functions, :func:`rgb_to_lab`, :func:`lab_to_r
 :data:`REFERENCE_SIDE`.
 
 :data:`DISTORTIONS` is the single table: name -> :class:`Distortion` (group, the five level values
-of the table in method.md, the function). Use it like::
+of the table in docs/method.md, the function). Use it like::
 
     from qualiclip_train.degradation.distortions import DISTORTIONS
     g = torch.Generator().manual_seed(0)
@@ -95,7 +95,7 @@ class Distortion:
     Attributes:
         name: identifier, e.g. ``"gaussian_blur"``.
         group: one of :data:`GROUPS`.
-        values: the parameter at levels 1..5 (method.md section 5), as published.
+        values: the parameter at levels 1..5 (docs/method.md), as published.
         fn: ``(x (N, 3, H, W) in [0, 1], value, generator) -> (N, 3, H, W) in [0, 1]``.
         signed: the published values alternate either side of ``neutral`` (mean shift, linear
             contrast); ladders order them by distance from it, with one side per image (see
@@ -158,7 +158,7 @@ _TABLE: tuple[Distortion, ...] = (
                nonlinear_contrast),
 )
 
-#: The single table: name -> :class:`Distortion`, in method.md order.
+#: The single table: name -> :class:`Distortion`, in docs/method.md's order.
 DISTORTIONS: dict[str, Distortion] = {d.name: d for d in _TABLE}
 #: The 7 groups, in table order.
 GROUPS: tuple[str, ...] = tuple(dict.fromkeys(d.group for d in _TABLE))
