@@ -75,8 +75,9 @@ class Workload:
         return counter.get_total_flops() / 1e9
 
 
-#: Default: the issue's 640x480 photos both ways, one per call (native resolution: each photo is
-#: its own batch unless sizes repeat) and four per call; 224x224 one and eight per call.
+#: Default: 640x480 photos (the target workload) both ways, one per call (native resolution:
+#: each photo is its own batch unless sizes repeat) and four per call; 224x224 one and eight
+#: per call.
 DEFAULT_WORKLOADS = "480x640:1x4,640x480:1x4,480x640:4x1,224x224:1x8,224x224:8x1"
 
 

@@ -2,8 +2,8 @@
 
 Neither ONNX Runtime nor OpenVINO/oneDNN has a Winograd fp32 convolution for AVX2 CPUs; OpenCV's
 DNN module does (F(6x6, 3x3), ``net.enableWinograd``). This measures whether it is the way past
-ONNX Runtime for exact-enough CPU scoring (issue #13). Model only, in one process, methods
-interleaved, best of ``--repeats``:
+ONNX Runtime for exact-enough CPU scoring (goal: >= 1.6x the naive loop). Model only, in one
+process, methods interleaved, best of ``--repeats``:
 
 * ``naive``: ``model(x)`` one image per call, torch fp32 (the official example's loop without
   decoding);

@@ -1,4 +1,4 @@
-"""CPU inference runtimes for the image tower (issue #13).
+"""CPU inference runtimes for the image tower (faster exact fp32 scoring on CPUs without bf16).
 
 ``QualiCLIP.embed`` is exported once per weights to ONNX (:mod:`qualiclip.backends.export`) and
 run by a runtime module, each giving a callable class mapping ``(N, 3, H, W)`` float32 in [0, 1]

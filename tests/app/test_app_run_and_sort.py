@@ -1,4 +1,4 @@
-"""The issue's scenario in the real App, the run: open the operator from the operator browser,
+"""Scoring with a local checkpoint in the real App: open the operator from the operator browser,
 choose the local checkpoint in the Weights dropdown, run, see the new fields in the sidebar, sort
 the grid by the score both ways, and find the checkpoint preselected the next time.
 

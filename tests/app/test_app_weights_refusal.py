@@ -1,6 +1,5 @@
-"""The issue's scenario in the real App, the refusal: the operator's form shows the inline
-"Cannot run" box for weights the server may not fetch, with Execute disabled, and offers the local
-checkpoint instead.
+"""Weights the server may not fetch, in the real App: the operator's form shows the inline
+"Cannot run" box for them, with Execute disabled, and offers the local checkpoint instead.
 
 The App server (``conftest.py``) runs with ``QUALICLIP_APP_DOWNLOADS=0``, an empty weights cache
 and ``QUALICLIP_APP_WEIGHTS_DIRS`` naming a folder with one tiny checkpoint.

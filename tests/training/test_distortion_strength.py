@@ -2,8 +2,8 @@
 
 Strength = mean PSNR / SSIM against the pristine crop over four natural photos
 (:mod:`tests.training.strength`); the expected numbers were measured from ARNIQA's own code
-(:mod:`tests.training.arniqa_reference`). Tolerance (issue 12): PSNR within 3 dB or both above
-35 dB, SSIM within 0.10. A type that silently gets stronger or weaker fails here.
+(:mod:`tests.training.arniqa_reference`). Tolerance: PSNR within 3 dB or both above 35 dB, SSIM
+within 0.10. A type that silently gets stronger or weaker fails here.
 """
 
 from __future__ import annotations
