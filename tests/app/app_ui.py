@@ -124,11 +124,15 @@ class AppUI:
 
     def choose_weights(self, name: str) -> None:
         """Pick the choice whose label contains ``name`` in the Weights dropdown."""
-        field = self.form_field("Weights")
         assert self.weights_is_dropdown(), "the Weights input is not a dropdown"
+        self.choose("Weights", name)
+
+    def choose(self, label: str, name: str) -> None:
+        """Pick the choice whose label contains ``name`` in the dropdown labelled ``label``."""
+        field = self.form_field(label)
         field.locator(".MuiSelect-select, [role=combobox]").first.click()
         option = self.page.get_by_role("option").filter(has_text=name)
-        expect(option.first, f"no Weights choice mentions {name!r}").to_be_visible()
+        expect(option.first, f"no {label} choice mentions {name!r}").to_be_visible()
         option.first.click()
         expect(field).to_contain_text(name)
 

@@ -22,7 +22,8 @@ def scored_dataset(app_dataset, tiny_checkpoint):
     from qualiclip_plugin.api import compute_image_quality
 
     dataset, reference = app_dataset
-    compute_image_quality(dataset, weights=str(tiny_checkpoint), device="cpu")
+    # fp32: the same scores (so the same bins and threshold) on every CPU, bf16 or not.
+    compute_image_quality(dataset, weights=str(tiny_checkpoint), device="cpu", precision="fp32")
     scores = sorted(dataset.values("quality"))
     threshold = round((scores[2] + scores[3]) / 2, 6)
     src = panel_data.source(dataset, "quality")

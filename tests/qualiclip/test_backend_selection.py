@@ -41,9 +41,12 @@ def test_auto_keeps_torch_for_reduced_precision_and_cuda():
 
 
 def test_auto_precision_on_a_bf16_cpu_stays_on_torch(monkeypatch):
-    """Where the CPU has native bf16, today's bf16 path is kept (not slower than before)."""
-    monkeypatch.setattr("qualiclip.precision.cpu_has_fast_bf16", lambda: True)
+    """Where the CPU has native bf16, today's bf16 path is kept (not slower than before);
+    elsewhere auto is exact fp32 on the runtime."""
+    monkeypatch.setenv("QUALICLIP_CPU_BF16", "1")
     assert resolve_backend("auto", "auto", CPU) == ("torch", "bf16")
+    monkeypatch.setenv("QUALICLIP_CPU_BF16", "0")
+    assert resolve_backend("auto", "auto", CPU) == (INSTALLED[0], "fp32")
 
 
 @pytest.mark.parametrize("runtime", list(RUNTIMES))

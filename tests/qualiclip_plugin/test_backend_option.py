@@ -30,13 +30,15 @@ def test_a_runtime_missing_on_the_server_is_refused_in_the_form(monkeypatch, mis
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_the_backend_asked_for_writes_the_torch_scores_and_is_recorded(
         make_dataset, tiny_checkpoint, reference_scores, backend):
-    """auto would pick ONNX Runtime here, so the torch run shows the option is not ignored."""
+    """Exact fp32 on both (the references are fp32): auto would pick ONNX Runtime for fp32 on
+    the CPU, so the torch run shows the option is not ignored."""
     from qualiclip_plugin import provenance
     from qualiclip_plugin.api import compute_image_quality
 
     dataset = make_dataset()
     summary = compute_image_quality(dataset, field="q", weights=str(tiny_checkpoint),
-                                    device="cpu", backend=backend, batch_size=4)
+                                    device="cpu", backend=backend, precision="fp32",
+                                    batch_size=4)
     assert summary["failed"] == 1
     for path, score in zip(dataset.values("filepath"), dataset.values("q")):
         expected = reference_scores[path]
