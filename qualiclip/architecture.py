@@ -37,6 +37,75 @@ TINY_TEST_CONFIG: dict[str, Any] = {
 
 MODEL_CONFIGS: dict[str, dict[str, Any]] = {"RN50": RN50_CONFIG, "tiny-test-rn": TINY_TEST_CONFIG}
 
+#: Upper bounds for a model config's sizes: ten times the largest OpenAI ResNet CLIP
+#: (RN50x64) or more, so any real model passes, and a typo (a width of 64000) is refused before
+#: it allocates tens of gigabytes.
+MODEL_LIMITS: dict[str, int] = {
+    "embed_dim": 16384, "vision_cfg.width": 1024, "vision_cfg.image_size": 4096,
+    "vision_cfg.layers": 256, "text_cfg.width": 16384, "text_cfg.layers": 256,
+    "text_cfg.heads": 256, "text_cfg.context_length": 4096, "text_cfg.vocab_size": 1_000_000}
+#: Sizes open_clip fills in when a config leaves them out.
+_OPTIONAL_SIZES = ("heads", "context_length", "vocab_size", "image_size")
+
+
+class ModelConfigError(ValueError):
+    """A model config that cannot describe a ResNet CLIP; one line naming the bad entry."""
+
+
+def _whole(value: Any, limit: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= limit
+
+
+def check_model_config(config: Any, source: str, require_text: bool = False) -> None:
+    """Refuse a model config that is not an open_clip ResNet CLIP config of sane sizes (see
+    :data:`MODEL_LIMITS`), before anything is allocated for it.
+
+    Args:
+        config: the config as read (a checkpoint's ``model_config``, a JSON file, ...).
+        source: what to name in the message (a file, an option).
+        require_text: the text tower (``text_cfg``) must be present too (training builds it).
+
+    Raises:
+        ModelConfigError: one line naming ``source``, the bad key and the accepted form/range.
+    """
+    if not isinstance(config, dict):
+        raise ModelConfigError(
+            f"{source}: the model config must be an open_clip config dict like "
+            "{'embed_dim': 1024, 'vision_cfg': {'layers': [3, 4, 6, 3], 'width': 64, ...}, "
+            f"...}}, got {type(config).__name__} {str(config)[:60]!r}")
+    for key, limit in MODEL_LIMITS.items():
+        section, _, name = key.rpartition(".")
+        if section == "text_cfg" and "text_cfg" not in config and not require_text:
+            continue  # scoring needs only the image tower when prompt features are stored
+        holder = config.get(section) if section else config
+        if not isinstance(holder, dict):
+            raise ModelConfigError(f"{source}: model config entry {section!r} must be a dict, "
+                                   f"got {type(holder).__name__}")
+        value = holder.get(name)
+        if value is None and name in _OPTIONAL_SIZES:
+            continue
+        if name == "layers" and section == "vision_cfg":
+            if not (isinstance(value, (list, tuple)) and len(value) == 4
+                    and all(_whole(v, limit) for v in value)):
+                raise ModelConfigError(
+                    f"{source}: model config {key} = {str(value)[:60]} must be a list of 4 "
+                    f"whole numbers in 1..{limit} (a ResNet's four stages)")
+        elif not _whole(value, limit):
+            raise ModelConfigError(f"{source}: model config {key} = {str(value)[:60]} must be "
+                                   f"a whole number in 1..{limit}")
+    vision = config["vision_cfg"]
+    # The attention pool splits width * 32 channels into width // 2 heads of 64.
+    if vision["width"] % 2:
+        raise ModelConfigError(f"{source}: model config vision_cfg.width = {vision['width']} "
+                               "must be even")
+    if vision.get("image_size") is not None and vision["image_size"] % 32:
+        raise ModelConfigError(f"{source}: model config vision_cfg.image_size = "
+                               f"{vision['image_size']} must be a multiple of 32")
+    text = config.get("text_cfg")
+    if isinstance(text, dict) and text.get("heads") and text["width"] % text["heads"]:
+        raise ModelConfigError(f"{source}: model config text_cfg.width = {text['width']} must "
+                               f"be a multiple of text_cfg.heads = {text['heads']}")
+
 
 def resolve_model_config(name_or_path: str | dict[str, Any]) -> dict[str, Any]:
     """Return a copy of a model config given a registered name, an open_clip model name, a

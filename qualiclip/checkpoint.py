@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from qualiclip.architecture import ModelConfigError, check_model_config
 from qualiclip.files import atomic_write
 from qualiclip.prompts import PROMPT_PAIRS
 
@@ -73,6 +74,42 @@ def _load_failure(exc: Exception) -> str:
     return f"{exc.__class__.__name__}: {first}" if first else exc.__class__.__name__
 
 
+#: How the files ``torch.load`` reads begin: a zip archive (``torch.save``'s format since
+#: torch 1.6), or the legacy pickle stream (protocol 2..5, or the text opcodes of protocols 0/1
+#: pickling torch's magic number first).
+_TORCH_FILE_STARTS = (b"PK\x03\x04", b"PK\x05\x06", b"\x80\x02", b"\x80\x03", b"\x80\x04",
+                      b"\x80\x05", b"L119547037146038801333356L")
+#: Leading bytes of files commonly passed as weights by mistake, to say what the file is.
+_KNOWN_STARTS = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"),
+                 (b"GIF8", "a GIF image"), (b"RIFF", "a RIFF (WebP/WAV) file"),
+                 (b"\x1f\x8b", "a gzip archive"), (b"%PDF", "a PDF document"),
+                 (b"\x93NUMPY", "a NumPy .npy array"), (b"\x89HDF", "an HDF5 (Keras .h5) file"))
+
+
+def _not_torch_file(path: Path) -> str | None:
+    """What ``path`` is when it cannot be a ``torch.save`` file at all (``None`` when it may be):
+    torch's own error for, say, a text file is ``KeyError: 101`` and for a JPEG the advice about
+    Python objects, neither of which says what is wrong."""
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    if any(head.startswith(start) for start in _TORCH_FILE_STARTS):
+        return None
+    if not head:
+        return "an empty file"
+    for start, kind in _KNOWN_STARTS:
+        if head.startswith(start):
+            return kind
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        return "an HTML page (a failed download?)"
+    if head.lstrip().startswith((b"{", b"[")):
+        return "a JSON/text file"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "a binary file of another kind"
+    return "a text file"
+
+
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read either checkpoint format from ``path``.
 
@@ -84,6 +121,15 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     try:
+        kind = _not_torch_file(path)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read weights file {path}: {exc.strerror or exc}") from exc
+    if kind is not None:
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint (neither a zip nor a pickle file; it looks like "
+            f"{kind}): give a .pth file written by torch.save, the official QualiCLIP release or "
+            "one written by qualiclip-train")
+    try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
         raise CheckpointError(
@@ -93,14 +139,53 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} is not a QualiCLIP checkpoint (found {type(raw).__name__})")
     refuse_non_finite(raw, path)
+    for key in ("prompt_features", "prompts_features"):
+        if raw.get(key) is not None:
+            check_prompt_features(raw[key], f"{path}: its {key}")
     if raw.get("format") == FORMAT_NAME:
-        return _from_project_format(raw, path)
-    if any(isinstance(k, str) and k.startswith(_OFFICIAL_PREFIX) for k in raw):
-        return _from_official_format(raw, path)
-    raise CheckpointError(
-        f"{path} is not a QualiCLIP checkpoint: expected the official format (clip_model.* keys "
-        f"and prompts_features) or this project's format (format={FORMAT_NAME!r})"
-    )
+        checkpoint = _from_project_format(raw, path)
+    elif any(isinstance(k, str) and k.startswith(_OFFICIAL_PREFIX) for k in raw):
+        checkpoint = _from_official_format(raw, path)
+    else:
+        raise CheckpointError(
+            f"{path} is not a QualiCLIP checkpoint: expected the official format (clip_model.* "
+            f"keys and prompts_features) or this project's format (format={FORMAT_NAME!r})"
+        )
+    try:  # before a model is built: an absurd size would allocate gigabytes first
+        check_model_config(checkpoint.model_config, f"{path}")
+    except ModelConfigError as exc:
+        raise CheckpointError(str(exc)) from exc
+    return checkpoint
+
+
+def check_prompt_features(features: Any, what: str) -> None:
+    """Refuse prompt embeddings that cannot score: not a 2-D tensor, or a row that is zero or
+    holds NaN / inf. A zero row normalises to zero, so its prompt's similarity is 0 for every
+    image; all-zero features score every image 0.5, silently.
+
+    Args:
+        features: expected ``(2 P, D)`` floating point.
+        what: names them in the message (``"<file>: its prompt_features"``).
+
+    Raises:
+        CheckpointError: one line naming ``what`` and what to do.
+    """
+    redo = ("re-export the checkpoint with the prompt features its text tower computes "
+            "(qualiclip.architecture.compute_prompt_features)")
+    if not isinstance(features, torch.Tensor) or not features.is_floating_point() \
+            or features.ndim != 2:
+        found = (f"a {features.dtype} tensor of shape {tuple(features.shape)}"
+                 if isinstance(features, torch.Tensor) else type(features).__name__)
+        raise CheckpointError(f"{what} must be a 2-D floating-point tensor (2 x pairs, dim), got "
+                              f"{found}: {redo}")
+    if not bool(torch.isfinite(features).all()):
+        raise CheckpointError(f"{what} hold non-finite values (NaN/inf), so no score would be "
+                              f"meaningful: {redo}")
+    zero = (features.float().abs().amax(dim=-1) == 0).nonzero().flatten().tolist()
+    if zero:
+        effect = ("all rows, so every image would score 0.5" if len(zero) == features.shape[0]
+                  else f"rows {zero[:8]}, so those prompts would ignore the image")
+        raise CheckpointError(f"{what} are zero ({effect}): {redo}")
 
 
 def _tensors(raw: dict[str, Any]) -> Iterator[tuple[str, torch.Tensor]]:

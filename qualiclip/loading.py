@@ -7,11 +7,16 @@ import os
 import torch
 
 from qualiclip.architecture import build_clip, build_visual, compute_prompt_features
-from qualiclip.checkpoint import Checkpoint, CheckpointError, read_checkpoint
+from qualiclip.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    check_prompt_features,
+    read_checkpoint,
+)
 from qualiclip.constants import BACKENDS
 from qualiclip.model import QualiCLIP
 from qualiclip.prompts import flat_prompts, pair_names_for
-from qualiclip.weights import resolve_weights, sha256_file
+from qualiclip.weights import resolve_weights, sha256_file, which_weights
 
 
 def default_device() -> torch.device:
@@ -20,7 +25,7 @@ def default_device() -> torch.device:
 
 
 def load_model(
-    weights: str | os.PathLike = "qualiclip",
+    weights: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     expected_sha256: str | None = None,
     progress: bool = True,
@@ -30,7 +35,9 @@ def load_model(
 
     Args:
         weights: ``"qualiclip"`` (the official release, CC BY-NC 4.0, downloaded on first use
-            into the cache), a local ``.pth`` in either checkpoint format, or a URL.
+            into the cache), a local ``.pth`` in either checkpoint format, or a URL. ``None``
+            (default): ``$QUALICLIP_WEIGHTS`` if set, else ``"qualiclip"``
+            (:func:`qualiclip.weights.which_weights`; docs/scoring.md, "Which weights").
         device: ``"cuda"``, ``"cpu"``, ... (default: CUDA if available).
         expected_sha256: pin the file's SHA-256 (also ``$QUALICLIP_SHA256``).
         backend: what :func:`~qualiclip.score_images` runs the image tower with for this model
@@ -43,7 +50,8 @@ def load_model(
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    path, name = resolve_weights(weights, expected_sha256=expected_sha256, progress=progress)
+    path, name = resolve_weights(which_weights(weights), expected_sha256=expected_sha256,
+                                 progress=progress)
     checkpoint = read_checkpoint(path)
     model = model_from_checkpoint(checkpoint, source=str(path))
     model.weights_info = {"name": name, "path": str(path), "sha256": sha256_file(path),
@@ -75,7 +83,9 @@ def prompt_features_of(checkpoint: Checkpoint, source: str = "checkpoint") -> to
             f"{source} has neither prompt embeddings nor a text tower to compute them")
     clip = build_clip(config)
     _load_state(clip, checkpoint.state_dict, source, prefix="")
-    return compute_prompt_features(clip.eval(), flat_prompts(tuple(checkpoint.prompt_pairs)))
+    features = compute_prompt_features(clip.eval(), flat_prompts(tuple(checkpoint.prompt_pairs)))
+    check_prompt_features(features, f"{source}: the prompt features its text tower computes")
+    return features
 
 
 def build_model(model_config: dict, state_dict: dict[str, torch.Tensor],

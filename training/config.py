@@ -15,6 +15,7 @@ from typing import Any
 
 from qualiclip.constants import IMAGE_EXTENSIONS
 from qualiclip.files import image_files
+from qualiclip.weights import WEIGHTS_ENV, is_url, which_weights
 
 INIT_CHOICES = ("qualiclip", "openai", "random")
 PROMPT_CHOICES = ("all", "good_photo")
@@ -34,10 +35,11 @@ class TrainConfig:
         "Folder of good-quality images (searched recursively; jpg, png, webp, tiff, bmp, ...)."))
     output_dir: str = field(default="", metadata=_opt(
         "Where checkpoints, metrics.csv, eval.json and training_curves.png go."))
-    init: str = field(default="qualiclip", metadata=_opt(
+    init: str | None = field(default=None, metadata=_opt(
         "Starting weights: 'qualiclip' (official release, fine-tune; CC BY-NC 4.0), 'openai' "
         "(OpenAI CLIP RN50 via open_clip download, the paper's setting), 'random' (needs "
-        "--arch), or a path to a checkpoint in either format."))
+        "--arch), or a checkpoint (either format) path or URL. [default: $QUALICLIP_WEIGHTS "
+        "if set, else qualiclip: the weights scoring uses by default]"))
     arch: str | None = field(default=None, metadata=_opt(
         "Architecture for --init random: an open_clip ResNet model name (RN50, ...), a "
         "registered config (tiny-test-rn) or a JSON model-config file."))
@@ -111,6 +113,12 @@ class TrainConfig:
         "Also log to TensorBoard in OUTPUT_DIR/tb (needs the tensorboard package)."))
     progress: bool = field(default=True, metadata=_opt("Show a progress bar."))
 
+    def __post_init__(self) -> None:
+        # No --init means the default weights, chosen by the library's one rule. Resolved here,
+        # once, so validation, the saved config, the --resume check and the checkpoint's
+        # metadata all name the weights the run really started from.
+        self.init = which_weights(self.init)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -137,15 +145,6 @@ RESUME_MAY_CHANGE = frozenset({
 #: Files that mark a folder as holding a run: a new run there would replace them.
 RUN_FILES = ("train_state.pt", "qualiclip-finetuned.pth", "eval.json")
 
-#: Upper bounds for a model config's sizes: ten times the largest OpenAI ResNet CLIP
-#: (RN50x64) or more, so any real model passes, and a typo (a width of 64000) is refused before
-#: it allocates tens of gigabytes.
-MODEL_LIMITS = {"embed_dim": 16384, "vision_cfg.width": 1024, "vision_cfg.image_size": 4096,
-                "vision_cfg.layers": 256, "text_cfg.width": 16384, "text_cfg.layers": 256,
-                "text_cfg.heads": 256, "text_cfg.context_length": 4096,
-                "text_cfg.vocab_size": 1_000_000}
-
-
 def resume_conflicts(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     """``--option: saved -> now`` for each option that differs from the run being resumed and
     would change its result (a different seed, say, changes the data order and the held-out
@@ -165,27 +164,19 @@ def resume_conflicts(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
 
 
 def check_model_config(config: Any, source: str) -> None:
-    """Refuse a model config that is not a dict of sane sizes (see :data:`MODEL_LIMITS`).
+    """Refuse a model config that is not a dict of sane sizes, text tower included
+    (:func:`qualiclip.architecture.check_model_config`).
 
     Raises:
         ConfigError: one line naming ``source`` and the bad entry.
     """
-    if not isinstance(config, dict):
-        raise ConfigError(f"{source}: the model config must be a JSON object (a dict), got "
-                          f"{type(config).__name__} {str(config)[:60]!r}")
-    for key, limit in MODEL_LIMITS.items():
-        section, _, name = key.rpartition(".")
-        holder = config.get(section) if section else config
-        if not isinstance(holder, dict):
-            raise ConfigError(f"{source}: model config entry {section!r} must be an object")
-        value = holder.get(name)
-        if value is None and name in ("heads", "context_length", "vocab_size", "image_size"):
-            continue  # open_clip has defaults for these
-        values = value if name == "layers" and isinstance(value, list) else [value]
-        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= limit
-                                 for v in values):
-            raise ConfigError(f"{source}: model config {key} = {str(value)[:60]} is not a "
-                              f"whole number in 1..{limit}")
+    from qualiclip.architecture import ModelConfigError
+    from qualiclip.architecture import check_model_config as check
+
+    try:
+        check(config, source, require_text=True)
+    except ModelConfigError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -226,9 +217,12 @@ def validate(cfg: TrainConfig) -> None:
                           f"{cfg.degrade_on!r}")
     if cfg.amp not in AMP_CHOICES:
         raise ConfigError(f"--amp must be one of {AMP_CHOICES}, got {cfg.amp!r}")
-    if cfg.init not in INIT_CHOICES and not Path(cfg.init).expanduser().is_file():
-        raise ConfigError(f"--init must be one of {INIT_CHOICES} or an existing checkpoint "
-                          f"file; {cfg.init!r} is neither")
+    if (cfg.init not in INIT_CHOICES and not is_url(cfg.init)
+            and not Path(cfg.init).expanduser().is_file()):
+        from_env = cfg.init == os.environ.get(WEIGHTS_ENV, "").strip()
+        origin = f" (from ${WEIGHTS_ENV})" if from_env else ""
+        raise ConfigError(f"--init must be one of {INIT_CHOICES}, an existing checkpoint file "
+                          f"or a URL; {cfg.init!r}{origin} is neither")
     if cfg.init == "random" and not cfg.arch:
         raise ConfigError("--init random needs --arch (e.g. RN50, tiny-test-rn or a JSON file)")
     if cfg.arch and cfg.init != "random":

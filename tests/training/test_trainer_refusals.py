@@ -111,7 +111,7 @@ def test_corrupt_train_state_is_one_line(tmp_path, run_args):
     ({"embed_dim": 64, "vision_cfg": {"layers": [1, 1, 1, 1], "width": 640000},
       "text_cfg": {"width": 64, "layers": 1}}, "vision_cfg.width = 640000"),
     ({"embed_dim": 64, "vision_cfg": {"layers": [1, 1, 1, 1], "width": 8},
-      "text_cfg": "big"}, "'text_cfg' must be an object"),
+      "text_cfg": "big"}, "'text_cfg' must be a dict"),
 ])
 def test_bad_arch_config_is_one_line(tmp_path, pristine_dir, config, expected):
     arch = tmp_path / "arch.json"
@@ -127,7 +127,7 @@ def test_checkpoint_with_a_string_or_absurd_model_config_is_one_line(tmp_path, p
     raw = torch.load(tiny_checkpoint, weights_only=False)
     base = ["--pristine-dir", str(pristine_dir), "--output-dir", str(tmp_path / "run"),
             "--steps", "1", "--crop-size", "48", "--workers", "0", "--no-progress"]
-    for bad, expected in (("RN50", "must be a JSON object"),
+    for bad, expected in (("RN50", "must be an open_clip config dict"),
                           ({**raw["model_config"], "embed_dim": 10**9}, "embed_dim")):
         path = tmp_path / "bad.pth"
         torch.save({**raw, "model_config": bad}, path)
