@@ -40,7 +40,27 @@ class _ExtensibleGroup(click.Group):
         if command is not None:
             return command
         ep = self._entry_points().get(name)
-        return ep.load() if ep is not None else None
+        if ep is None:
+            return None
+        try:
+            return ep.load()
+        except ImportError as exc:
+            # An optional part that is not installed (the plugin's commands without FiftyOne):
+            # `qualiclip --help` still lists it, and running it prints the reason in one line.
+            return _unavailable_command(name, (str(exc).strip().splitlines() or [repr(exc)])[0])
+
+
+def _unavailable_command(name: str, reason: str) -> click.Command:
+    """A stand-in for a contributed sub-command whose module cannot be imported: any arguments
+    (``--help`` included) end in ``Error: <reason>`` and exit status 1."""
+
+    def fail(args: tuple[str, ...]) -> None:
+        raise click.ClickException(reason)
+
+    return click.Command(
+        name, callback=fail, params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
+        add_help_option=False, short_help="(unavailable: run it to see what to install)",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 
 
 @click.group(cls=_ExtensibleGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -15,7 +15,20 @@ Python usage::
 
 from __future__ import annotations
 
+import importlib.util
 from typing import TYPE_CHECKING, Any
+
+#: The FiftyOne the plugin is tested with: the ``fiftyone`` extra of ``qualiclip``.
+FIFTYONE_REQUIREMENT = "fiftyone>=1.22.1,<2"
+#: The one line a missing FiftyOne is reported with.
+FIFTYONE_MISSING = (f'qualiclip_plugin needs FiftyOne, which is not installed: pip install '
+                    f'"qualiclip[fiftyone]" (or pip install "{FIFTYONE_REQUIREMENT}")')
+
+# FiftyOne is an extra, not a dependency of the library and CLI. Without it every module here
+# would fail later with a bare "No module named 'fiftyone'"; say what to install instead, at the
+# first import (find_spec looks the package up without importing it: this import stays cheap).
+if importlib.util.find_spec("fiftyone") is None:
+    raise ModuleNotFoundError(FIFTYONE_MISSING, name="fiftyone")
 
 #: The plugin's name in ``fiftyone.yml``.
 PLUGIN_NAME = "@qualiclip/qualiclip"

@@ -86,13 +86,18 @@ def _pyproject() -> dict:
 
 
 def test_package_and_manifests_require_the_same_fiftyone():
-    """pip and FiftyOne must agree on the oldest FiftyOne the plugin runs on (the one tested)."""
+    """pip (the ``fiftyone`` extra), the plugin's missing-FiftyOne message and FiftyOne must agree
+    on the oldest FiftyOne the plugin runs on (the one tested)."""
     from importlib.metadata import version
 
     from packaging.requirements import Requirement
 
-    (requirement,) = [Requirement(r) for r in _pyproject()["project"]["dependencies"]
+    from qualiclip_plugin import FIFTYONE_REQUIREMENT
+
+    (requirement,) = [Requirement(r) for r in
+                      _pyproject()["project"]["optional-dependencies"]["fiftyone"]
                       if Requirement(r).name == "fiftyone"]
+    assert str(requirement) == str(Requirement(FIFTYONE_REQUIREMENT))
     lower = [s.version for s in requirement.specifier if s.operator == ">="]
     for path in (REPO / "fiftyone.yml", PACKAGE / "fiftyone.yml"):
         assert _manifest(path)["fiftyone"]["version"] == f">={lower[0]}", path
