@@ -69,6 +69,8 @@ def main() -> None:
     """QualiCLIP image quality assessment (scores in [0, 1], higher is better).
 
     The official weights are CC BY-NC 4.0 (non-commercial); they are downloaded on first use.
+    Without --weights, every command uses $QUALICLIP_WEIGHTS if set, else the official weights
+    (docs/scoring.md, "Which weights").
     """
 
 
@@ -90,11 +92,12 @@ def collect_images(paths: Iterable[str], recursive: bool) -> list[Path]:
     return found
 
 
-def load_model_or_fail(weights: str, device, expected_sha256: str | None = None,
+def load_model_or_fail(weights: str | None, device, expected_sha256: str | None = None,
                        progress: bool = True):
     """``qualiclip.load_model`` for a command line (``score``, ``eval``, ``sensitivity``):
     weights that cannot be loaded (missing, corrupt, a failed download) or an unusable device
-    end the command with one line saying which, instead of a traceback."""
+    end the command with one line saying which, instead of a traceback. ``weights=None``: the
+    default weights (``$QUALICLIP_WEIGHTS``, else the official ones)."""
     from qualiclip.loading import load_model
     from qualiclip.weights import WeightsDownloadError
 
@@ -140,8 +143,9 @@ def _writer(output: Path | None, columns: list[str]):
 @click.option("-r", "--recursive", is_flag=True, help="Also score images in sub-folders.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write results to this .csv or .jsonl file (default: CSV on standard output).")
-@click.option("--weights", default="qualiclip", show_default=True,
-              help="Registered name, local .pth checkpoint, or URL.")
+@click.option("--weights", default=None, metavar="NAME|PATH|URL",
+              help="Registered name, local .pth checkpoint, or URL. [default: "
+                   "$QUALICLIP_WEIGHTS if set, else qualiclip (the official weights)]")
 @click.option("--device", default=None, help="cuda, cuda:1, cpu ... [default: cuda if available]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Most images per batch (a pixel budget also bounds batches).")
@@ -235,13 +239,21 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
 
 
 @main.command()
-@click.option("--weights", default="qualiclip", show_default=True,
-              help="Registered name or URL to fetch into the cache.")
+@click.option("--weights", default=None, metavar="NAME|URL",
+              help="Registered name or URL to fetch into the cache. [default: "
+                   "$QUALICLIP_WEIGHTS if set, else qualiclip (the official weights)]")
 @click.option("--sha256", "expected_sha256", default=None, help="Expected SHA-256 to verify.")
 def download(weights, expected_sha256) -> None:
     """Fetch weights into the cache for offline use; print their path and SHA-256."""
-    from qualiclip.weights import REGISTRY, WeightsDownloadError, resolve_weights, sha256_file
+    from qualiclip.weights import (
+        REGISTRY,
+        WeightsDownloadError,
+        resolve_weights,
+        sha256_file,
+        which_weights,
+    )
 
+    weights = which_weights(weights)
     try:
         path, _ = resolve_weights(weights, expected_sha256=expected_sha256)
     except (WeightsDownloadError, FileNotFoundError) as exc:
@@ -265,7 +277,7 @@ def info() -> None:
         cpu_bf16_override,
         cpu_has_fast_bf16,
     )
-    from qualiclip.weights import REGISTRY, cache_dir
+    from qualiclip.weights import REGISTRY, WEIGHTS_ENV, cache_dir, which_weights
 
     click.echo(f"qualiclip {__version__}")
     click.echo(f"cache:     {cache_dir()}  (override with $QUALICLIP_CACHE)")
@@ -273,6 +285,9 @@ def info() -> None:
         cached = (cache_dir() / spec.filename).is_file()
         click.echo(f"weights:   {spec.name} [{spec.license}] "
                    f"{'cached' if cached else 'not downloaded'}: {spec.url}")
+    chosen = f"set by ${WEIGHTS_ENV}" if os.environ.get(WEIGHTS_ENV, "").strip() else (
+        f"official; ${WEIGHTS_ENV} or --weights to change")
+    click.echo(f"default:   {which_weights()} ({chosen})")
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
     click.echo(f"device:    {device} (default {'cuda' if cuda else 'cpu'})")

@@ -189,7 +189,7 @@ def _decoded(sources: Sequence[ImageSource], max_side: int | None, workers: int,
 def iter_scores(
     sources: Sequence[ImageSource],
     model: QualiCLIP | None = None,
-    weights: str | os.PathLike = "qualiclip",
+    weights: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
     num_workers: int | None = None,
@@ -205,6 +205,9 @@ def iter_scores(
     Args:
         sources: paths, PIL images, numpy arrays or ``(3, H, W)`` tensors in [0, 1].
         model: a loaded model (else ``weights`` is loaded on ``device``).
+        weights: registered name, checkpoint path or URL; ``None`` (default):
+            ``$QUALICLIP_WEIGHTS`` if set, else the official weights (see
+            :func:`~qualiclip.load_model`).
         batch_size: most images per batch (default 32); ``max_batch_pixels`` also bounds it
             (default 2**23 px on CUDA, 2**19 px on CPU; a single larger image still runs).
         num_workers: decoding processes (default: half the cores; none for < 16 images or
@@ -285,7 +288,7 @@ def _in_input_order(results: Iterator[ScoreResult]) -> Iterator[ScoreResult]:
 def score_images(
     sources: Sequence[ImageSource],
     model: QualiCLIP | None = None,
-    weights: str | os.PathLike = "qualiclip",
+    weights: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
     num_workers: int | None = None,

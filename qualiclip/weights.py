@@ -21,6 +21,8 @@ from typing import BinaryIO
 from qualiclip.files import use_default_permissions
 
 CACHE_ENV = "QUALICLIP_CACHE"
+#: The weights used where none are given (library, CLI, training's --init, plugin, zoo model).
+WEIGHTS_ENV = "QUALICLIP_WEIGHTS"
 #: Pins the SHA-256 of the registered official weights (not of other files).
 SHA256_ENV = "QUALICLIP_SHA256"
 
@@ -57,6 +59,22 @@ OFFICIAL = WeightsSpec(
 )
 
 REGISTRY: dict[str, WeightsSpec] = {OFFICIAL.name: OFFICIAL}
+
+
+def which_weights(weights: str | os.PathLike | None = None) -> str:
+    """The one rule for which weights to use, shared by every entry point.
+
+    ``weights`` when given (even ``"qualiclip"``: an explicit choice beats the environment), else
+    ``$QUALICLIP_WEIGHTS`` when set and not blank, else the official release (``"qualiclip"``).
+    An environment variable lets an offline machine, a service or a notebook use a local
+    checkpoint everywhere without repeating the path in each call or command.
+
+    Returns:
+        a registered name, a path or a URL, for :func:`resolve_weights`.
+    """
+    if weights is not None and os.fspath(weights) != "":
+        return os.fspath(weights)
+    return os.environ.get(WEIGHTS_ENV, "").strip() or OFFICIAL.name
 
 
 class WeightsDownloadError(RuntimeError):
@@ -125,8 +143,11 @@ def resolve_weights(
     path = Path(text).expanduser()
     if not path.is_file():
         known = ", ".join(sorted(REGISTRY))
+        # A path that came from the environment is easy to forget: say where it came from.
+        from_env = text == os.environ.get(WEIGHTS_ENV, "").strip()
+        origin = f" (from ${WEIGHTS_ENV})" if from_env else ""
         raise FileNotFoundError(
-            f"weights {text!r} not found: give a registered name ({known}), an existing "
+            f"weights {text!r}{origin} not found: give a registered name ({known}), an existing "
             ".pth file, or an http(s) URL"
         )
     if expected_sha256:
@@ -219,10 +240,12 @@ def _stream(url: str, out: BinaryIO, label: str, progress: bool) -> str:
 
 
 def _offline_message(url: str, destination: Path, exc: BaseException) -> str:
+    """One line: what failed, and the three ways to go on without this download."""
     return (
-        f"could not download weights from {url} ({exc}). If this machine is offline, download "
-        f"that file elsewhere and place it at {destination} (or set {CACHE_ENV} to the folder "
-        "holding it, or pass the file path as weights)."
+        f"could not download weights from {url} ({exc}). Offline? Use a local checkpoint: "
+        f"--weights PATH (qualiclip-train: --init PATH; Python: weights=PATH) or "
+        f"{WEIGHTS_ENV}=PATH for every command; or copy that file to {destination} (the cache: "
+        f"${CACHE_ENV} if set, else <torch hub dir>/qualiclip)."
     )
 
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from qualiclip.weights import which_weights
 from qualiclip_plugin import OPERATOR_URI
 from qualiclip_plugin.request import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_FIELD,
     DEFAULT_FLAG_TAG,
-    DEFAULT_WEIGHTS,
     RequestError,
     ScoreRequest,
     parse_request,
@@ -29,7 +29,7 @@ from qualiclip_plugin.request import (
 
 
 def compute_image_quality(sample_collection, field: str = DEFAULT_FIELD,
-                          weights: str = DEFAULT_WEIGHTS, device: str | None = None,
+                          weights: str | None = None, device: str | None = None,
                           batch_size: int = DEFAULT_BATCH_SIZE, num_workers: int | None = None,
                           max_side: int | None = None, precision: str = "auto",
                           backend: str = "auto", pair_scores: bool = True, overwrite: bool = False,
@@ -40,7 +40,9 @@ def compute_image_quality(sample_collection, field: str = DEFAULT_FIELD,
                           ) -> dict[str, Any]:
     """Score ``sample_collection`` (dataset or view) and write ``field`` and its companions.
 
-    Parameters are those of the App form (docs/plugin.md, "In the App"). Runs here and returns the
+    Parameters are those of the App form (docs/plugin.md, "In the App"), except that
+    ``weights`` may be any name, checkpoint path or URL, and ``None`` (default) means
+    ``$QUALICLIP_WEIGHTS`` if set, else the official weights. Runs here and returns the
     summary (also stored with the field's run record); ``num_shards > 1`` queues that many
     delegated operations, ``delegate=True`` queues the whole run, for
     ``fiftyone delegated launch`` (both need a persistent dataset).
@@ -50,7 +52,10 @@ def compute_image_quality(sample_collection, field: str = DEFAULT_FIELD,
     """
     from qualiclip_plugin.runner import ScoringRun
 
-    params = dict(field=field, weights=str(weights), device=device, batch_size=batch_size,
+    # weights=None: the library's default ($QUALICLIP_WEIGHTS, else the official weights); the
+    # App's operator does not come through here and offers only what the server policy allows.
+    params = dict(field=field, weights=which_weights(weights), device=device,
+                  batch_size=batch_size,
                   num_workers=num_workers, max_side=max_side, precision=precision,
                   backend=backend, pair_scores=pair_scores, overwrite=overwrite,
                   flag_percent=flag_percent, flag_threshold=flag_threshold,

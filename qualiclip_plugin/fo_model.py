@@ -40,6 +40,8 @@ import fiftyone.utils.torch as fout
 import numpy as np
 import torch
 
+from qualiclip.weights import which_weights
+
 logger = logging.getLogger(__name__)
 
 
@@ -68,7 +70,8 @@ class QualiCLIPModelConfig(fout.TorchImageModelConfig):
     """Configuration of :class:`QualiCLIPModel`.
 
     Args (keys of ``d``, besides :class:`fiftyone.utils.torch.TorchImageModelConfig`'s):
-        weights ("qualiclip"): official weights, a local checkpoint path or a URL.
+        weights (None): ``"qualiclip"`` (official weights), a local checkpoint path or a URL;
+            ``None``: ``$QUALICLIP_WEIGHTS`` if set, else ``"qualiclip"``.
         pair_scores (False): predict a dict instead of a float: ``score`` and the 7 attribute
             scores, or ``error`` for an unreadable image; written as ``<label_field>_score``,
             ``<label_field>_<attribute>`` and ``<label_field>_error``.
@@ -82,7 +85,7 @@ class QualiCLIPModelConfig(fout.TorchImageModelConfig):
         d = dict(d)
         d.setdefault("ragged_batches", False)
         super().__init__(d)
-        self.weights = str(self.parse_raw(d, "weights", default="qualiclip"))
+        self.weights = which_weights(self.parse_raw(d, "weights", default=None))
         self.pair_scores = self.parse_bool(d, "pair_scores", default=False)
         self.max_side = self.parse_raw(d, "max_side", default=None)
         self.precision = self.parse_string(d, "precision", default="auto")
@@ -258,13 +261,14 @@ class QualiCLIPModel(fout.TorchImageModel):
         return None
 
 
-def load_model(weights: str = "qualiclip", device: str | None = None, pair_scores: bool = False,
+def load_model(weights: str | None = None, device: str | None = None, pair_scores: bool = False,
                max_side: int | None = None, precision: str = "auto", backend: str = "auto",
                **options: Any) -> QualiCLIPModel:
     """A FiftyOne model for ``apply_model`` / ``compute_embeddings``.
 
     Args:
-        weights: ``"qualiclip"`` (official, CC BY-NC 4.0), a local ``.pth`` or a URL.
+        weights: ``"qualiclip"`` (official, CC BY-NC 4.0), a local ``.pth`` or a URL;
+            ``None`` (default): ``$QUALICLIP_WEIGHTS`` if set, else ``"qualiclip"``.
         device: ``"cuda"``, ``"cpu"``... (default: CUDA if available).
         pair_scores: predict the 7 attribute scores too (see :class:`QualiCLIPModelConfig`).
         max_side: cap the longer side; ``None`` keeps the native resolution (official).
@@ -273,7 +277,7 @@ def load_model(weights: str = "qualiclip", device: str | None = None, pair_score
             ``"torch"`` or ``"onnxruntime"``.
         **options: other :class:`fiftyone.utils.torch.TorchImageModelConfig` keys.
     """
-    config = QualiCLIPModelConfig(dict(weights=str(weights), device=device,
+    config = QualiCLIPModelConfig(dict(weights=which_weights(weights), device=device,
                                        pair_scores=pair_scores, max_side=max_side,
                                        precision=precision, backend=backend, **options))
     return QualiCLIPModel(config)

@@ -15,8 +15,9 @@ import click
 
 @click.command("eval")
 @click.argument("csv_path", metavar="CSV", type=click.Path(exists=True, dir_okay=False))
-@click.option("--weights", "-w", default="qualiclip", show_default=True,
-              help="Official name 'qualiclip', a checkpoint path (either format) or a URL.")
+@click.option("--weights", "-w", default=None, metavar="NAME|PATH|URL",
+              help="Official name 'qualiclip', a checkpoint path (either format) or a URL. "
+                   "[default: $QUALICLIP_WEIGHTS if set, else qualiclip]")
 @click.option("--root", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder relative image paths are resolved against [default: the CSV's folder].")
 @click.option("--device", default=None, help="cuda, cpu, ... [default: CUDA if available].")
@@ -24,7 +25,7 @@ import click
               help="Also write per-image (path, mos, score) to this CSV.")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None,
               help="Also write the correlations to this JSON file.")
-def eval_command(csv_path: str, weights: str, root: str | None, device: str | None,
+def eval_command(csv_path: str, weights: str | None, root: str | None, device: str | None,
                  scores_out: str | None, json_out: str | None) -> None:
     """Correlate QualiCLIP scores with human MOS listed in CSV (columns: path, mos).
 

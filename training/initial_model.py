@@ -8,6 +8,9 @@ dropped from memory (its weights are kept for the output checkpoint).
 
 from __future__ import annotations
 
+import os
+import socket
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +23,13 @@ from qualiclip.checkpoint import read_checkpoint
 from qualiclip.loading import build_model, prompt_features_of
 from qualiclip.model import QualiCLIP
 from qualiclip.prompts import PROMPT_PAIRS, flat_prompts
-from qualiclip.weights import OFFICIAL, resolve_weights
+from qualiclip.weights import (
+    OFFICIAL,
+    WEIGHTS_ENV,
+    WeightsDownloadError,
+    resolve_weights,
+    which_weights,
+)
 
 _NC_LICENSE = (f"{OFFICIAL.license} ({OFFICIAL.license_url}), inherited from the official "
                "QualiCLIP weights")
@@ -50,12 +59,17 @@ def _from_clip(clip: nn.Module, config: dict[str, Any], source: str,
     return InitialModel(config, clip.state_dict(), PROMPT_PAIRS, features, source, license)
 
 
-def initial_model(init: str, arch: str | None = None, seed: int = 0) -> InitialModel:
-    """Resolve ``--init``: ``"qualiclip"``, ``"openai"``, ``"random"`` (with ``arch``) or a path.
+def initial_model(init: str | None, arch: str | None = None, seed: int = 0) -> InitialModel:
+    """Resolve ``--init``: ``"qualiclip"``, ``"openai"``, ``"random"`` (with ``arch``), a path or
+    a URL; ``None`` = the default weights (``$QUALICLIP_WEIGHTS``, else ``"qualiclip"``).
 
     ``"random"`` seeds torch's global generator with ``seed`` before building (the one place
     training touches global RNG state, so a random init is reproducible).
+
+    Raises:
+        WeightsDownloadError: weights that must be downloaded and cannot be (offline).
     """
+    init = which_weights(init)
     if init == "random":
         config = resolve_model_config(arch or "RN50")
         torch.manual_seed(seed)
@@ -63,7 +77,7 @@ def initial_model(init: str, arch: str | None = None, seed: int = 0) -> InitialM
     if init == "openai":
         import open_clip
 
-        clip = open_clip.create_model("RN50-quickgelu", pretrained="openai")
+        clip = open_clip.create_model(OPENAI_MODEL, pretrained=_openai_checkpoint())
         return _from_clip(clip, resolve_model_config("RN50"), "OpenAI CLIP RN50",
                           license="MIT (OpenAI CLIP weights)")
     path, name = resolve_weights(init)
@@ -78,6 +92,60 @@ def initial_model(init: str, arch: str | None = None, seed: int = 0) -> InitialM
     features = prompt_features_of(ck, f"--init {init}")
     return InitialModel(ck.model_config, dict(ck.state_dict), tuple(ck.prompt_pairs),
                         features, f"{name}", license)
+
+
+#: open_clip's name for OpenAI's CLIP RN50 (QuickGELU, as OpenAI trained it), tag ``openai``.
+OPENAI_MODEL = "RN50-quickgelu"
+#: How long to wait for the Hugging Face Hub to accept a connection before calling it offline.
+HUB_CONNECT_TIMEOUT_S = 10
+
+
+def _openai_checkpoint() -> str:
+    """Local file of OpenAI's CLIP RN50: from the Hugging Face cache, else downloaded.
+
+    open_clip alone would retry an unreachable Hub five times per candidate file (about a minute
+    offline) and then raise a generic error; here a cached file is used without asking the Hub,
+    and an unreachable Hub fails at once with what to do instead.
+
+    Raises:
+        WeightsDownloadError: not cached and the Hub cannot be reached (or the download failed).
+    """
+    import open_clip.pretrained as pretrained
+    from huggingface_hub import constants, try_to_load_from_cache
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    cfg = pretrained.get_pretrained_cfg(OPENAI_MODEL, "openai")
+    repo, filename = os.path.split(cfg["hf_hub"])  # "timm/resnet50_clip.openai/": no filename
+    for name in (HF_SAFE_WEIGHTS_NAME, filename or HF_WEIGHTS_NAME):
+        cached = try_to_load_from_cache(repo, name)
+        if isinstance(cached, str):  # else None, or a marker for "known not to exist"
+            return cached
+    endpoint = constants.ENDPOINT
+    problem = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE
+               else _unreachable(endpoint, HUB_CONNECT_TIMEOUT_S))
+    if problem is None:
+        try:
+            return pretrained.download_pretrained(cfg)
+        except Exception as exc:  # the Hub's errors have no common base worth naming
+            problem = " ".join(str(exc).split())
+    raise WeightsDownloadError(
+        f"--init openai: OpenAI CLIP RN50 ({repo}) is not in the Hugging Face cache "
+        f"({constants.HF_HUB_CACHE}) and could not be downloaded from {endpoint} ({problem}). "
+        f"Offline? Start from a local checkpoint with --init PATH (or set ${WEIGHTS_ENV} and "
+        "leave --init out), or run --init openai once on a connected machine and copy its "
+        "Hugging Face cache here (HF_HOME sets where it is).")
+
+
+def _unreachable(url: str, timeout: float) -> str | None:
+    """Why a TCP connection to ``url``'s host cannot be opened, or ``None`` when it can. Fails
+    in milliseconds where the name does not resolve or the port is closed."""
+    parts = urllib.parse.urlparse(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{parts.hostname}:{port}: {exc}"
 
 
 def trainable_model(initial: InitialModel) -> QualiCLIP:

@@ -36,9 +36,10 @@ def load_sample(paths: list[Path], sample: int, seed: int, max_side: int | None)
 @click.command("sensitivity")
 @click.argument("paths", nargs=-1, required=True)
 @click.option("-r", "--recursive", is_flag=True, help="Also use images in sub-folders.")
-@click.option("--weights", multiple=True, default=("qualiclip",), show_default=True,
+@click.option("--weights", multiple=True, metavar="NAME|PATH|URL",
               help="Weights to test (name, .pth or URL); repeat to compare, e.g. before and "
-                   "after fine-tuning: one line per weights in each panel.")
+                   "after fine-tuning: one line per weights in each panel. [default: "
+                   "$QUALICLIP_WEIGHTS if set, else qualiclip]")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("sensitivity"), show_default=True,
               help="Writes sensitivity.csv and sensitivity.png here.")
@@ -67,7 +68,9 @@ def sensitivity(paths, recursive, weights, output_dir, sample, crop, max_side, l
     from qualiclip_train.sensitivity_plot import plot_curves
 
     from qualiclip.cli import collect_images, load_model_or_fail
+    from qualiclip.weights import which_weights
 
+    weights = tuple(weights) or (which_weights(),)  # named here: the name labels the curves
     files = collect_images(paths, recursive)
     images = load_sample(files, sample, seed, max_side)
     if not images:

@@ -13,7 +13,8 @@ replace the library package in ``sys.modules``. It needs the ``qualiclip`` packa
 :func:`qualiclip_plugin.load_model`, so the zoo model is the plugin's FiftyOne model.
 
 Which weights: the ``weights`` parameter, else ``$QUALICLIP_WEIGHTS``, else the official release
-(CC BY-NC 4.0: non-commercial use only), downloaded into the qualiclip weights cache.
+(CC BY-NC 4.0: non-commercial use only), downloaded into the qualiclip weights cache: the
+library's rule (:func:`qualiclip.weights.which_weights`), not a copy of it.
 """
 
 import json
@@ -22,13 +23,6 @@ import os
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_ENV = "QUALICLIP_WEIGHTS"
-DEFAULT_WEIGHTS = "qualiclip"
-
-
-def _default_weights():
-    return os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS
-
 
 def download_model(model_name, model_path):
     """Fetch the default weights into qualiclip's cache and record them at ``model_path``.
@@ -36,9 +30,9 @@ def download_model(model_name, model_path):
     A failed download (e.g. an offline machine) is not fatal: weights given when loading, or
     placed in the cache later, still work; loading says what is missing.
     """
-    from qualiclip.weights import resolve_weights
+    from qualiclip.weights import resolve_weights, which_weights
 
-    weights = _default_weights()
+    weights = which_weights()
     record = {"weights": weights}
     try:
         path, name = resolve_weights(weights, progress=True)
@@ -62,7 +56,7 @@ def load_model(model_name, model_path, weights=None, **kwargs):
     """
     import qualiclip_plugin
 
-    return qualiclip_plugin.load_model(weights=weights or _default_weights(), **kwargs)
+    return qualiclip_plugin.load_model(weights=weights, **kwargs)  # None: the default rule
 
 
 def resolve_input(model_name, ctx):
