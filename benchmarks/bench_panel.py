@@ -6,7 +6,7 @@ Timed, each best of ``--repeats``, on the whole dataset and on a view (``match``
 attribute, ~half the samples):
 
 * ``refresh``: what the panel computes when it opens or the view changes
-  (:mod:`qualiclip_plugin.panel_data`: run records, counts, 25-bin histogram, count below the
+  (:mod:`qualiclip_plugin.panel.data`: run records, counts, 25-bin histogram, count below the
   threshold): database aggregations.
 * ``naive``: the same numbers from one Python pass over ``view.iter_samples()``.
 * ``bin click``, ``worst 20``, ``tag below`` / ``untag``: the panel's other actions.
@@ -39,7 +39,7 @@ def make_dataset(n: int):
     import numpy as np
 
     from qualiclip.prompts import PAIR_NAMES
-    from qualiclip_plugin import provenance
+    from qualiclip_plugin.trust import provenance
 
     rng = np.random.default_rng(0)
     dataset = fo.Dataset("bench-panel")
@@ -65,7 +65,7 @@ def make_dataset(n: int):
 
 def refresh(view) -> tuple:
     """The panel's numbers for ``view`` (as ``ImageQualityPanel._refresh`` gets them)."""
-    from qualiclip_plugin import panel_data
+    from qualiclip_plugin.panel import data as panel_data
 
     dataset = view._root_dataset
     src = panel_data.sources(dataset)["quality"]
@@ -116,7 +116,7 @@ def main() -> None:
         import fiftyone as fo
         from fiftyone import ViewField as F
 
-        from qualiclip_plugin import panel_data
+        from qualiclip_plugin.panel import data as panel_data
 
         print(f"machine: {os.cpu_count()} cores, {cpu_name()}, FiftyOne {fo.__version__}")
         start = time.perf_counter()

@@ -113,7 +113,7 @@ def bench_writes(n_samples: int) -> dict:
 
     from qualiclip.prompts import PAIR_NAMES
     from qualiclip.scoring import ScoreResult
-    from qualiclip_plugin import writing
+    from qualiclip_plugin.scoring import writing
 
     dataset = fo.Dataset("bench-writes")
     start = time.perf_counter()

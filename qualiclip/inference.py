@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from qualiclip.backends.selection import resolve_backend, runtime_features
 from qualiclip.constants import CLIP_MEAN, CLIP_STD, MIN_SIDE
 from qualiclip.images import (
     NONFINITE_PIXELS,
@@ -297,11 +298,10 @@ def make_scorer(model: QualiCLIP, precision: str = "auto", backend: str = "auto"
         ValueError: an unknown or impossible precision / backend combination.
         qualiclip.backends.BackendUnavailableError: a requested runtime is not installed.
     """
-    from qualiclip.backends.selection import feature_backend, resolve_backend
-
     device = next(model.parameters()).device
     backend, precision = resolve_backend(backend, precision, device)
-    features = feature_backend(backend, model, precision, progress=progress)
+    features: FeatureBackend = (TorchFeatures(model, device, precision) if backend == "torch"
+                                else runtime_features(backend, model, progress=progress))
     return BatchScorer(model, device, precision, features=features, keep_features=keep_features)
 
 

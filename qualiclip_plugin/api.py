@@ -1,6 +1,6 @@
 """The plugin's Python API: score a FiftyOne collection from trusted Python code.
 
-The same runner the App operator uses, without the App policy (:mod:`.policy`): any local
+The same runner the App operator uses, without the App policy (:mod:`.trust.policy`): any local
 checkpoint path or URL is accepted, as in ``qualiclip.load_model``. Everything that protects
 data (field/tag ownership, one run per field, comparability of scores) applies as in the App.
 
@@ -18,11 +18,14 @@ from typing import Any
 
 from qualiclip.weights import which_weights
 from qualiclip_plugin import OPERATOR_URI
-from qualiclip_plugin.request import (
+from qualiclip_plugin.scoring import plans
+from qualiclip_plugin.scoring.plans import check_persistent
+from qualiclip_plugin.scoring.runner import ScoringRun
+from qualiclip_plugin.scoring.shards import queue_shards
+from qualiclip_plugin.trust.request import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_FIELD,
     DEFAULT_FLAG_TAG,
-    RequestError,
     ScoreRequest,
     parse_request,
 )
@@ -50,8 +53,6 @@ def compute_image_quality(sample_collection, field: str = DEFAULT_FIELD,
     Raises:
         RequestError: a refused request; nothing was written.
     """
-    from qualiclip_plugin.runner import ScoringRun
-
     # weights=None: the library's default ($QUALICLIP_WEIGHTS, else the official weights); the
     # App's operator does not come through here and offers only what the server policy allows.
     params = dict(field=field, weights=which_weights(weights), device=device,
@@ -71,8 +72,6 @@ def compute_image_quality(sample_collection, field: str = DEFAULT_FIELD,
     run = ScoringRun(dataset, view, request, immediate=False)
     run.prepare()
     if request.num_shards > 1:
-        from qualiclip_plugin.shards import queue_shards
-
         return queue_shards(run, view)
     for _ in run.steps():
         pass
@@ -84,19 +83,9 @@ def queue_run(dataset, view, request: ScoreRequest,
     """Queue ``request`` as one delegated operation; returns the queued operation's record."""
     import fiftyone.operators as foo
 
-    from qualiclip_plugin import plans
-
     token = plans.store(dataset, request)
     result = foo.execute_operator(
         OPERATOR_URI, ctx=dict(view=view, params={"plan": token, "delegate": True},
                                delegation_target=delegation_target),
         request_delegation=True)
     return result.result
-
-
-def check_persistent(dataset) -> None:
-    """Delegated work runs in another process, which can only open persistent datasets."""
-    if dataset is not None and not dataset.persistent:
-        raise RequestError(
-            f"dataset '{dataset.name}' is not persistent, so a background worker cannot open "
-            "it: set `dataset.persistent = True`, or run immediately (delegate off, 1 shard)")

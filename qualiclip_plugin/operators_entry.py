@@ -1,9 +1,10 @@
 """FiftyOne plugin entry module (``py_entry`` in ``fiftyone.yml``).
 
 FiftyOne executes this file under a synthetic module name when the App starts and again on
-operator look-ups, so it stays tiny: it imports only ``fiftyone.operators`` (through
-:mod:`qualiclip_plugin.operators` and :mod:`qualiclip_plugin.panel`) and registers the operator
-and panel classes of the importable package, where any state lives.
+operator look-ups, so it stays tiny: it imports FiftyOne's operator API and the plugin's
+torch-free modules (through the ``operator`` modules of :mod:`qualiclip_plugin.scoring`,
+:mod:`qualiclip_plugin.panel` and :mod:`qualiclip_plugin.reports`) and registers the operator and
+panel classes of the importable package, where any state lives.
 """
 
 import sys
@@ -16,10 +17,10 @@ except ImportError:
     # install of this repository: the package is the folder holding this file.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from qualiclip_plugin.operators import ComputeImageQuality  # noqa: E402
-from qualiclip_plugin.panel import ImageQualityPanel  # noqa: E402
-from qualiclip_plugin.quality_maps_operator import ComputeQualityMaps  # noqa: E402
-from qualiclip_plugin.report_operator import WriteQualityReport  # noqa: E402
+from qualiclip_plugin.panel.operator import ImageQualityPanel  # noqa: E402
+from qualiclip_plugin.reports.maps_operator import ComputeQualityMaps  # noqa: E402
+from qualiclip_plugin.reports.operator import WriteQualityReport  # noqa: E402
+from qualiclip_plugin.scoring.operator import ComputeImageQuality  # noqa: E402
 
 
 def register(plugin) -> None:

@@ -70,7 +70,7 @@ def pytest_configure(config: pytest.Config) -> None:
     plugins_dir.mkdir(exist_ok=True)
     os.environ.setdefault("FIFTYONE_PLUGINS_DIR", str(plugins_dir))
     os.environ.setdefault("QUALICLIP_CACHE", str(_SESSION_DIR / "cache"))
-    # The App policy (qualiclip_plugin.policy) for operator executions in tests: checkpoints
+    # The App policy (qualiclip_plugin.trust.policy) for operator executions in tests: checkpoints
     # from WEIGHTS_DIR may be loaded, reports go under the session folder.
     WEIGHTS_DIR.mkdir(exist_ok=True)
     os.environ.setdefault("QUALICLIP_APP_WEIGHTS_DIRS", str(WEIGHTS_DIR))

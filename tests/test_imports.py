@@ -9,6 +9,7 @@ and what the FiftyOne App imports when it starts must not load torch either.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -22,9 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: Modules the App imports at start: ``qualiclip_plugin/operators_entry.py`` and its imports.
 PLUGIN_ENTRY_MODULES = [
-    "qualiclip_plugin.operators", "qualiclip_plugin.panel", "qualiclip_plugin.report_operator",
-    "qualiclip_plugin.quality_maps_operator", "qualiclip_plugin.request",
-    "qualiclip_plugin.forms", "qualiclip_plugin.policy",
+    "qualiclip_plugin.scoring.operator", "qualiclip_plugin.panel.operator",
+    "qualiclip_plugin.reports.operator", "qualiclip_plugin.reports.maps_operator",
+    "qualiclip_plugin.trust.request", "qualiclip_plugin.scoring.forms",
+    "qualiclip_plugin.trust.policy",
 ]
 #: Optional packages some ``qualiclip`` modules need (the ONNX / OpenVINO backends).
 OPTIONAL = {"onnx", "onnxruntime", "openvino", "onnxscript"}
@@ -128,3 +130,107 @@ def test_plugin_entry_modules_load_no_torch():
     new = set(newly_loaded(code)["new"])
     assert {"fiftyone", "qualiclip_plugin"} <= new
     assert not {"torch", "open_clip", "torchvision"} & new, sorted(new)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    """``if TYPE_CHECKING:`` / ``if typing.TYPE_CHECKING:``: a block that never runs."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imported_names(tree: ast.AST, module: str, is_package: bool) -> set[tuple[str, str]]:
+    """Every import in ``tree``, at top level or inside functions (both run sooner or later),
+    ``if TYPE_CHECKING:`` blocks left out, as ``(name, fallback)``: ``from package import name``
+    gives ``("package.name", "package")`` (``name`` may be a submodule or an attribute), ``import
+    a.b`` gives ``("a.b", "a.b")``; relative imports made absolute."""
+    names: set[tuple[str, str]] = set()
+    stack: list[ast.AST] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            stack.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import):
+            names.update((alias.name, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = module.split(".") if is_package else module.split(".")[:-1]
+                parts = parts[:len(parts) - (node.level - 1)]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            names.update((f"{base}.{alias.name}", base) for alias in node.names)
+        stack.extend(ast.iter_child_nodes(node))
+    return names
+
+
+def import_graph(packages: tuple[str, ...]) -> dict[str, set[str]]:
+    """``{module: modules of packages it imports}``, read from the source with ``ast``.
+
+    ``from a.b import c`` is an edge to the module ``a.b.c`` when there is one, else to ``a.b``
+    (the closest enclosing module of ``packages``); a package's ``__init__`` is the package's own
+    node. The parent packages Python imports on the way are not edges: a package's
+    ``__init__`` that imports its submodules only lazily (inside ``__getattr__``) shows up as
+    those edges, and one that imports them at top level would be caught by them."""
+    files: dict[str, tuple[Path, bool]] = {}
+    for package in packages:
+        for path in (REPO / package).rglob("*.py"):
+            parts = list(path.relative_to(REPO).with_suffix("").parts)
+            is_package = parts[-1] == "__init__"
+            files[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+    graph: dict[str, set[str]] = {}
+    for module, (path, is_package) in files.items():
+        edges = set()
+        for name, fallback in _imported_names(ast.parse(path.read_text()), module, is_package):
+            if name not in files:
+                name = fallback
+                while name and name not in files:
+                    name = name.rpartition(".")[0]
+            if name and name != module:
+                edges.add(name)
+        graph[module] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` as ``[a, b, ..., a]``, or ``None`` (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            found = visit(start)
+            if found:
+                return found
+    return None
+
+
+def test_find_cycle_names_the_cycle():
+    """The checker itself: a planted cycle is found and named, a chain is not a cycle."""
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+@pytest.mark.parametrize("package", ["qualiclip_plugin", "qualiclip"])
+def test_no_import_cycles(package):
+    """No module of ``package`` imports, even from inside a function, a module that imports it
+    back: layers stay layers, so any module can be imported first and read on its own. A
+    function-local import is allowed only to keep heavy modules (torch) out of the App's and
+    the CLI's start, never to hide a cycle."""
+    graph = import_graph(("qualiclip", "qualiclip_plugin"))
+    graph = {m: e for m, e in graph.items() if m == package or m.startswith(package + ".")}
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)

@@ -95,15 +95,10 @@ def _hint_once() -> None:
                    "scores faster (1.1-1.6x measured on a 2-core CPU): %s", INSTALL_HINT)
 
 
-def feature_backend(backend: str, model: QualiCLIP, precision: str,
-                    progress: bool = True) -> FeatureBackend:
-    """The image tower for a resolved ``backend`` / ``precision`` (see :func:`resolve_backend`);
-    runtime embedders are built once per model and reused."""
-    from qualiclip.inference import TorchFeatures
-
-    device = next(model.parameters()).device
-    if backend == "torch":
-        return TorchFeatures(model, device, precision)
+def runtime_features(backend: str, model: QualiCLIP, progress: bool = True) -> FeatureBackend:
+    """The image tower of ``model`` on a resolved runtime ``backend`` (a key of
+    :data:`RUNTIMES`, see :func:`resolve_backend`), built once per model and reused. The torch
+    backend is :class:`qualiclip.inference.TorchFeatures`, which the caller builds itself."""
     built = _EMBEDDERS.setdefault(model, {})
     if backend not in built:
         _, module, cls = RUNTIMES[backend]

@@ -1,7 +1,7 @@
 """The numbers behind a quality report: rows of scores in, summaries out.
 
 Pure functions on :class:`ReportRow` lists, so the HTML builder (:mod:`qualiclip.report.html`), the
-CSV path (``qualiclip report scores.csv``) and the FiftyOne path (``qualiclip_plugin.report_rows``)
+CSV path (``qualiclip report scores.csv``) and the FiftyOne path (``qualiclip_plugin.reports.rows``)
 share one definition of "worst", "flagged" and "group".
 """
 

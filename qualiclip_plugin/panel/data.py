@@ -6,9 +6,10 @@ Values coming from the App (field, attribute, range, threshold) are checked here
 the plugin's run records say exists: the panel only reads score fields the plugin wrote and only
 writes a tag the plugin owns.
 
-Saved thresholds live in FiftyOne's execution store :data:`STORE_NAME` of the dataset (one entry
-per score path), tied to the field's run by the weights SHA-256 of its record: a threshold saved
-for scores made with other weights is not shown once the field was re-scored with new weights.
+Saved thresholds live in the panel's execution store of the dataset
+(:func:`~qualiclip_plugin.trust.protection.panel_store`; one entry per score path), tied to the
+field's run by the weights SHA-256 of its record: a threshold saved for scores made with other
+weights is not shown once the field was re-scored with new weights.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from qualiclip_plugin import provenance
-from qualiclip_plugin.request import DEFAULT_FLAG_TAG, RequestError, parse_float
+from qualiclip_plugin.trust import provenance
+from qualiclip_plugin.trust.protection import panel_store, plugin_made
+from qualiclip_plugin.trust.request import DEFAULT_FLAG_TAG, RequestError, parse_float
 
-#: Execution store (dataset-scoped) holding saved thresholds and the tags the panel wrote.
-STORE_NAME = "qualiclip_panel"
 DEFAULT_BINS = 25
 MAX_EXTREMES = 1000
 #: The attribute choice meaning the overall score (``<field>`` itself).
@@ -169,16 +169,10 @@ def check_threshold(value: Any) -> float:
 
 
 # --- saved thresholds and reviewed state ------------------------------------------------------
-def _store(dataset):
-    from fiftyone.operators.store import ExecutionStore
-
-    return ExecutionStore.create(STORE_NAME, dataset._doc.id)
-
-
 def saved_threshold(dataset, src: ScoreSource, path: str) -> dict[str, Any] | None:
     """``{"threshold", "reviewed", "saved"}`` saved for ``path``, or ``None`` (none saved, or
     saved for scores made with other weights)."""
-    entry = _store(dataset).get(f"threshold:{path}")
+    entry = panel_store(dataset).get(f"threshold:{path}")
     if not isinstance(entry, dict) or entry.get("weights_sha256") != src.weights_sha256:
         return None
     return entry
@@ -191,7 +185,7 @@ def save_threshold(dataset, src: ScoreSource, path: str, threshold: Any) -> dict
     entry = {"threshold": threshold, "weights_sha256": src.weights_sha256,
              "reviewed": bool(old.get("reviewed")) and old.get("threshold") == threshold,
              "saved": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    _store(dataset).set(f"threshold:{path}", entry)
+    panel_store(dataset).set(f"threshold:{path}", entry)
     return entry
 
 
@@ -202,21 +196,16 @@ def set_reviewed(dataset, src: ScoreSource, path: str, reviewed: bool) -> dict[s
         raise PanelError("save a threshold first: the reviewed state belongs to a saved "
                          "threshold")
     entry = {**entry, "reviewed": bool(reviewed)}
-    _store(dataset).set(f"threshold:{path}", entry)
+    panel_store(dataset).set(f"threshold:{path}", entry)
     return entry
 
 
 def reset_threshold(dataset, path: str) -> None:
     """Forget the saved threshold (and its reviewed state) of ``path``."""
-    _store(dataset).delete(f"threshold:{path}")
+    panel_store(dataset).delete(f"threshold:{path}")
 
 
 # --- tags ---------------------------------------------------------------------------------------
-def written_tags(dataset) -> list[str]:
-    """The tags this panel has written on ``dataset`` (they count as the plugin's)."""
-    return list(_store(dataset).get("tags") or [])
-
-
 def panel_tag(dataset, src: ScoreSource) -> str:
     """The tag the panel writes for ``src``: the run's flag tag, else ``low_quality``.
 
@@ -224,8 +213,6 @@ def panel_tag(dataset, src: ScoreSource) -> str:
         PanelError: that tag is on samples of the dataset and neither a run of this plugin
             nor this panel put it there (it is the user's).
     """
-    from qualiclip_plugin.protection import plugin_made
-
     tag = src.flag_tag or DEFAULT_FLAG_TAG
     owned = tag in plugin_made(dataset)[1]
     if not owned and tag in dataset.count_sample_tags():
@@ -238,7 +225,7 @@ def panel_tag(dataset, src: ScoreSource) -> str:
 def tag_below(dataset, target, path: str, threshold: Any, tag: str) -> int:
     """Tag the samples of ``target`` below ``threshold`` with the plugin's ``tag``; returns
     how many are below."""
-    store = _store(dataset)
+    store = panel_store(dataset)
     written = store.get("tags") or []
     if tag not in written:  # remembered before the first write: the tag is the plugin's
         store.set("tags", [*written, tag])
@@ -259,7 +246,7 @@ def untag(target, tag: str) -> int:
 
 
 def _number(value: Any, what: str) -> float:
-    """A finite number from the panel (request.py's rule), as a :class:`PanelError`."""
+    """A finite number from the panel (the request parser's rule), as a :class:`PanelError`."""
     try:
         number = parse_float(value, what)
     except RequestError as exc:

@@ -1,8 +1,8 @@
 """The "Image quality" panel: a score histogram of the current view and what to do with it.
 
-The panel translates App events into calls of :mod:`.panel_data` and App operations
+The panel translates App events into calls of :mod:`.data` and App operations
 (``set_view``, ``prompt``); it computes nothing itself, and its view (the types tree and the
-histogram's Plotly figure) is built by :mod:`.panel_view`. Every value the App sends (field,
+histogram's Plotly figure) is built by :mod:`.view`. Every value the App sends (field,
 attribute, clicked range, threshold, N) is untrusted and checked there; problems are shown in the
 panel as one sentence. Top-level imports are FiftyOne's operator API only: this module is
 imported when the App starts.
@@ -17,7 +17,10 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from qualiclip_plugin import OPERATOR_URI
-from qualiclip_plugin.panel_view import DEFAULT_N, DEFAULT_THRESHOLD, build_view, histogram_bars
+from qualiclip_plugin.panel import data as panel_data
+from qualiclip_plugin.panel.data import PanelError
+from qualiclip_plugin.panel.view import DEFAULT_N, DEFAULT_THRESHOLD, build_view, histogram_bars
+from qualiclip_plugin.trust.request import DEFAULT_FIELD, IMMEDIATE_MAX_SAMPLES
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +60,6 @@ class ImageQualityPanel(foo.Panel):
 
     def on_change_threshold(self, ctx) -> None:
         def count_below(ctx):
-            from qualiclip_plugin import panel_data
-
             _, path = self._source(ctx)
             ctx.panel.state.below = panel_data.below(ctx.view, path, self._threshold(ctx)).count()
         ctx.panel.state.threshold = ctx.params.get("value")
@@ -99,8 +100,6 @@ class ImageQualityPanel(foo.Panel):
 
     def save_threshold(self, ctx) -> None:
         def save(ctx):
-            from qualiclip_plugin import panel_data
-
             src, path = self._source(ctx)
             entry = panel_data.save_threshold(ctx.dataset, src, path, self._threshold(ctx))
             self._set_saved(ctx, entry)
@@ -109,8 +108,6 @@ class ImageQualityPanel(foo.Panel):
 
     def reset_threshold(self, ctx) -> None:
         def reset(ctx):
-            from qualiclip_plugin import panel_data
-
             _, path = self._source(ctx)
             panel_data.reset_threshold(ctx.dataset, path)
             self._set_saved(ctx, None)
@@ -121,8 +118,6 @@ class ImageQualityPanel(foo.Panel):
 
     def toggle_reviewed(self, ctx) -> None:
         def toggle(ctx):
-            from qualiclip_plugin import panel_data
-
             src, path = self._source(ctx)
             entry = panel_data.saved_threshold(ctx.dataset, src, path) or {}
             entry = panel_data.set_reviewed(ctx.dataset, src, path, not entry.get("reviewed"))
@@ -131,8 +126,6 @@ class ImageQualityPanel(foo.Panel):
 
     def tag_below(self, ctx) -> None:
         def tag(ctx):
-            from qualiclip_plugin import panel_data
-
             src, path = self._source(ctx)
             tag = panel_data.panel_tag(ctx.dataset, src)
             threshold = panel_data.check_threshold(self._threshold(ctx))
@@ -143,8 +136,6 @@ class ImageQualityPanel(foo.Panel):
 
     def untag(self, ctx) -> None:
         def remove(ctx):
-            from qualiclip_plugin import panel_data
-
             src, _ = self._source(ctx)
             tag = panel_data.panel_tag(ctx.dataset, src)
             count = panel_data.untag(self._scope(ctx), tag)
@@ -155,8 +146,6 @@ class ImageQualityPanel(foo.Panel):
     def score_unscored(self, ctx) -> None:
         """Open the scoring form for the current view, resuming (overwrite off); delegated by
         default when more samples are unscored than an immediate run takes."""
-        from qualiclip_plugin.request import DEFAULT_FIELD, IMMEDIATE_MAX_SAMPLES
-
         field = ctx.panel.state.field or DEFAULT_FIELD
         unscored = ctx.panel.state.unscored or 0
         ctx.prompt(OPERATOR_URI, params={"field": field, "overwrite": False,
@@ -168,8 +157,6 @@ class ImageQualityPanel(foo.Panel):
 
     # --- work ----------------------------------------------------------------------------------
     def _refresh(self, ctx, reload_threshold: bool = False) -> None:
-        from qualiclip_plugin import panel_data
-
         state = ctx.panel.state
         state.selected_count = len(ctx.selected or [])
         known = panel_data.sources(ctx.dataset)
@@ -206,8 +193,6 @@ class ImageQualityPanel(foo.Panel):
             state.below = None
 
     def _show_range(self, ctx, low: Any, high: Any) -> None:
-        from qualiclip_plugin import panel_data
-
         _, path = self._source(ctx)
         edges = ctx.panel.state.edges or []
         last = bool(edges) and _close(high, edges[-1])
@@ -218,16 +203,12 @@ class ImageQualityPanel(foo.Panel):
                        f"{']' if last else ')'}: {view.count()} samples")
 
     def _show_count(self, ctx, which: str) -> None:
-        from qualiclip_plugin import panel_data
-
         src, _ = self._source(ctx)
         view = panel_data.counts_view(self._base_view(ctx), src.field, which)
         ctx.ops.set_view(view)
         self._say(ctx, f"Showing the {which.replace('errors', 'failed')} samples")
 
     def _show_extremes(self, ctx, worst: bool) -> None:
-        from qualiclip_plugin import panel_data
-
         _, path = self._source(ctx)
         n = ctx.panel.state.n or DEFAULT_N
         view = panel_data.extremes(self._base_view(ctx), path, n, worst)
@@ -254,8 +235,6 @@ class ImageQualityPanel(foo.Panel):
         self._say(ctx, "")
 
     def _source(self, ctx):
-        from qualiclip_plugin import panel_data
-
         src = panel_data.source(ctx.dataset, ctx.panel.state.field)
         return src, src.path(ctx.panel.state.attribute)
 
@@ -263,8 +242,6 @@ class ImageQualityPanel(foo.Panel):
         scope = ctx.panel.state.scope or "view"
         if scope == "selected":
             if not ctx.selected:
-                from qualiclip_plugin.panel_data import PanelError
-
                 raise PanelError("no samples are selected: select some in the grid, or apply "
                                  "to the current view")
             return ctx.view.select(ctx.selected)
@@ -287,8 +264,6 @@ class ImageQualityPanel(foo.Panel):
 
     def _guarded(self, ctx, work, **kwargs) -> None:
         """Run ``work``; a refusal or failure becomes the panel's message, never a traceback."""
-        from qualiclip_plugin.panel_data import PanelError
-
         try:
             work(ctx, **kwargs)
         except PanelError as exc:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import fiftyone.operators.types as types
 
 if TYPE_CHECKING:
-    from qualiclip_plugin.panel import ImageQualityPanel
+    from qualiclip_plugin.panel.operator import ImageQualityPanel
 
 DEFAULT_N = 20
 DEFAULT_THRESHOLD = 0.5

@@ -62,7 +62,7 @@ def report(scores_csv, dataset_name, field, saved_view, output, n, threshold, bi
     else:
         import fiftyone as fo
 
-        from qualiclip_plugin.report_rows import write_collection_report
+        from qualiclip_plugin.reports.rows import write_collection_report
 
         if not fo.dataset_exists(dataset_name):
             raise click.ClickException(f"no FiftyOne dataset named {dataset_name!r}")

@@ -1,11 +1,10 @@
 """The ``compute_quality_maps`` operator: a per-region quality heatmap for every sample.
 
-It only turns App input into one call
-(:func:`qualiclip_plugin.quality_map_writing.write_quality_maps`) under the App policy
-(:mod:`.policy`): maps are made with weights the server offers. Input checks run in
-``resolve_input`` (the form's inline "Cannot run" box). Top-level imports are FiftyOne's
-operator API (and the torch-free request checks) only: this module is imported when the App
-starts.
+It only turns App input into one call (:func:`.map_writing.write_quality_maps`) under
+the App policy (:mod:`qualiclip_plugin.trust.policy`): maps are made with weights the server
+offers. Input checks run in ``resolve_input`` (the form's inline "Cannot run" box). Top-level
+imports are FiftyOne's operator API and the plugin's torch-free modules only: this module is
+imported when the App starts.
 """
 
 from __future__ import annotations
@@ -16,9 +15,12 @@ from typing import Any
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from qualiclip_plugin import forms
-from qualiclip_plugin.operators import ICON
-from qualiclip_plugin.request import (
+from qualiclip_plugin.reports.map_writing import write_quality_maps
+from qualiclip_plugin.scoring import forms
+from qualiclip_plugin.scoring.forms import ICON
+from qualiclip_plugin.scoring.runner import check_device, load_model
+from qualiclip_plugin.trust.policy import AppPolicy
+from qualiclip_plugin.trust.request import (
     RequestError,
     check_field_name,
     given,
@@ -50,8 +52,6 @@ class ComputeQualityMaps(foo.Operator):
         )
 
     def resolve_input(self, ctx) -> types.Property:
-        from qualiclip_plugin.policy import AppPolicy
-
         policy = AppPolicy.current()
         inputs = types.Object()
         inputs.view_target(ctx)
@@ -77,8 +77,6 @@ class ComputeQualityMaps(foo.Operator):
         return types.Property(inputs, view=types.View(label="Compute quality maps"))
 
     def execute(self, ctx):
-        from qualiclip_plugin.quality_map_writing import write_quality_maps
-
         try:
             target, model, field, max_side = _maps_request(ctx)  # refusals: before any write
         except RequestError as exc:
@@ -136,9 +134,6 @@ def _maps_target(ctx) -> tuple[Any, str]:
 def _maps_request(ctx) -> tuple[Any, Any, str, int | None]:
     """Check ``compute_quality_maps``' input and load the model: ``(target, model, field,
     max_side)``; raises :class:`RequestError` with what to change."""
-    from qualiclip_plugin.policy import AppPolicy
-    from qualiclip_plugin.runner import check_device, load_model
-
     options = parse_model_options(ctx.params, AppPolicy.current())
     target, field = _maps_target(ctx)
     check_device(options.device)

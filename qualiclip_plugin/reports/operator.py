@@ -1,10 +1,11 @@
 """The ``write_quality_report`` operator: a self-contained HTML report of a score field.
 
-It only turns App input into one call (:func:`qualiclip_plugin.report_rows.write_collection_report`)
-under the App policy (:mod:`.policy`): the report goes into the dataset's report folder under a
-name the plugin completes. Input checks run in ``resolve_input`` (the form's inline "Cannot run"
-box); empty inputs take the form's defaults. Top-level imports are FiftyOne's operator API (and
-the torch-free request checks) only: this module is imported when the App starts.
+It only turns App input into one call (:func:`.rows.write_collection_report`) under the App
+policy (:mod:`qualiclip_plugin.trust.policy`): the report goes into the dataset's report folder
+under a name the plugin completes. Input checks run in ``resolve_input`` (the form's inline
+"Cannot run" box); empty inputs take the form's defaults. Top-level imports are FiftyOne's
+operator API and the plugin's torch-free modules only: this module is imported when the App
+starts.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import Any
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from qualiclip_plugin import forms
-from qualiclip_plugin.operators import ICON
-from qualiclip_plugin.request import (
+from qualiclip_plugin.scoring import forms
+from qualiclip_plugin.scoring.forms import ICON
+from qualiclip_plugin.trust.policy import AppPolicy, output_file
+from qualiclip_plugin.trust.request import (
     RequestError,
     check_field_name,
     given,
@@ -70,7 +72,7 @@ class WriteQualityReport(foo.Operator):
         return types.Property(inputs, view=types.View(label="Write quality report"))
 
     def execute(self, ctx) -> dict[str, Any]:
-        from qualiclip_plugin.report_rows import write_collection_report
+        from qualiclip_plugin.reports.rows import write_collection_report  # torch: run time only
 
         request = _report_request(ctx)  # checked by the form; again here for direct calls
         path = write_collection_report(ctx.target_view(), request["path"],
@@ -93,8 +95,10 @@ class WriteQualityReport(foo.Operator):
 def _report_request(ctx) -> dict[str, Any]:
     """Check the report form: ``path``, ``field``, ``group_by``, ``config``; raises
     :class:`RequestError` with what to change."""
-    from qualiclip.report.html import ReportConfig, is_qualiclip_report
-    from qualiclip_plugin.policy import AppPolicy, output_file
+    from qualiclip.report.html import (  # loads torch: not at App start
+        ReportConfig,
+        is_qualiclip_report,
+    )
 
     p = given(ctx.params)
     field = str(p.get("field") or DEFAULT_SCORE_FIELD).strip()

@@ -1,7 +1,7 @@
 """A FiftyOne dataset or view -> rows for :mod:`qualiclip.report.html` (the HTML builder).
 
 Reads the score field a scoring run wrote (``<field>``, ``<field>_<pair>``, ``<field>_error``,
-see :mod:`qualiclip_plugin.writing`) with bulk ``values()`` calls, and the breakdown keys:
+see :mod:`qualiclip_plugin.scoring.writing`) with bulk ``values()`` calls, and the breakdown keys:
 
 * ``tags``: the sample tags;
 * ``split``: a string field named ``split`` when there is one (else splits kept as tags show

@@ -17,7 +17,7 @@ import os
 import secrets
 from typing import Any
 
-from qualiclip_plugin.request import RequestError
+from qualiclip_plugin.trust.request import RequestError
 
 COLLECTION = "qualiclip_field_claims"
 TIMEOUT_ENV = "QUALICLIP_CLAIM_TIMEOUT"

@@ -11,14 +11,18 @@ from typing import Any
 
 import fiftyone.operators.types as types
 
-from qualiclip_plugin.policy import (
+from qualiclip_plugin.trust.policy import (
     AppPolicy,
+    check_weights,
     weights_choices,
     weights_note,
     weights_unavailable,
 )
-from qualiclip_plugin.request import DEFAULT_WEIGHTS, RequestError
+from qualiclip_plugin.trust.request import DEFAULT_WEIGHTS, RequestError
 
+#: Operator icon, relative to the plugin folder (the one holding ``fiftyone.yml``). Both layouts
+#: carry the file: ``assets/icon.svg`` at the repository root and in ``qualiclip_plugin/``.
+ICON = "/assets/icon.svg"
 CANNOT_RUN = "Cannot run"
 DELEGATION_HELP = ("Background runs (Schedule, or 'Run in the background') need a worker "
                    "where this App server runs: `fiftyone delegated launch`; follow the job "
@@ -58,8 +62,6 @@ def weights_input(inputs: types.Object, params: dict[str, Any], policy: AppPolic
 
 def weights_problem(weights: str, policy: AppPolicy) -> str | None:
     """Why ``weights`` cannot be used from the App now, or ``None``."""
-    from qualiclip_plugin.policy import check_weights
-
     if not weights:
         return ("no weights are offered on this server: ask its admin to allow the official "
                 "weights or a checkpoint folder (docs/plugin.md, 'Running on a shared App server')")

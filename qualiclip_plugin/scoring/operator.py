@@ -1,8 +1,9 @@
 """The ``compute_image_quality`` operator: App form -> policy-checked request -> one run.
 
-Thin by design: parsing and policy live in :mod:`.request` / :mod:`.policy`, form pieces in
-:mod:`.forms`, the work in :class:`~qualiclip_plugin.runner.ScoringRun`, shard queuing in
-:mod:`.shards`, and trusted Python callers use :mod:`.api`. Every execution of this operator
+Thin by design: parsing and policy live in :mod:`qualiclip_plugin.trust.request` /
+:mod:`qualiclip_plugin.trust.policy`, form pieces in :mod:`.forms`, the work in
+:class:`~qualiclip_plugin.scoring.runner.ScoringRun`, shard queuing in :mod:`.shards`, and trusted
+Python callers use :mod:`qualiclip_plugin.api`. Every execution of this operator
 follows the server's App policy, however it was started. Top-level imports are FiftyOne's
 operator API only: this is imported when the App starts.
 """
@@ -15,8 +16,17 @@ from typing import Any
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from qualiclip_plugin import OPERATOR_NAME, forms
-from qualiclip_plugin.request import (
+from qualiclip.prompts import PAIR_NAMES  # torch-free
+from qualiclip_plugin import OPERATOR_NAME
+from qualiclip_plugin.api import compute_image_quality
+from qualiclip_plugin.scoring import claims, forms, plans, writing
+from qualiclip_plugin.scoring.forms import ICON
+from qualiclip_plugin.scoring.plans import check_persistent
+from qualiclip_plugin.scoring.runner import ScoringRun
+from qualiclip_plugin.scoring.shards import queue_shards
+from qualiclip_plugin.trust import protection, provenance
+from qualiclip_plugin.trust.policy import AppPolicy
+from qualiclip_plugin.trust.request import (
     BACKENDS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_FIELD,
@@ -34,9 +44,6 @@ from qualiclip_plugin.request import (
 
 logger = logging.getLogger(__name__)
 
-#: Operator icon, relative to the plugin folder (the one holding ``fiftyone.yml``). Both layouts
-#: carry the file: ``assets/icon.svg`` at the repository root and in ``qualiclip_plugin/``.
-ICON = "/assets/icon.svg"
 
 SUMMARY_LABELS = (
     ("field", "Score field"),
@@ -121,8 +128,6 @@ class ComputeImageQuality(foo.Operator):
         if ctx.params.get("plan"):  # a queued run: its request was checked when it was planned
             _check_plan(ctx, inputs)
             return types.Property(inputs)
-        from qualiclip_plugin.policy import AppPolicy
-
         policy = AppPolicy.current()
         inputs.view_target(ctx)
         size = _target_size(ctx)
@@ -222,8 +227,6 @@ class ComputeImageQuality(foo.Operator):
     def __call__(self, sample_collection, **kwargs) -> dict[str, Any]:
         """Score ``sample_collection`` from Python: :func:`qualiclip_plugin.api.
         compute_image_quality` (trusted, so not bound by the App policy)."""
-        from qualiclip_plugin.api import compute_image_quality
-
         return compute_image_quality(sample_collection, **kwargs)
 
 
@@ -233,12 +236,6 @@ def _start(ctx, params: dict[str, Any]):
     Raises:
         RequestError: refused by the policy or the run's checks; nothing was written.
     """
-    from qualiclip_plugin import claims, plans
-    from qualiclip_plugin.api import check_persistent
-    from qualiclip_plugin.policy import AppPolicy
-    from qualiclip_plugin.runner import ScoringRun
-    from qualiclip_plugin.shards import queue_shards
-
     owner = None
     if params.get("plan"):
         plan = plans.load(ctx.dataset, params["plan"])
@@ -282,8 +279,6 @@ def _progress(ctx, progress: float, label: str):
 
 
 def _check_plan(ctx, inputs: types.Object) -> None:
-    from qualiclip_plugin import plans
-
     try:
         plans.load(ctx.dataset, ctx.params["plan"])
     except RequestError as exc:
@@ -329,8 +324,6 @@ def _form_problem(ctx, params: dict, policy, weights: str, last: dict,
                   delegating: bool) -> str | None:
     """The first reason the form's request (``params``, defaults included) cannot run, checked
     without loading the model."""
-    from qualiclip_plugin.api import check_persistent
-
     problem = forms.weights_problem(weights, policy)
     if problem:
         return problem
@@ -346,9 +339,6 @@ def _form_problem(ctx, params: dict, policy, weights: str, last: dict,
 
 def _check_fields(ctx, request: ScoreRequest, last: dict) -> None:
     """Field ownership, a run already writing the field, settings that would mix scores."""
-    from qualiclip.prompts import PAIR_NAMES
-    from qualiclip_plugin import claims, protection, provenance, writing
-
     dataset = ctx.dataset
     layout = writing.FieldLayout.for_field(
         request.field, PAIR_NAMES if request.pair_scores else (), request.flag_field)
@@ -360,8 +350,6 @@ def _check_fields(ctx, request: ScoreRequest, last: dict) -> None:
 
 
 def _recorded(dataset, field: str) -> dict[str, Any]:
-    from qualiclip_plugin import provenance
-
     try:
         return provenance.recorded(dataset, field) or {}
     except Exception:  # a form must render even if a record cannot be read

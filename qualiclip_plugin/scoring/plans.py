@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from qualiclip_plugin.request import RequestError, ScoreRequest
+from qualiclip_plugin.trust.request import RequestError, ScoreRequest
 
 COLLECTION = "qualiclip_run_plans"
 #: Plans older than this are deleted when new ones are stored.
@@ -62,3 +62,11 @@ def load(dataset, token: Any) -> Plan:
     return Plan(token=doc["_id"], dataset_id=doc["dataset_id"],
                 request=ScoreRequest.from_params(doc["request"]),
                 claim_owner=doc.get("claim_owner"))
+
+
+def check_persistent(dataset) -> None:
+    """Delegated work runs in another process, which can only open persistent datasets."""
+    if dataset is not None and not dataset.persistent:
+        raise RequestError(
+            f"dataset '{dataset.name}' is not persistent, so a background worker cannot open "
+            "it: set `dataset.persistent = True`, or run immediately (delegate off, 1 shard)")

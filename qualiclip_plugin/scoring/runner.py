@@ -24,8 +24,12 @@ import fiftyone as fo
 from bson import ObjectId
 from fiftyone import ViewField as F
 
-from qualiclip_plugin import claims, protection, provenance, writing
-from qualiclip_plugin.request import RequestError, ScoreRequest
+from qualiclip.weights import WeightsDownloadError, cache_dir  # torch-free
+from qualiclip_plugin.model_cache import get_model
+from qualiclip_plugin.scoring import claims, writing
+from qualiclip_plugin.trust import protection, provenance
+from qualiclip_plugin.trust.policy import remember_failed_download
+from qualiclip_plugin.trust.request import RequestError, ScoreRequest
 
 #: Smallest number of samples written (and reported) at a time; see ``_write_steps``.
 MIN_PROGRESS_CHUNK = 16
@@ -85,6 +89,7 @@ class ScoringRun:
         protection.check_writable(self.dataset, self.layout, req,
                                   ownership=req.shard_index is None)
 
+        # The runtime (torch, ONNX) loads here, not at import: the App imports this module.
         from qualiclip.backends import BackendUnavailableError
         from qualiclip.backends.selection import resolve_backend
         from qualiclip.inference import Preprocessing
@@ -274,10 +279,6 @@ def _frozen(dataset: fo.Dataset, target: Any, layout: writing.FieldLayout) -> An
 def load_model(weights: str, device: str | None):
     """The (cached) model for ``weights`` on ``device``; raises :class:`RequestError` with one
     sentence. A failed download is remembered, so the next App forms show it inline."""
-    from qualiclip.weights import WeightsDownloadError
-    from qualiclip_plugin.model_cache import get_model
-    from qualiclip_plugin.policy import remember_failed_download
-
     try:
         return get_model(weights, device)
     except WeightsDownloadError as exc:
@@ -292,8 +293,6 @@ def load_model(weights: str, device: str | None):
 
 def _server_folders(weights: str) -> list[str]:
     """Folders App users need not see in messages: the checkpoint's and the weights cache."""
-    from qualiclip.weights import cache_dir
-
     return [os.path.dirname(weights), str(cache_dir())]
 
 

@@ -10,7 +10,8 @@ import dataclasses
 import math
 from typing import Any
 
-from qualiclip_plugin import OPERATOR_URI, claims, plans
+from qualiclip_plugin import OPERATOR_URI
+from qualiclip_plugin.scoring import claims, plans
 
 #: Queued shards keep the field claimed this long before they start (a worker may be busy).
 QUEUED_CLAIM_S = 24 * 3600.0
@@ -33,7 +34,7 @@ def plan_shards(todo: Any, num_shards: int) -> list[tuple[str, str | None]]:
 
 
 def queue_shards(run, view, delegation_target: str | None = None) -> dict[str, Any]:
-    """Queue the shards of a prepared :class:`~qualiclip_plugin.runner.ScoringRun`.
+    """Queue the shards of a prepared :class:`~qualiclip_plugin.scoring.runner.ScoringRun`.
 
     The field is claimed for all shards together (the last shard releases it), and old scores
     that an overwrite with new settings replaces are cleared here, once: shards do not re-check

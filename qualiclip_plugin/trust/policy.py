@@ -40,8 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qualiclip.weights import REGISTRY, cache_dir, is_url  # torch-free module
 from qualiclip_plugin import PLUGIN_NAME
-from qualiclip_plugin.request import RequestError
+from qualiclip_plugin.trust.errors import RequestError
 
 ENV_PREFIX = "QUALICLIP_APP_"
 CHECKPOINT_SUFFIXES = (".pth", ".pt")
@@ -73,8 +74,6 @@ class AppPolicy:
     @classmethod
     def current(cls) -> AppPolicy:
         """The policy from the environment and the App config's plugin settings."""
-        from qualiclip.weights import cache_dir
-
         settings = _plugin_settings()
 
         def setting(key: str) -> Any:
@@ -107,8 +106,6 @@ class WeightsChoice:
 
 def weights_choices(policy: AppPolicy) -> list[WeightsChoice]:
     """Registered names the policy allows, then checkpoint files in the allowed folders."""
-    from qualiclip.weights import REGISTRY
-
     choices = [WeightsChoice(name, f"{name} (official, {REGISTRY[name].license})")
                for name in policy.registered if name in REGISTRY]
     registered_files = {spec.filename for spec in REGISTRY.values()}
@@ -130,8 +127,6 @@ def check_weights(value: str, policy: AppPolicy) -> str:
             inside the allowed folders. Paths outside them get one message whether they exist
             or not.
     """
-    from qualiclip.weights import REGISTRY, is_url
-
     text = str(value).strip()
     if text in policy.registered and text in REGISTRY:
         return text
@@ -166,8 +161,6 @@ def weights_unavailable(weights: str, policy: AppPolicy) -> str | None:
     Checkpoint paths are checked by :func:`check_weights`; this covers registered names that
     are not cached: downloads forbidden, or a download that failed recently.
     """
-    from qualiclip.weights import REGISTRY, cache_dir
-
     spec = REGISTRY.get(weights)
     if spec is None or (cache_dir() / spec.filename).is_file():
         return None
@@ -186,8 +179,6 @@ def weights_unavailable(weights: str, policy: AppPolicy) -> str | None:
 
 def weights_note(weights: str) -> str:
     """One line for the form: cached or to be downloaded, and the licence."""
-    from qualiclip.weights import REGISTRY, cache_dir
-
     spec = REGISTRY.get(weights)
     if spec is None:
         return f"Checkpoint {Path(weights).name}"

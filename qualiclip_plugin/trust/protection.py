@@ -1,6 +1,6 @@
 """User data is never destroyed: refuse to write fields and tags this plugin did not make.
 
-What the plugin made is read from its run records (:mod:`qualiclip_plugin.provenance`): each
+What the plugin made is read from its run records (:mod:`qualiclip_plugin.trust.provenance`): each
 records its score field, whether attribute fields were written, its flag field and flag tag; the
 "Image quality" panel records the tags it writes in its own store.
 Anything else that already holds values (a field, a tag on some sample) belongs to the user and
@@ -11,9 +11,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from qualiclip_plugin import provenance
-from qualiclip_plugin.request import RequestError, ScoreRequest
-from qualiclip_plugin.writing import FieldLayout
+from qualiclip_plugin.scoring.writing import FieldLayout, schema_conflicts
+from qualiclip_plugin.trust import provenance
+from qualiclip_plugin.trust.request import RequestError, ScoreRequest
+
+#: The "Image quality" panel's execution store (one per dataset): its saved thresholds, and the
+#: tags it has written, which count as the plugin's here.
+STORE_NAME = "qualiclip_panel"
+
+
+def panel_store(dataset):
+    """The panel's execution store for ``dataset`` (FiftyOne's ``ExecutionStore``)."""
+    from fiftyone.operators.store import ExecutionStore
+
+    return ExecutionStore.create(STORE_NAME, dataset._doc.id)
+
+
+def written_tags(dataset) -> list[str]:
+    """The tags the panel has written on ``dataset`` (they count as the plugin's)."""
+    return list(panel_store(dataset).get("tags") or [])
 
 
 def plugin_made(dataset) -> tuple[set[str], set[str]]:
@@ -31,9 +47,7 @@ def plugin_made(dataset) -> tuple[set[str], set[str]]:
             fields.add(options["flag_field"])
         if options.get("flag_tag"):
             tags.add(options["flag_tag"])
-    from qualiclip_plugin.panel_data import written_tags  # the panel tags with them too
-
-    tags.update(written_tags(dataset))
+    tags.update(written_tags(dataset))  # the panel tags with them too
     return fields, tags
 
 
@@ -45,8 +59,6 @@ def check_writable(dataset, layout: FieldLayout, request: ScoreRequest,
     Raises:
         RequestError: says which field and what to do.
     """
-    from qualiclip_plugin.writing import schema_conflicts
-
     conflicts = schema_conflicts(dataset, layout)
     if conflicts:
         raise RequestError("cannot write the scores: " + "; ".join(conflicts)

@@ -13,6 +13,8 @@ from typing import Any
 
 import fiftyone as fo
 
+from qualiclip_plugin.trust.errors import RequestError
+
 RUN_KEY_PREFIX = "qualiclip_"
 #: Config entries that must match for two scores to be comparable (device and library versions
 #: are recorded but not compared: they do not change the scores beyond float rounding).
@@ -76,8 +78,6 @@ def incompatibility(old: dict[str, Any] | None, new: dict[str, Any]) -> str | No
 
 def mixing_refusal(field: str, count: int | None, why: str) -> ValueError:
     """The refusal for writing into ``field`` scores made differently (``why``)."""
-    from qualiclip_plugin.request import RequestError
-
     held = f"{count} scores" if count is not None else "scores"
     return RequestError(
         f"field '{field}' holds {held} made with other settings ({why}); mixing them would "
@@ -87,7 +87,7 @@ def mixing_refusal(field: str, count: int | None, why: str) -> ValueError:
 
 def settings_mismatch(old: dict[str, Any], request: Any) -> str | None:
     """What differs between the recorded run ``old`` and a not-yet-loaded ``request``
-    (a :class:`~qualiclip_plugin.request.ScoreRequest`): weights, max side, an explicit
+    (a :class:`~qualiclip_plugin.trust.request.ScoreRequest`): weights, max side, an explicit
     precision. The exact check (weights SHA-256, resolved precision) runs before scoring."""
     diffs = []
     if old.get("weights_name") != request.weights:

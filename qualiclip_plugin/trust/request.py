@@ -12,12 +12,13 @@ import math
 import os
 import re
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qualiclip.constants import BACKENDS, DEFAULT_BATCH_SIZE, MIN_SIDE, PRECISIONS
-
-if TYPE_CHECKING:
-    from qualiclip_plugin.policy import AppPolicy
+from qualiclip.prompts import PAIR_NAMES  # the library's torch-free modules only
+from qualiclip.weights import REGISTRY, is_url
+from qualiclip_plugin.trust.errors import RequestError
+from qualiclip_plugin.trust.policy import AppPolicy, check_weights, check_workers
 
 #: Targets larger than this default to delegated (background) execution. An immediate run
 #: blocks an App server thread and is cut off by FIFTYONE_OPERATOR_TIMEOUT (600 s) while the work
@@ -36,10 +37,6 @@ MIN_MAX_SIDE = MIN_SIDE
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _RESERVED = {"id", "_id", "filepath", "tags", "metadata", "created_at", "last_modified_at",
              "media_type", "_media_type", "_rand", "_dataset_id"}
-
-
-class RequestError(ValueError):
-    """A request refused before any write; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -111,8 +108,6 @@ def parse_model_options(params: dict[str, Any], policy: AppPolicy | None) -> Mod
     p = given(params)
     weights = str(p.get("weights") or DEFAULT_WEIGHTS).strip()
     if policy is not None:
-        from qualiclip_plugin.policy import check_weights
-
         weights = check_weights(weights, policy)
     elif not _is_registered_or_url(weights):
         path = os.path.expanduser(weights)
@@ -174,8 +169,6 @@ def parse_request(params: dict[str, Any], policy: AppPolicy | None = None) -> Sc
     num_workers = parse_int(p.get("num_workers"), "num_workers", None, minimum=0,
                             maximum=os.cpu_count() or 1)
     if policy is not None:
-        from qualiclip_plugin.policy import check_workers
-
         check_workers(num_workers, policy)
     precision = p.get("precision") or "auto"
     if precision not in PRECISIONS:
@@ -242,8 +235,6 @@ def check_field_name(name: str, what: str) -> None:
 
 
 def _score_fields(field: str) -> set[str]:
-    from qualiclip.prompts import PAIR_NAMES  # torch-free module
-
     return {field, f"{field}_error", *(f"{field}_{name}" for name in PAIR_NAMES)}
 
 
@@ -258,8 +249,6 @@ def _check_view_name(name: str) -> None:
 
 
 def _is_registered_or_url(weights: str) -> bool:
-    from qualiclip.weights import REGISTRY, is_url  # torch-free module
-
     return weights in REGISTRY or is_url(weights)
 
 

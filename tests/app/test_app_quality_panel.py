@@ -18,8 +18,8 @@ SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "app_qual
 def scored_dataset(app_dataset, tiny_checkpoint):
     """The App dataset scored by the plugin (a run record, attribute scores), with a saved
     threshold between the 3rd and 4th lowest scores."""
-    from qualiclip_plugin import panel_data
     from qualiclip_plugin.api import compute_image_quality
+    from qualiclip_plugin.panel import data as panel_data
 
     dataset, reference = app_dataset
     # fp32: the same scores (so the same bins and threshold) on every CPU, bf16 or not.
@@ -50,7 +50,7 @@ def _save_docs_screenshot(app, panel) -> None:
 def test_panel_histogram_range_and_tagging(app, scored_dataset):
     from playwright.sync_api import expect
 
-    from qualiclip_plugin import panel_data
+    from qualiclip_plugin.panel import data as panel_data
 
     dataset, threshold = scored_dataset
     hist = panel_data.histogram(dataset.view(), "quality")

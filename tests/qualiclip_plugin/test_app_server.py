@@ -92,7 +92,7 @@ def test_large_target_defaults_to_delegation_and_keeps_a_run_button(app_server, 
     Execute then queues the run, because the operator forces delegation for that form."""
     from fiftyone.operators.delegated import DelegatedOperationService
 
-    from qualiclip_plugin.request import IMMEDIATE_MAX_SAMPLES
+    from qualiclip_plugin.trust.request import IMMEDIATE_MAX_SAMPLES
 
     paths = (image_files * (IMMEDIATE_MAX_SAMPLES // len(image_files) + 1))
     dataset = make_dataset(paths[:IMMEDIATE_MAX_SAMPLES + 1])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qualiclip_plugin.request import RequestError, parse_request
+from qualiclip_plugin.trust.request import RequestError, parse_request
 
 
 def test_request_checks_backend_without_loading_anything():
@@ -32,8 +32,8 @@ def test_the_backend_asked_for_writes_the_torch_scores_and_is_recorded(
         make_dataset, tiny_checkpoint, reference_scores, backend):
     """Exact fp32 on both (the references are fp32): auto would pick ONNX Runtime for fp32 on
     the CPU, so the torch run shows the option is not ignored."""
-    from qualiclip_plugin import provenance
     from qualiclip_plugin.api import compute_image_quality
+    from qualiclip_plugin.trust import provenance
 
     dataset = make_dataset()
     summary = compute_image_quality(dataset, field="q", weights=str(tiny_checkpoint),

@@ -49,7 +49,7 @@ def test_sharded_run_splits_work_over_operations(make_dataset, operator, tiny_ch
     with pytest.raises(Exception, match="being written by another run"):
         operator(dataset, **_params(tiny_checkpoint))
     _run_queue(dataset)
-    from qualiclip_plugin import claims
+    from qualiclip_plugin.scoring import claims
 
     assert claims.holder(dataset, "quality") is None  # the last shard released it
     ops = _ops(dataset)

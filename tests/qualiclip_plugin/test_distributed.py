@@ -55,7 +55,7 @@ def test_operator_declares_distributed_execution(monkeypatch, operator):
     (10_000_000, (2, 256, 256)),
 ])
 def test_task_bounds(size, expected):
-    from qualiclip_plugin.operators import distributed_task_bounds
+    from qualiclip_plugin.scoring.operator import distributed_task_bounds
 
     bounds = distributed_task_bounds(size)
     if expected is None:
@@ -66,8 +66,8 @@ def test_task_bounds(size, expected):
 
 
 def test_each_slice_scores_only_its_samples(make_dataset, tiny_checkpoint, reference_scores):
-    from qualiclip_plugin import provenance
-    from qualiclip_plugin.provenance import COMPARABLE_KEYS
+    from qualiclip_plugin.trust import provenance
+    from qualiclip_plugin.trust.provenance import COMPARABLE_KEYS
 
     dataset = make_dataset()
     first, second = dataset.limit(6), dataset.skip(6)
@@ -125,7 +125,7 @@ def test_execution_options_carry_the_bounds(monkeypatch, operator, size, delegat
                                             distributed):
     from types import SimpleNamespace
 
-    from qualiclip_plugin import operators
+    from qualiclip_plugin.scoring import operator as operators
 
     monkeypatch.setattr(operators, "_target_size", lambda ctx: size)
     params = {} if delegate is None else {"delegate": delegate}
@@ -142,9 +142,9 @@ def test_slices_running_side_by_side_share_the_field(make_dataset, tiny_checkpoi
     """Enterprise runs the tasks of one operation at the same time: they share one claim (a
     task must not be refused as "another run"), the last one releases it, another run is
     refused meanwhile, and no task flags (each sees only its slice)."""
-    from qualiclip_plugin import claims
-    from qualiclip_plugin.request import RequestError, parse_request
-    from qualiclip_plugin.runner import ScoringRun
+    from qualiclip_plugin.scoring import claims
+    from qualiclip_plugin.scoring.runner import ScoringRun
+    from qualiclip_plugin.trust.request import RequestError, parse_request
 
     dataset = make_dataset()
     request = parse_request(_params(tiny_checkpoint, flag_percent=50))
@@ -176,9 +176,9 @@ def test_slices_running_side_by_side_share_the_field(make_dataset, tiny_checkpoi
 
 
 def test_tags_the_panel_wrote_count_as_the_plugins(make_dataset, image_files, tiny_checkpoint):
-    from qualiclip_plugin import panel_data
     from qualiclip_plugin.api import compute_image_quality
-    from qualiclip_plugin.protection import plugin_made
+    from qualiclip_plugin.panel import data as panel_data
+    from qualiclip_plugin.trust.protection import plugin_made
 
     dataset = make_dataset(image_files[:4])
     compute_image_quality(dataset, **_params(tiny_checkpoint))  # no flag tag recorded

@@ -199,7 +199,7 @@ def test_refusals_leave_dataset_unchanged(case, make_dataset, operator, tiny_che
 
 
 def test_flag_count_is_exact_for_decimal_percents():
-    from qualiclip_plugin.writing import flag_count
+    from qualiclip_plugin.scoring.writing import flag_count
 
     assert math.ceil(1000 * 16.1 / 100) == 162  # the float formula's error
     assert flag_count(1000, 16.1) == 161
@@ -229,8 +229,8 @@ def test_interrupted_overwrite_with_new_settings_then_resume_leaves_no_old_score
         make_dataset, tiny_checkpoint):
     """An overwrite with new settings clears the old scores first: a run cut off after its first
     chunk and resumed (overwrite off, as the README says) holds only new-setting scores."""
-    from qualiclip_plugin.request import parse_request
-    from qualiclip_plugin.runner import ScoringRun
+    from qualiclip_plugin.scoring.runner import ScoringRun
+    from qualiclip_plugin.trust.request import parse_request
 
     dataset = make_dataset()
     old = _params(tiny_checkpoint, chunk_size=4)

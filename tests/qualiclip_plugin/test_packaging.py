@@ -137,7 +137,7 @@ def test_wheel_ships_the_plugin_manifest_icon_and_licence(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     manifest = _manifest(PACKAGE / "fiftyone.yml")
     assert "qualiclip_plugin/fiftyone.yml" in names
-    from qualiclip_plugin.operators import ICON
+    from qualiclip_plugin.scoring.forms import ICON
 
     assert "qualiclip_plugin/" + ICON.lstrip("/") in names
     assert manifest["name"] == "@qualiclip/qualiclip"

@@ -1,4 +1,4 @@
-"""The "Image quality" panel's data layer (:mod:`qualiclip_plugin.panel_data`): aggregations
+"""The "Image quality" panel's data layer (:mod:`qualiclip_plugin.panel.data`): aggregations
 agree with the values, App input is checked against the run records, thresholds persist per
 run, and the panel writes only the plugin's tag."""
 
@@ -21,7 +21,7 @@ def scored(make_dataset, tiny_checkpoint):
 
 
 def test_counts_histogram_and_views_agree_with_the_values(scored):
-    from qualiclip_plugin import panel_data
+    from qualiclip_plugin.panel import data as panel_data
 
     dataset = scored
     view = dataset.skip(1)  # some view, not the dataset
@@ -55,7 +55,7 @@ def test_counts_histogram_and_views_agree_with_the_values(scored):
 def test_app_values_are_checked_against_the_run_records(scored):
     import fiftyone as fo
 
-    from qualiclip_plugin import panel_data
+    from qualiclip_plugin.panel import data as panel_data
 
     dataset = scored
     dataset.add_sample_field("mine", fo.FloatField)
@@ -76,7 +76,7 @@ def test_app_values_are_checked_against_the_run_records(scored):
 
 
 def test_threshold_is_saved_per_run_and_reviewed_per_value(make_dataset):
-    from qualiclip_plugin import panel_data
+    from qualiclip_plugin.panel import data as panel_data
 
     dataset = make_dataset()
     src = panel_data.ScoreSource("quality", (), None, weights_sha256="a" * 64)
@@ -98,7 +98,7 @@ def test_threshold_is_saved_per_run_and_reviewed_per_value(make_dataset):
 
 
 def test_tags_only_the_plugins_tag(scored):
-    from qualiclip_plugin import panel_data
+    from qualiclip_plugin.panel import data as panel_data
 
     dataset = scored
     src = panel_data.source(dataset, "quality")
@@ -129,7 +129,7 @@ def test_views_coming_back_from_the_browser_never_run_raw_pipelines(make_dataset
     naming a raw Mongo stage (which could write with $out) falls back to the whole dataset."""
     import fiftyone.core.odm as foodm
 
-    from qualiclip_plugin.panel import _build_view
+    from qualiclip_plugin.panel.operator import _build_view
 
     dataset = make_dataset()
     narrowed = dataset.limit(3)

@@ -1,4 +1,4 @@
-"""The App policy's settings and rules, without a dataset (qualiclip_plugin.policy)."""
+"""The App policy's settings and rules, without a dataset (qualiclip_plugin.trust.policy)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from qualiclip_plugin.policy import (
+from qualiclip_plugin.trust.policy import (
     AppPolicy,
     PolicyError,
     check_weights,

@@ -48,7 +48,7 @@ def scored_dataset(tmp_path):
 
 
 def test_rows_from_collection_reads_scores_and_groups(scored_dataset):
-    from qualiclip_plugin.report_rows import default_group_fields, rows_from_collection
+    from qualiclip_plugin.reports.rows import default_group_fields, rows_from_collection
 
     assert default_group_fields(scored_dataset) == ["tags", "split", "ground_truth"]
     rows = rows_from_collection(scored_dataset)
@@ -69,7 +69,7 @@ def test_rows_from_collection_reads_scores_and_groups(scored_dataset):
 
 
 def _report_folder(dataset):
-    from qualiclip_plugin.policy import AppPolicy, dataset_folder
+    from qualiclip_plugin.trust.policy import AppPolicy, dataset_folder
 
     return dataset_folder(AppPolicy.current(), dataset.name)
 
@@ -282,7 +282,7 @@ def test_report_reads_the_apply_model_pair_scores_layout(tmp_path, tiny_checkpoi
     import fiftyone as fo
 
     import qualiclip_plugin
-    from qualiclip_plugin.report_rows import rows_from_collection
+    from qualiclip_plugin.reports.rows import rows_from_collection
 
     paths = [make_image(tmp_path / f"a{i}.jpg", size=(64, 48), seed=i) for i in range(3)]
     broken = tmp_path / "broken.jpg"

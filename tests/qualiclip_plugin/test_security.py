@@ -41,7 +41,7 @@ def scored(make_dataset, image_files, tiny_checkpoint):
 
 @pytest.fixture()
 def report_folder(scored):
-    from qualiclip_plugin.policy import AppPolicy, dataset_folder
+    from qualiclip_plugin.trust.policy import AppPolicy, dataset_folder
 
     folder = dataset_folder(AppPolicy.current(), scored.name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -236,11 +236,11 @@ def test_second_run_on_a_claimed_field_is_refused_until_the_claim_expires(
         make_dataset, image_files, tiny_checkpoint, monkeypatch):
     import fiftyone.operators as foo
 
-    from qualiclip_plugin import claims
-    from qualiclip_plugin.runner import ScoringRun
+    from qualiclip_plugin.scoring import claims
+    from qualiclip_plugin.scoring.runner import ScoringRun
 
     dataset = make_dataset(image_files[:3])
-    from qualiclip_plugin.request import parse_request
+    from qualiclip_plugin.trust.request import parse_request
 
     first = ScoringRun(dataset, dataset.view(), parse_request(_params(tiny_checkpoint)),
                        immediate=True)
@@ -283,7 +283,7 @@ def test_resources_are_bounded_before_any_write(params, expected, make_dataset, 
 
 def test_more_shards_than_samples_is_refused(make_dataset, image_files, tiny_checkpoint):
     from qualiclip_plugin.api import compute_image_quality
-    from qualiclip_plugin.request import RequestError
+    from qualiclip_plugin.trust.request import RequestError
 
     dataset = make_dataset(image_files[:3])
     before = _snapshot(dataset)
