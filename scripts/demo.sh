@@ -14,7 +14,7 @@ OUTPUT=$(realpath -m -- "${2:-scores.csv}")
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 FOLDER=${FOLDER_ARG:-$(.venv/bin/python -c 'import os, skimage.data as d; print(os.path.dirname(d.__file__))')}
-.venv/bin/qualiclip score "$FOLDER" -r -o "$OUTPUT" --weights "${QUALICLIP_WEIGHTS:-qualiclip}"
+.venv/bin/qualiclip score "$FOLDER" -r -o "$OUTPUT"  # weights: $QUALICLIP_WEIGHTS, else official
 echo "==> wrote $OUTPUT; lowest scores first:"
 .venv/bin/python - "$OUTPUT" <<'PY'
 import csv, sys
