@@ -18,8 +18,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from qualiclip_plugin.trust import provenance
-from qualiclip_plugin.trust.protection import panel_store, plugin_made
+from qualiclip_plugin.trust import protection, provenance
+from qualiclip_plugin.trust.protection import panel_store
 from qualiclip_plugin.trust.request import DEFAULT_FLAG_TAG, RequestError, parse_float
 
 DEFAULT_BINS = 25
@@ -210,39 +210,31 @@ def panel_tag(dataset, src: ScoreSource) -> str:
     """The tag the panel writes for ``src``: the run's flag tag, else ``low_quality``.
 
     Raises:
-        PanelError: that tag is on samples of the dataset and neither a run of this plugin
-            nor this panel put it there (it is the user's).
+        PanelError: that tag is the user's (:func:`~qualiclip_plugin.trust.protection.
+            check_tag`, the rule every writer of tags follows).
     """
     tag = src.flag_tag or DEFAULT_FLAG_TAG
-    owned = tag in plugin_made(dataset)[1]
-    if not owned and tag in dataset.count_sample_tags():
+    try:
+        protection.check_tag(dataset, tag)
+    except RequestError:
         raise PanelError(f"tag '{tag}' is already used on this dataset and was not set by "
                          "QualiCLIP; the panel leaves it untouched (score with another flag "
-                         "tag to tag from here)")
+                         "tag to tag from here)") from None
     return tag
 
 
 def tag_below(dataset, target, path: str, threshold: Any, tag: str) -> int:
     """Tag the samples of ``target`` below ``threshold`` with the plugin's ``tag``; returns
-    how many are below."""
-    store = panel_store(dataset)
-    written = store.get("tags") or []
-    if tag not in written:  # remembered before the first write: the tag is the plugin's
-        store.set("tags", [*written, tag])
+    how many are below. Samples that had the tag already keep it as the user's."""
     matched = below(target, path, threshold)
-    count = matched.count()
-    if count:
-        matched.tag_samples(tag)
-    return count
+    protection.add_tag(dataset, matched, tag)
+    return matched.count()
 
 
 def untag(target, tag: str) -> int:
-    """Remove the plugin's ``tag`` from the samples of ``target``; returns how many had it."""
-    tagged = target.match_tags(tag)
-    count = tagged.count()
-    if count:
-        tagged.untag_samples(tag)
-    return count
+    """Remove the plugin's ``tag`` from the samples of ``target`` it tagged (a user's own
+    ``tag`` stays); returns how many lost it."""
+    return protection.remove_tag(target._dataset, target, tag)
 
 
 def _number(value: Any, what: str) -> float:

@@ -110,10 +110,7 @@ class ScoringRun:
                      "backend": req.backend,
                      "num_shards": req.num_shards})
         if req.flag_view:
-            taken = writing.flag_view_conflict(self.dataset, req.flag_view)
-            if taken is not None:
-                raise RequestError(f"flag_view {req.flag_view!r} would replace your saved view "
-                                   f"'{taken}'; choose another name")
+            protection.check_saved_view(self.dataset, req.flag_view)
         self._replace_all = self._check_comparable()
         self.target = _frozen(self.dataset, self.target, self.layout)
         self._todo = self.target if req.overwrite else self.target.exists(req.field, False)
@@ -241,9 +238,12 @@ class ScoringRun:
                                     "are done, run again on the target with overwrite off")
         if req.flagging and not self.partial:
             yield 1.0, "Flagging low-quality samples"
-            result = writing.flag_low_quality(self.dataset, self.target, layout, req.flag_tag,
+            result = writing.flag_low_quality(self.dataset, self.target, layout,
                                               percent=req.flag_percent,
                                               threshold=req.flag_threshold)
+            if req.flag_tag:
+                protection.move_tag(self.dataset, self.target, req.flag_tag,
+                                    result.flagged_ids)
             flagged = len(result.flagged_ids)
             self.summary["flag_cutoff"] = result.cutoff
             if req.flag_view:

@@ -142,14 +142,16 @@ class FlagResult:
 
 
 def flag_low_quality(dataset: fo.Dataset, target: fo.core.collections.SampleCollection,
-                     layout: FieldLayout, tag: str | None, percent: float | None = None,
+                     layout: FieldLayout, percent: float | None = None,
                      threshold: float | None = None) -> FlagResult:
     """Flag the worst ``percent`` % of the target's scored samples, or those below ``threshold``.
 
     Percent mode flags exactly ``ceil(n * percent / 100)`` samples, ``n`` the number of scored
     samples in the target, lowest scores first (ties broken by sample order). The flag field
     becomes True for flagged samples, False for the target's other scored samples and ``None``
-    for its unscored ones; the tag moves the same way, so a rerun never leaves stale flags.
+    for its unscored ones, so a rerun never leaves stale flags. The flag tag follows
+    ``flagged_ids`` through :func:`qualiclip_plugin.trust.protection.move_tag` (the caller's:
+    tags are shared with users, and only the samples the plugin tagged lose it).
     """
     if layout.flag is None:
         raise ValueError("layout has no flag field")
@@ -167,10 +169,6 @@ def flag_low_quality(dataset: fo.Dataset, target: fo.core.collections.SampleColl
     flagged = dataset.select(flagged_ids)
     if flagged_ids:
         flagged.set_field(layout.flag, True).save(layout.flag)
-    if tag:
-        target.untag_samples(tag)
-        if flagged_ids:
-            flagged.tag_samples(tag)
     return FlagResult(flagged_ids=list(flagged_ids), cutoff=cutoff)
 
 
@@ -178,22 +176,10 @@ def flag_low_quality(dataset: fo.Dataset, target: fo.core.collections.SampleColl
 FLAG_VIEW_MARK = "QualiCLIP low-quality flags"
 
 
-def flag_view_conflict(dataset: fo.Dataset, name: str) -> str | None:
-    """The saved view that saving ``name`` would replace although this plugin did not make it
-    (FiftyOne replaces views whose names share a slug: "my_worst" replaces "My Worst")."""
-    import fiftyone.core.utils as fou
-
-    slug = fou.to_slug(name)
-    for info in dataset.list_saved_views(info=True):
-        if fou.to_slug(info["name"]) == slug and not str(
-                info.get("description") or "").startswith(FLAG_VIEW_MARK):
-            return info["name"]
-    return None
-
-
 def save_flag_view(dataset: fo.Dataset, name: str, layout: FieldLayout) -> None:
     """Save the flagged samples, worst first, as a named view (replacing one of that name that
-    this plugin made; :func:`flag_view_conflict` is checked before any write)."""
+    this plugin made; :func:`qualiclip_plugin.trust.protection.check_saved_view` is checked
+    before any write)."""
     view = dataset.match(F(layout.flag) == True).sort_by(layout.score)  # noqa: E712
     dataset.save_view(name, view, overwrite=True,
                       description=f"{FLAG_VIEW_MARK} in '{layout.flag}', worst first")

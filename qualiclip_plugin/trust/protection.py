@@ -1,25 +1,63 @@
-"""User data is never destroyed: refuse to write fields and tags this plugin did not make.
+"""The one ownership rule: the plugin writes only what it made, and never takes back from a user.
 
-What the plugin made is read from its run records (:mod:`qualiclip_plugin.trust.provenance`): each
-records its score field, whether attribute fields were written, its flag field and flag tag; the
-"Image quality" panel records the tags it writes in its own store.
-Anything else that already holds values (a field, a tag on some sample) belongs to the user and
-a run that would write it is refused before its first write, as saved views already are.
+Every writer asks this module before its first write: scores, attribute scores, error fields,
+flag fields, flag tags (scoring runs and the "Image quality" panel), saved flag views, quality
+maps and their error fields, report files.
+
+What the plugin made is read from its run records (:mod:`qualiclip_plugin.trust.provenance`):
+a scoring run records its score field, attribute fields, flag field and flag tag; a maps run its
+heatmap field and error field; the panel records the tags it writes in its own store. Each field
+belongs to one run: another run (of either kind) may not write it, whatever ``overwrite`` says.
+Anything else that already holds values belongs to the user, and a run that would write it is
+refused before its first write.
+
+Tags are shared by samples, so ownership is kept per sample: the samples the plugin put a tag
+on are recorded (collection :data:`TAGGED_COLLECTION`), and only those lose the tag when the
+plugin moves or removes it. A colleague who tags a sample by hand keeps that tag.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from qualiclip_plugin.scoring.writing import FieldLayout, schema_conflicts
+from qualiclip_plugin.scoring.writing import FLAG_VIEW_MARK, FieldLayout, schema_conflicts
 from qualiclip_plugin.trust import provenance
 from qualiclip_plugin.trust.request import RequestError, ScoreRequest
 
 #: The "Image quality" panel's execution store (one per dataset): its saved thresholds, and the
 #: tags it has written, which count as the plugin's here.
 STORE_NAME = "qualiclip_panel"
+#: One document per sample the plugin tagged: ``{dataset, tag, sample}``.
+TAGGED_COLLECTION = "qualiclip_tagged_samples"
 
 
+@dataclass(frozen=True)
+class Owner:
+    """The plugin run a field belongs to.
+
+    Attributes:
+        run: ``"score:<field>"`` (a scoring run) or ``"maps:<field>"`` (a quality-maps run).
+        what: what the field holds, for messages (``"the 'sharp image' attribute scores of
+            the scoring run into 'quality'"``).
+    """
+
+    run: str
+    what: str
+
+
+def scoring_run(field: str) -> str:
+    """The :attr:`Owner.run` of the scoring run into ``field``."""
+    return f"score:{field}"
+
+
+def maps_run(field: str) -> str:
+    """The :attr:`Owner.run` of the quality-maps run into ``field``."""
+    return f"maps:{field}"
+
+
+# --- who made what ------------------------------------------------------------------------------
 def panel_store(dataset):
     """The panel's execution store for ``dataset`` (FiftyOne's ``ExecutionStore``)."""
     from fiftyone.operators.store import ExecutionStore
@@ -32,29 +70,98 @@ def written_tags(dataset) -> list[str]:
     return list(panel_store(dataset).get("tags") or [])
 
 
-def plugin_made(dataset) -> tuple[set[str], set[str]]:
-    """``(fields, tags)`` the plugin's recorded runs on ``dataset`` wrote."""
-    fields: set[str] = set()
-    tags: set[str] = set()
+def field_owners(dataset) -> dict[str, Owner]:
+    """Every field the plugin's recorded runs on ``dataset`` own, with its run."""
+    owners: dict[str, Owner] = {}
     for record in provenance.all_recorded(dataset):
         field = record.get("field")
+        if not field:
+            continue
+        run, of = scoring_run(field), f"of the scoring run into '{field}'"
         options: dict[str, Any] = record.get("options") or {}
-        if field:
-            fields.update({field, f"{field}_error"})
-            if options.get("pair_scores", True):
-                fields.update(f"{field}_{name}" for name in record.get("pair_names") or ())
+        owners[field] = Owner(run, f"the scores {of}")
+        owners[f"{field}_error"] = Owner(run, f"the error messages {of}")
+        if options.get("pair_scores", True):
+            for name in record.get("pair_names") or ():
+                owners[f"{field}_{name}"] = Owner(
+                    run, f"the '{name.replace('_', ' ')}' attribute scores {of}")
         if options.get("flag_field"):
-            fields.add(options["flag_field"])
+            owners[options["flag_field"]] = Owner(run, f"the low-quality flags {of}")
+    for record in provenance.all_maps_recorded(dataset):
+        field = record.get("field")
+        if not field:
+            continue
+        run, of = maps_run(field), f"of the quality-maps run into '{field}'"
+        owners[field] = Owner(run, f"the quality maps {of}")
+        owners[record.get("error_field") or f"{field}_error"] = Owner(
+            run, f"the error messages {of}")
+    return owners
+
+
+def plugin_made(dataset) -> tuple[set[str], set[str]]:
+    """``(fields, tags)`` the plugin's recorded runs (and the panel) on ``dataset`` wrote."""
+    tags: set[str] = set()
+    for record in provenance.all_recorded(dataset):
+        options: dict[str, Any] = record.get("options") or {}
         if options.get("flag_tag"):
             tags.add(options["flag_tag"])
     tags.update(written_tags(dataset))  # the panel tags with them too
-    return fields, tags
+    return set(field_owners(dataset)), tags
+
+
+# --- fields -------------------------------------------------------------------------------------
+def check_fields(dataset, fields: dict[str, str], run: str) -> None:
+    """Refuse writing ``fields`` (name -> what the run puts there, e.g. ``"score field"``) for
+    ``run`` (:func:`scoring_run` / :func:`maps_run`) when one belongs to another plugin run, or
+    holds values no plugin run recorded (the user's).
+
+    Raises:
+        RequestError: names the field, whose it is and what to do.
+    """
+    owners = field_owners(dataset)
+    schema = dataset.get_field_schema(flat=True)
+    for name, role in fields.items():
+        owner = owners.get(name)
+        if owner is not None:
+            if owner.run != run:
+                raise RequestError(
+                    f"{role} '{name}' holds {owner.what}; one run never writes another's "
+                    f"fields, with or without overwrite: choose another {_noun(role)}")
+            continue
+        if name not in schema:
+            continue
+        count = dataset.exists(name).count()
+        if count == 0:
+            continue  # declared but empty: nothing to lose
+        if role == "score field":
+            raise RequestError(
+                f"field '{name}' holds {count} values with no record of how they were made "
+                "(written by apply_model or another tool); this plugin does not replace values "
+                "it did not write: write to a new field, or clear that field yourself first")
+        raise RequestError(f"{role} '{name}' already exists and was not written by this "
+                           f"plugin; it is left untouched: choose another {_noun(role)}")
+
+
+def _noun(role: str) -> str:
+    """The form field that chooses a ``role`` field (what the user changes)."""
+    return {"flag field": "flag field", "heatmap field": "heatmap field name",
+            "heatmap error field": "heatmap field name"}.get(role, "score field name")
+
+
+def score_fields(layout: FieldLayout) -> dict[str, str]:
+    """The fields a scoring run writes, with what it puts there (for :func:`check_fields`)."""
+    fields = {layout.score: "score field", layout.error: "error field"}
+    fields.update({name: "attribute field" for name in layout.pairs.values()})
+    if layout.flag:
+        fields[layout.flag] = "flag field"
+    return fields
 
 
 def check_writable(dataset, layout: FieldLayout, request: ScoreRequest,
                    ownership: bool = True) -> None:
-    """Refuse a run whose fields exist with types it cannot write, or (``ownership``) hold the
-    user's own values (:func:`check_not_user_data`; shards skip it: their queuing run checked).
+    """Refuse a run whose fields exist with types it cannot write, or (``ownership``) belong
+    to another run or the user (:func:`check_not_user_data`; shards skip it: their queuing run
+    checked).
 
     Raises:
         RequestError: says which field and what to do.
@@ -68,29 +175,145 @@ def check_writable(dataset, layout: FieldLayout, request: ScoreRequest,
 
 
 def check_not_user_data(dataset, layout: FieldLayout, request: ScoreRequest) -> None:
-    """Refuse a run whose fields or flag tag hold the user's own values.
+    """Refuse a scoring run whose fields belong to another run or hold the user's values, or
+    whose flag tag is the user's.
 
     Raises:
         RequestError: names the field or tag and what to do instead.
     """
-    made_fields, made_tags = plugin_made(dataset)
-    schema = dataset.get_field_schema(flat=True)
-    for name in layout.all_fields():
-        if name in made_fields or name not in schema:
-            continue
-        if dataset.exists(name).count() == 0:
-            continue  # declared but empty: nothing to lose
-        if name == layout.score:
-            raise RequestError(
-                f"field '{name}' holds {dataset.exists(name).count()} values with no record of "
-                "how they were made (written by apply_model or another tool); this plugin does "
-                "not replace values it did not write: write to a new field, or clear that field "
-                "yourself first")
-        what = "flag field" if name == layout.flag else "field"
-        raise RequestError(f"{what} '{name}' already exists and was not written by this plugin; "
-                           "it is left untouched: choose another "
-                           f"{'flag field' if name == layout.flag else 'score field name'}")
-    tag = request.flag_tag if request.flagging else None
-    if tag and tag not in made_tags and tag in dataset.count_sample_tags():
-        raise RequestError(f"tag '{tag}' is already used on this dataset and was not set by this "
-                           "plugin; flagging would add and remove it: choose another flag tag")
+    check_fields(dataset, score_fields(layout), scoring_run(layout.score))
+    if request.flagging and request.flag_tag:
+        check_tag(dataset, request.flag_tag)
+
+
+def check_map_fields(dataset, field: str) -> None:
+    """Refuse a quality-maps run into ``field`` (and ``<field>_error``) when either belongs to
+    another run or holds the user's values (their own heatmaps or notes)."""
+    check_fields(dataset, {field: "heatmap field", f"{field}_error": "heatmap error field"},
+                 maps_run(field))
+
+
+# --- tags ---------------------------------------------------------------------------------------
+def check_tag(dataset, tag: str) -> None:
+    """Refuse writing ``tag`` when samples carry it and neither a run of this plugin nor its
+    panel ever set it (it is the user's).
+
+    Raises:
+        RequestError: names the tag and what to do.
+    """
+    if tag in plugin_made(dataset)[1] or tag not in dataset.count_sample_tags():
+        return
+    raise RequestError(f"tag '{tag}' is already used on this dataset and was not set by this "
+                       "plugin; it is left untouched: choose another flag tag")
+
+
+def _tagged():
+    import fiftyone.core.odm as foodm
+
+    collection = foodm.get_db_conn()[TAGGED_COLLECTION]
+    collection.create_index([("dataset", 1), ("tag", 1), ("sample", 1)], unique=True)
+    return collection
+
+
+def tagged_by_plugin(dataset, tag: str) -> set[str]:
+    """IDs of the samples of ``dataset`` the plugin put ``tag`` on (and has not removed)."""
+    docs = _tagged().find({"dataset": str(dataset._doc.id), "tag": tag}, {"sample": 1})
+    return {doc["sample"] for doc in docs}
+
+
+def add_tag(dataset, target, tag: str) -> int:
+    """Tag the samples of ``target`` (a view of ``dataset``) with the plugin's ``tag``; only
+    those that did not have it yet are recorded as the plugin's (a tag a user put there stays
+    the user's). Returns how many samples the plugin tagged now.
+
+    The caller checked :func:`check_tag` before its first write.
+    """
+    # Remembered before the first write: a run stopped half-way still owns what it tagged.
+    _remember_tag(panel_store(dataset), tag)
+    new = target.match_tags(tag, bool=False).values("id")
+    if new:
+        _tagged().insert_many([{"dataset": str(dataset._doc.id), "tag": tag, "sample": sid}
+                               for sid in new], ordered=False)
+        dataset.select(new).tag_samples(tag)
+    return len(new)
+
+
+def remove_tag(dataset, target, tag: str) -> int:
+    """Remove the plugin's ``tag`` from the samples of ``target`` the plugin tagged; samples a
+    user tagged by hand keep it. Returns how many lost the tag."""
+    ours = tagged_by_plugin(dataset, tag)
+    mine = [sid for sid in target.values("id") if sid in ours]
+    if not mine:
+        return 0
+    tagged = dataset.select(mine).match_tags(tag)
+    count = tagged.count()
+    if count:
+        tagged.untag_samples(tag)
+    # The records go too: the plugin's tag is off these samples (or a user took it off).
+    _tagged().delete_many({"dataset": str(dataset._doc.id), "tag": tag,
+                           "sample": {"$in": mine}})
+    return count
+
+
+def move_tag(dataset, target, tag: str, ids: Iterable[str]) -> None:
+    """Make the plugin's ``tag`` mark exactly the samples ``ids`` of ``target``: removed where
+    the plugin put it before (:func:`remove_tag`), then added to ``ids``. A user's own tags on
+    other samples stay."""
+    remove_tag(dataset, target, tag)
+    ids = list(ids)
+    if ids:
+        add_tag(dataset, dataset.select(ids), tag)
+
+
+def _remember_tag(store, tag: str) -> None:
+    written = store.get("tags") or []
+    if tag not in written:
+        store.set("tags", [*written, tag])
+
+
+# --- saved views --------------------------------------------------------------------------------
+def saved_view_conflict(dataset, name: str) -> str | None:
+    """The saved view that saving ``name`` would replace although this plugin did not make it
+    (FiftyOne replaces views whose names share a slug: "my_worst" replaces "My Worst")."""
+    import fiftyone.core.utils as fou
+
+    slug = fou.to_slug(name)
+    for info in dataset.list_saved_views(info=True):
+        if fou.to_slug(info["name"]) == slug and not str(
+                info.get("description") or "").startswith(FLAG_VIEW_MARK):
+            return info["name"]
+    return None
+
+
+def check_saved_view(dataset, name: str) -> None:
+    """Refuse saving the flag view ``name`` over a saved view the user made.
+
+    Raises:
+        RequestError: names the user's view.
+    """
+    taken = saved_view_conflict(dataset, name)
+    if taken is not None:
+        raise RequestError(f"flag_view {name!r} would replace your saved view '{taken}'; "
+                           "choose another name")
+
+
+# --- report files -------------------------------------------------------------------------------
+def check_report_file(path, written_by_us: bool, overwrite: bool, replace_files: bool) -> None:
+    """Refuse writing a report over an existing file at ``path``: one the plugin did not write
+    (unless the admin allows replacing files), or its own earlier report unless ``overwrite``.
+
+    Raises:
+        RequestError: names the file and what to do.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        return
+    if not written_by_us and not replace_files:
+        raise RequestError(f"a file named {path.name!r} that this plugin did not write is "
+                           "already in the report folder; choose another name")
+    if not overwrite:
+        raise RequestError(f"a report named {path.name!r} is already in this dataset's report "
+                           "folder; choose another name, or turn on 'Replace an existing "
+                           "report' to replace it")

@@ -130,6 +130,60 @@ def load_summary(dataset: fo.Dataset, field: str) -> dict[str, Any]:
     return dict(getattr(results, "summary", None) or {})
 
 
+# --- quality maps ------------------------------------------------------------------------------
+#: Quality-map runs are recorded under their own prefix: ``qualiclip_`` + a field name is a
+#: scoring run, and no score field name can make ``qualiclipmap_...`` (``_`` comes first).
+MAPS_KEY_PREFIX = "qualiclipmap_"
+
+
+def maps_run_key(field: str) -> str:
+    """The run key recording how the heatmaps in ``field`` were made."""
+    return MAPS_KEY_PREFIX + field
+
+
+def describe_maps_run(field: str, weights_info: dict[str, str],
+                      max_side: int | None) -> dict[str, Any]:
+    """The JSON-serialisable record of a quality-maps run into ``field`` (and
+    ``<field>_error``): the weights that made the maps and the settings."""
+    import qualiclip
+
+    return {
+        "method": "qualiclip_maps",
+        "field": field,
+        "error_field": f"{field}_error",
+        "weights_name": weights_info.get("name"),
+        "weights_sha256": weights_info.get("sha256"),
+        "weights_format": weights_info.get("format"),
+        "max_side": max_side,
+        "qualiclip_version": qualiclip.__version__,
+        "fiftyone_version": fo.__version__,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def record_maps(dataset: fo.Dataset, description: dict[str, Any]) -> None:
+    """Register (or replace) the run describing the maps in ``description['field']``."""
+    config = dataset.init_run(**description)
+    dataset.register_run(maps_run_key(description["field"]), config, overwrite=True)
+
+
+def maps_recorded(dataset: fo.Dataset, field: str) -> dict[str, Any] | None:
+    """The record of the quality-maps run into ``field``, or ``None``."""
+    key = maps_run_key(field)
+    if not dataset.has_run(key):
+        return None
+    config = dataset.get_run_info(key).config
+    return {k: v for k, v in vars(config).items() if not k.startswith("_")} | {
+        "method": config.method}
+
+
+def all_maps_recorded(dataset: fo.Dataset) -> list[dict[str, Any]]:
+    """The records of every quality-maps run of this plugin on ``dataset``."""
+    return [record for key in dataset.list_runs() if key.startswith(MAPS_KEY_PREFIX)
+            for record in [maps_recorded(dataset, key[len(MAPS_KEY_PREFIX):])]
+            if record is not None]
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
