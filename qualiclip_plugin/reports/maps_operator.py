@@ -2,7 +2,10 @@
 
 It only turns App input into one call (:func:`.map_writing.write_quality_maps`) under
 the App policy (:mod:`qualiclip_plugin.trust.policy`): maps are made with weights the server
-offers. Input checks run in ``resolve_input`` (the form's inline "Cannot run" box). Top-level
+offers, into fields the ownership rule (:mod:`qualiclip_plugin.trust.protection`) lets the run
+write, under the same one-writer claim as scoring (:mod:`qualiclip_plugin.scoring.claims`), and
+each run is recorded (weights, settings) with :func:`~qualiclip_plugin.trust.provenance.
+record_maps`. Input checks run in ``resolve_input`` (the form's inline "Cannot run" box). Top-level
 imports are FiftyOne's operator API and the plugin's torch-free modules only: this module is
 imported when the App starts.
 """
@@ -16,9 +19,10 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from qualiclip_plugin.reports.map_writing import write_quality_maps
-from qualiclip_plugin.scoring import forms
+from qualiclip_plugin.scoring import claims, forms
 from qualiclip_plugin.scoring.forms import ICON
 from qualiclip_plugin.scoring.runner import check_device, load_model
+from qualiclip_plugin.trust import protection, provenance
 from qualiclip_plugin.trust.policy import AppPolicy
 from qualiclip_plugin.trust.request import (
     RequestError,
@@ -85,14 +89,29 @@ class ComputeQualityMaps(foo.Operator):
             logger.warning("quality maps not computed: %s", exc)
             yield ctx.trigger("show_output", forms.show_error(str(exc)))
             return
-        steps = write_quality_maps(target, model, field=field, max_side=max_side)
-        summary: dict[str, Any] = {}
-        for progress, label, so_far in steps:
-            summary = so_far
+        dataset, owner = ctx.dataset, claims.new_owner()
+        try:
+            claims.claim(dataset, field, owner, label=f"quality maps into '{field}'")
+        except RequestError as exc:  # another run took the field since the form was checked
             if ctx.delegated:
-                ctx.set_progress(progress=progress, label=label)
-            else:
-                yield ctx.trigger("set_progress", dict(progress=progress, label=label))
+                raise
+            yield ctx.trigger("show_output", forms.show_error(str(exc)))
+            return
+        summary: dict[str, Any] = {}
+        try:
+            # Recorded before the first write: the fields are the plugin's from now on.
+            provenance.record_maps(dataset, provenance.describe_maps_run(
+                field, model.weights_info, max_side))
+            for progress, label, so_far in write_quality_maps(target, model, field=field,
+                                                              max_side=max_side):
+                summary = so_far
+                claims.refresh(dataset, field, owner)
+                if ctx.delegated:
+                    ctx.set_progress(progress=progress, label=label)
+                else:
+                    yield ctx.trigger("set_progress", dict(progress=progress, label=label))
+        finally:
+            claims.release(dataset, field, owner)
         if not ctx.delegated:
             yield ctx.trigger("reload_dataset")
             yield ctx.trigger("show_output", forms.show_result(summary, (
@@ -128,6 +147,8 @@ def _maps_target(ctx) -> tuple[Any, str]:
     if error_field is not None and not isinstance(error_field, fo.StringField):
         raise RequestError(f"field '{field}_error' already holds {type(error_field).__name__} "
                            "values; choose another heatmap field name")
+    protection.check_map_fields(dataset, field)  # a user's heatmaps or notes, another run's
+    claims.check_free(dataset, field)
     return target, field
 
 

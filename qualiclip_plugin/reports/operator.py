@@ -2,10 +2,12 @@
 
 It only turns App input into one call (:func:`.rows.write_collection_report`) under the App
 policy (:mod:`qualiclip_plugin.trust.policy`): the report goes into the dataset's report folder
-under a name the plugin completes. Input checks run in ``resolve_input`` (the form's inline
-"Cannot run" box); empty inputs take the form's defaults. Top-level imports are FiftyOne's
-operator API and the plugin's torch-free modules only: this module is imported when the App
-starts.
+under a name the plugin completes, and replaces an earlier report only when asked
+(:func:`qualiclip_plugin.trust.protection.report_file`). The threshold defaults to the one saved
+(and reviewed) for that score in the "Image quality" panel. Input checks run in
+``resolve_input`` (the form's inline "Cannot run" box); empty inputs take the form's defaults.
+Top-level imports are FiftyOne's operator API and the plugin's torch-free modules only: this
+module is imported when the App starts.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from typing import Any
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from qualiclip_plugin.panel import data as panel_data
 from qualiclip_plugin.scoring import forms
 from qualiclip_plugin.scoring.forms import ICON
-from qualiclip_plugin.trust.policy import AppPolicy, output_file
+from qualiclip_plugin.trust import protection
+from qualiclip_plugin.trust.policy import AppPolicy
 from qualiclip_plugin.trust.request import (
     RequestError,
     check_field_name,
@@ -58,10 +62,20 @@ class WriteQualityReport(foo.Operator):
                                "are shown too when present")
         inputs.str("name", default=f"{field}-report", label="Report name",
                    description="Saved as <name>.html in this dataset's report folder on the "
-                               "server; a link to open it follows the run")
+                               "server; a link to open it in a new tab follows the run")
+        inputs.bool("overwrite", default=False, label="Replace an existing report",
+                    description="Off: a report name already used for this dataset is refused")
         inputs.int("n", default=DEFAULT_N, min=1, max=MAX_N, label="Worst / best images to show")
-        inputs.float("threshold", default=DEFAULT_THRESHOLD, min=0, max=1,
-                     label="Flag scores below")
+        saved = _saved_threshold(ctx.dataset, field)
+        if saved is None:
+            default = DEFAULT_THRESHOLD
+            where = f"no threshold is saved for '{field}' in the Image quality panel"
+        else:
+            default = saved[0]
+            where = (f"the threshold saved for '{field}' in the Image quality panel"
+                     f"{'' if saved[1] else ' (not reviewed yet)'}")
+        inputs.float("threshold", default=default, min=0, max=1, label="Flag scores below",
+                     description=f"Default {default:.6g}: {where}")
         inputs.list("group_by", types.String(), label="Break down by",
                     description="'tags', a field or a label field; empty = tags, split and "
                                 "every label field found")
@@ -87,25 +101,25 @@ class WriteQualityReport(foo.Operator):
             return None
         outputs = types.Object()
         outputs.str("report", label="Report written")
-        outputs.view("open", types.LinkView(label=f"Open {results['report']} in the browser",
-                                            href=results["href"]))
+        # A new tab: the report must not replace the App the user is working in.
+        outputs.view("open", types.LinkView(label=f"Open {results['report']} in a new tab",
+                                            href=results["href"], new_window=True))
         return types.Property(outputs, view=types.View(label="Quality report"))
 
 
 def _report_request(ctx) -> dict[str, Any]:
     """Check the report form: ``path``, ``field``, ``group_by``, ``config``; raises
     :class:`RequestError` with what to change."""
-    from qualiclip.report.html import (  # loads torch: not at App start
-        ReportConfig,
-        is_qualiclip_report,
-    )
+    from qualiclip.report.html import ReportConfig  # loads torch: not at App start
 
     p = given(ctx.params)
     field = str(p.get("field") or DEFAULT_SCORE_FIELD).strip()
     check_field_name(field, "field")
     n = parse_int(p.get("n"), "n", DEFAULT_N, minimum=1, maximum=MAX_N)
     threshold = parse_float(p.get("threshold"), "threshold")
-    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    if threshold is None:  # the form's default, for callers that send only some params
+        saved = _saved_threshold(ctx.dataset, field)
+        threshold = DEFAULT_THRESHOLD if saved is None else saved[0]
     if not 0 <= threshold <= 1:
         raise RequestError(f"threshold must be in [0, 1] (scores are), got {threshold}")
     group_by = p.get("group_by") or None
@@ -120,8 +134,22 @@ def _report_request(ctx) -> dict[str, Any]:
         raise RequestError(f"no such field(s) to break down by: {', '.join(map(str, unknown))}")
     if ctx.target_view().count() == 0:
         raise RequestError("the target holds no samples: nothing to report")
-    path = output_file(AppPolicy.current(), ctx.dataset.name,
-                       str(p.get("name") or f"{field}-report"), is_qualiclip_report)
+    path = protection.report_file(AppPolicy.current(), ctx.dataset,
+                                  str(p.get("name") or f"{field}-report"),
+                                  overwrite=bool(p.get("overwrite", False)))
     return {"path": path, "field": field, "group_by": group_by,
             "config": ReportConfig(n=n, threshold=threshold)}
 
+
+
+def _saved_threshold(dataset, field: str) -> tuple[float, bool] | None:
+    """``(threshold, reviewed)`` saved for score ``field`` in the panel, or ``None`` (none
+    saved, saved for scores made with other weights, or not a field the plugin recorded)."""
+    try:
+        source = panel_data.sources(dataset).get(field)
+        entry = panel_data.saved_threshold(dataset, source, field) if source else None
+    except Exception:  # a form must render even if the panel's store cannot be read
+        return None
+    if entry is None:
+        return None
+    return float(entry["threshold"]), bool(entry.get("reviewed"))

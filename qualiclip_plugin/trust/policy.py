@@ -35,7 +35,6 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,25 +188,25 @@ def weights_note(weights: str) -> str:
 
 
 # --- files ----------------------------------------------------------------------------------
-def dataset_folder(policy: AppPolicy, dataset_name: str) -> Path:
-    """The folder files made from the App for ``dataset_name`` go into (not created here)."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", dataset_name).strip(".-") or "dataset"
-    if slug != dataset_name:  # distinct names must never share a folder
-        slug += "-" + hashlib.sha256(dataset_name.encode()).hexdigest()[:8]
-    return policy.output_root / slug
+def dataset_folder(policy: AppPolicy, dataset_name: str, dataset_id: str) -> Path:
+    """The folder files made from the App for one dataset go into (not created here): the
+    name's slug, readable, plus a short hash of the dataset's ID, so no two datasets share a
+    folder (names that slug alike, or a dataset deleted and made again under its name)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", dataset_name).strip(".-")[:60] or "dataset"
+    short = hashlib.sha256(str(dataset_id).encode()).hexdigest()[:10]
+    return policy.output_root / f"{slug}-{short}"
 
 
-def output_file(policy: AppPolicy, dataset_name: str, name: str,
-                written_by_us: Callable[[Path], bool]) -> Path:
+def output_file(policy: AppPolicy, dataset_name: str, dataset_id: str, name: str) -> Path:
     """Where a report called ``name`` (a file name from a form) is written.
 
     The extension is the plugin's (``.html``); the path is resolved (symlinks, ``..``) and must
-    stay inside the dataset's folder; an existing file there is replaced only when
-    ``written_by_us`` says this plugin wrote it, or the admin allows replacing files.
+    stay inside the dataset's folder (:func:`dataset_folder`). Whether an existing file there
+    may be replaced is the ownership rule's (:func:`qualiclip_plugin.trust.protection.
+    report_file`).
 
     Raises:
-        PolicyError: a path instead of a name, a name that escapes the folder, or a file that
-            must not be replaced.
+        PolicyError: a path instead of a name, or a name that escapes the folder.
     """
     text = str(name).strip()
     stem = text[:-len(REPORT_SUFFIX)] if text.lower().endswith(REPORT_SUFFIX) else text
@@ -215,16 +214,13 @@ def output_file(policy: AppPolicy, dataset_name: str, name: str,
         raise PolicyError(f"report name {_short(text)!r}: give a plain file name (letters, digits, "
                           "'.', '_', '-', spaces), not a path; it is saved as .html in this "
                           "dataset's report folder")
-    folder = dataset_folder(policy, dataset_name)
+    folder = dataset_folder(policy, dataset_name, dataset_id)
     path = folder / (stem + REPORT_SUFFIX)
     root = policy.output_root.expanduser().resolve()
     # Resolve what exists: a planted symlink (folder or file) must not lead outside the root.
     if not _is_within(path.resolve(), root) or path.is_symlink():
         raise PolicyError(f"report name {_short(text)!r} cannot be used: it does not lead to a "
                           "plain file in this dataset's report folder")
-    if path.exists() and not policy.replace_files and not written_by_us(path):
-        raise PolicyError(f"a file named {path.name!r} that this plugin did not write is already "
-                          "in the report folder; choose another name")
     return path
 
 

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from qualiclip_plugin.scoring.writing import FLAG_VIEW_MARK, FieldLayout, schema_conflicts
 from qualiclip_plugin.trust import provenance
+from qualiclip_plugin.trust.policy import AppPolicy, output_file
 from qualiclip_plugin.trust.request import RequestError, ScoreRequest
 
 #: The "Image quality" panel's execution store (one per dataset): its saved thresholds, and the
@@ -298,22 +300,25 @@ def check_saved_view(dataset, name: str) -> None:
 
 
 # --- report files -------------------------------------------------------------------------------
-def check_report_file(path, written_by_us: bool, overwrite: bool, replace_files: bool) -> None:
-    """Refuse writing a report over an existing file at ``path``: one the plugin did not write
-    (unless the admin allows replacing files), or its own earlier report unless ``overwrite``.
+def report_file(policy: AppPolicy, dataset, name: str, overwrite: bool) -> Path:
+    """Where the report ``name`` (from a form) of ``dataset`` is written: inside the dataset's
+    report folder (:func:`~qualiclip_plugin.trust.policy.output_file`), and never over a file
+    the plugin did not write (unless the admin allows replacing files), nor over its own
+    earlier report unless ``overwrite``.
 
     Raises:
-        RequestError: names the file and what to do.
+        RequestError: names the file or the name, and what to do.
     """
-    from pathlib import Path
+    from qualiclip.report.html import is_qualiclip_report  # loads torch: not at App start
 
-    path = Path(path)
+    path = output_file(policy, dataset.name, str(dataset._doc.id), name)
     if not path.exists():
-        return
-    if not written_by_us and not replace_files:
+        return path
+    if not policy.replace_files and not is_qualiclip_report(path):
         raise RequestError(f"a file named {path.name!r} that this plugin did not write is "
                            "already in the report folder; choose another name")
     if not overwrite:
         raise RequestError(f"a report named {path.name!r} is already in this dataset's report "
                            "folder; choose another name, or turn on 'Replace an existing "
                            "report' to replace it")
+    return path

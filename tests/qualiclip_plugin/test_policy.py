@@ -86,18 +86,14 @@ def test_registered_weights_unavailable_offline_only_when_not_cached(monkeypatch
 
 def test_report_files_stay_in_the_dataset_folder(tmp_path):
     policy = _policy(tmp_path)
-    assert dataset_folder(policy, "a b") != dataset_folder(policy, "a-b")
-    assert dataset_folder(policy, "../x").parent == policy.output_root
-    ours = output_file(policy, "ds", "weekly", lambda p: False)
-    assert ours == policy.output_root / "ds" / "weekly.html"
-    assert output_file(policy, "ds", "weekly.html", lambda p: False) == ours
+    # One folder per dataset: names that slug alike, or one name reused, never share one.
+    assert dataset_folder(policy, "a b", "1") != dataset_folder(policy, "a-b", "2")
+    assert dataset_folder(policy, "ds", "1") != dataset_folder(policy, "ds", "2")
+    assert dataset_folder(policy, "../x", "1").parent == policy.output_root
+    ours = output_file(policy, "ds", "1", "weekly")
+    assert ours == dataset_folder(policy, "ds", "1") / "weekly.html"
+    assert ours.parent.name.startswith("ds-")
+    assert output_file(policy, "ds", "1", "weekly.html") == ours
     for bad in ("../x", "/etc/passwd", "a/b", "", ".hidden", "x" * 200, "a\nb"):
         with pytest.raises(PolicyError):
-            output_file(policy, "ds", bad, lambda p: False)
-    ours.parent.mkdir(parents=True)
-    ours.write_text("someone's")
-    with pytest.raises(PolicyError, match="did not write"):
-        output_file(policy, "ds", "weekly", lambda p: False)
-    assert output_file(policy, "ds", "weekly", lambda p: True) == ours
-    assert output_file(_policy(tmp_path, replace_files=True), "ds", "weekly",
-                       lambda p: False) == ours
+            output_file(policy, "ds", "1", bad)

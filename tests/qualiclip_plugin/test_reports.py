@@ -71,7 +71,7 @@ def test_rows_from_collection_reads_scores_and_groups(scored_dataset):
 def _report_folder(dataset):
     from qualiclip_plugin.trust.policy import AppPolicy, dataset_folder
 
-    return dataset_folder(AppPolicy.current(), dataset.name)
+    return dataset_folder(AppPolicy.current(), dataset.name, str(dataset._doc.id))
 
 
 def test_report_operator_writes_the_view_report(scored_dataset):

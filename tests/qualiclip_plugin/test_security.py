@@ -43,7 +43,7 @@ def scored(make_dataset, image_files, tiny_checkpoint):
 def report_folder(scored):
     from qualiclip_plugin.trust.policy import AppPolicy, dataset_folder
 
-    folder = dataset_folder(AppPolicy.current(), scored.name)
+    folder = dataset_folder(AppPolicy.current(), scored.name, str(scored._doc.id))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -78,16 +78,16 @@ def test_report_never_replaces_a_file_it_did_not_write(scored, report_folder, mo
     message = refusal(_execute(REPORT_URI, scored, field="quality", name="notes"))
     assert "did not write" in message and theirs.read_text() == "my notes"
 
-    # Its own report is replaced by a rerun; the extension is always the plugin's.
+    # Its own report is replaced by a rerun that asks to; the extension is always the plugin's.
     for _ in range(2):
         result = foo.execute_operator(REPORT_URI, ctx=dict(
-            view=scored.view(), params=dict(field="quality", name="mine.pth")))
+            view=scored.view(), params=dict(field="quality", name="mine.pth", overwrite=True)))
         assert result.error is None, result.error
     assert (report_folder / "mine.pth.html").is_file() and not (report_folder / "mine.pth").exists()
 
     monkeypatch.setenv("QUALICLIP_APP_REPLACE_FILES", "1")  # the admin allows it
     result = foo.execute_operator(REPORT_URI, ctx=dict(
-        view=scored.view(), params=dict(field="quality", name="notes")))
+        view=scored.view(), params=dict(field="quality", name="notes", overwrite=True)))
     assert result.error is None and theirs.read_text().startswith("<!DOCTYPE html>")
 
 
