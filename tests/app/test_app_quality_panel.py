@@ -1,17 +1,13 @@
 """The "Image quality" panel in the real App: histogram of a scored dataset, a clicked bar shows
 its samples in the grid, "Tag below threshold" tags exactly the samples below the saved one.
 
-``QUALICLIP_SCREENSHOTS=1`` also saves the panel as ``docs/images/app_quality_panel.png``.
+The README's picture of the panel is not made here (these are random test images, which a tiny
+random model scores alike) but by ``docs/make_app_screenshot.py --panel`` from real photos.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
-
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "app_quality_panel.png"
 
 
 @pytest.fixture()
@@ -29,22 +25,6 @@ def scored_dataset(app_dataset, tiny_checkpoint):
     src = panel_data.source(dataset, "quality")
     panel_data.save_threshold(dataset, src, "quality", threshold)
     return dataset, threshold
-
-
-def _save_docs_screenshot(app, panel) -> None:
-    if os.environ.get("QUALICLIP_SCREENSHOTS") != "1":
-        return
-    from tests.app.app_ui import shrink_screenshot
-
-    size = app.page.viewport_size
-    app.page.set_viewport_size({"width": size["width"], "height": 1250})  # the whole panel
-    try:
-        panel.evaluate("el => el.scrollTo(0, 0)")
-        app.page.wait_for_timeout(1500)  # let the grid and the plot settle after resizing
-        app.page.screenshot(path=str(SCREENSHOT))
-    finally:
-        app.page.set_viewport_size(size)
-    shrink_screenshot(SCREENSHOT, 1000)
 
 
 def test_panel_histogram_range_and_tagging(app, scored_dataset):
@@ -77,7 +57,6 @@ def test_panel_histogram_range_and_tagging(app, scored_dataset):
     with app.step("'Back to my view' shows every sample again"):
         app.panel_button("Back to my view").click()
         expect(app.grid_tiles()).to_have_count(len(dataset), timeout=30_000)
-        _save_docs_screenshot(app, panel)
 
     with app.step("'Tag below threshold' tags the samples below the saved threshold"):
         app.panel_button("Tag below threshold").click()
