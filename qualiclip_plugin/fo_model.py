@@ -277,7 +277,7 @@ def load_model(weights: str | None = None, device: str | None = None, pair_score
             ``"torch"`` or ``"onnxruntime"``.
         **options: other :class:`fiftyone.utils.torch.TorchImageModelConfig` keys.
     """
-    config = QualiCLIPModelConfig(dict(weights=which_weights(weights), device=device,
+    config = QualiCLIPModelConfig(dict(weights=weights, device=device,  # None: the config's rule
                                        pair_scores=pair_scores, max_side=max_side,
                                        precision=precision, backend=backend, **options))
     return QualiCLIPModel(config)

@@ -61,6 +61,9 @@ def main(**kwargs: Any) -> None:
     try:
         validate(cfg)
     except ConfigError as exc:
+        if exc.option is not None:  # click's usual "Invalid value for '--lr': ..." line
+            raise click.BadParameter(
+                exc.detail, param_hint=f"'--{exc.option.replace('_', '-')}'") from exc
         raise click.UsageError(str(exc)) from exc
     from qualiclip_train.trainer import train
 

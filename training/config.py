@@ -130,7 +130,59 @@ class TrainConfig:
 
 
 class ConfigError(ValueError):
-    """A bad option; the message says which and what is allowed."""
+    """A bad option; the message says which and what is allowed.
+
+    ``option`` (a field name such as ``"lr"``) is set when one option alone is wrong; the
+    message is then ``--option <detail>``, and ``detail`` is what click's ``BadParameter``
+    shows after the option's name.
+    """
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+        flag = f"--{option.replace('_', '-')} " if option else ""
+        self.detail = message[len(flag):] if flag and message.startswith(flag) else message
+
+
+#: The allowed range of each numeric option, as ``(lowest, highest, lowest allowed?)``; every
+#: value must also be finite (``nan`` passes every comparison, ``inf``/``1e308`` overflow the
+#: update). Upper bounds are far beyond any useful setting: they catch typos (``--lr 5`` for
+#: ``5e-6``) before an output folder is made or a weight is fetched.
+NUMBER_RANGES: dict[str, tuple[float, float, bool]] = {
+    "steps": (0, 10**9, False), "epochs": (0, 10**6, False),
+    "batch_size": (0, 4096, False), "accum_steps": (0, 65536, False),
+    # AdamW: a step of lr is already the whole scale of a unit-norm weight.
+    "lr": (0, 1, False),
+    # AdamW scales weights by 1 - lr * weight_decay each step: above 1 it can flip their sign.
+    "weight_decay": (0, 1, True), "warmup_steps": (0, 10**9, True),
+    "min_lr_ratio": (0, 1, True),
+    # A ranking needs two levels; the ResNet downsamples by 32.
+    "levels": (2, 64, True), "crop_size": (32, 4096, True), "max_distortions": (1, 64, True),
+    # Margins and tolerances are on cosine similarities, whose differences lie in [-2, 2].
+    "margin": (0, 2, True), "consistency_tolerance": (0, 2, True),
+    "consistency_weight": (0, 10**6, True),
+    "val_images": (0, 10**9, True), "eval_every": (0, 10**9, True),
+    "checkpoint_every": (0, 10**9, True), "log_every": (0, 10**9, False),
+    "workers": (0, 1024, True), "seed": (0, 2**63 - 1, True), "stop_after": (0, 10**9, False),
+}
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Refuse a numeric option that is NaN, infinite or out of :data:`NUMBER_RANGES`."""
+    import math
+
+    for name, (low, high, closed) in NUMBER_RANGES.items():
+        value = getattr(cfg, name)
+        if value is None:  # an optional option left to its default
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, float):
+            allowed = f"a finite number in {'[' if closed else '('}{low:g}, {high:g}]"
+        else:
+            allowed = f"a whole number in {low if closed else low + 1}..{high}"
+        if not (math.isfinite(value) and (low <= value if closed else low < value)
+                and value <= high):
+            raise ConfigError(f"{flag} must be {allowed}, got {value}", option=name)
 
 
 
@@ -185,31 +237,9 @@ def validate(cfg: TrainConfig) -> None:
     Raises:
         ConfigError: with a message naming the option.
     """
-    def positive(name: str, value: float | None, allow_none: bool = False) -> None:
-        if value is None and allow_none:
-            return
-        if value is None or value <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
-
-    for name in ("batch_size", "accum_steps", "crop_size", "max_distortions", "log_every"):
-        positive(name, getattr(cfg, name))
-    for name in ("steps", "epochs", "lr", "stop_after"):
-        positive(name, getattr(cfg, name), allow_none=True)
+    _check_numbers(cfg)
     if cfg.steps is not None and cfg.epochs is not None:
         raise ConfigError("give either --steps or --epochs, not both")
-    if cfg.levels < 2:
-        raise ConfigError(f"--levels must be >= 2 (a ranking needs two levels), got {cfg.levels}")
-    if cfg.crop_size < 32:
-        raise ConfigError(f"--crop-size must be >= 32 (the ResNet downsamples by 32), "
-                          f"got {cfg.crop_size}")
-    for name in ("margin", "consistency_weight", "consistency_tolerance", "weight_decay",
-                 "eval_every", "checkpoint_every", "val_images", "workers"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
-    if cfg.warmup_steps is not None and cfg.warmup_steps < 0:
-        raise ConfigError(f"--warmup-steps must be >= 0, got {cfg.warmup_steps}")
-    if not 0 <= cfg.min_lr_ratio <= 1:
-        raise ConfigError(f"--min-lr-ratio must be in [0, 1], got {cfg.min_lr_ratio}")
     if cfg.prompts not in PROMPT_CHOICES:
         raise ConfigError(f"--prompts must be one of {PROMPT_CHOICES}, got {cfg.prompts!r}")
     if cfg.degrade_on not in DEGRADE_CHOICES:
@@ -269,13 +299,22 @@ def _check_output(folder: str, resume: bool, overwrite: bool) -> None:
     if not folder:
         raise ConfigError("--output-dir is required")
     path = Path(folder).expanduser()
+    # Probe the folder, or the nearest folder above it that exists, without creating anything:
+    # the run creates --output-dir once every option and the starting weights have passed, so
+    # a refused run leaves no empty folder behind.
+    existing_dir = path
+    while not existing_dir.exists() and existing_dir != existing_dir.parent:
+        existing_dir = existing_dir.parent
+    if not existing_dir.is_dir():
+        raise ConfigError(f"--output-dir {folder} is not writable: {existing_dir} is a file",
+                          option="output_dir")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        fd, probe = tempfile.mkstemp(dir=existing_dir, prefix=".write-test-")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise ConfigError(f"--output-dir {folder} is not writable: {exc}") from exc
+        raise ConfigError(f"--output-dir {folder} is not writable: {exc}",
+                          option="output_dir") from exc
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --output-dir, --overwrite replaces it: "
                           "give one of them")

@@ -118,6 +118,9 @@ def setup(cfg: TrainConfig) -> Run:
              dist.world_size)
 
     initial = _fetch_initial(cfg, dist)
+    # Created only now, once the options, the images and the starting weights have passed: a
+    # refused run leaves no empty folder behind (validation only probes that it can be made).
+    out.mkdir(parents=True, exist_ok=True)
     model = trainable_model(initial).to(device)
     params = [p for p in model.visual.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.peak_lr(), weight_decay=cfg.weight_decay)

@@ -133,3 +133,58 @@ def test_checkpoint_with_a_string_or_absurd_model_config_is_one_line(tmp_path, p
         torch.save({**raw, "model_config": bad}, path)
         message = one_line_error(invoke([*base, "--init", str(path)]))
         assert expected in message and "bad.pth" in message
+
+
+@pytest.mark.parametrize(("option", "value", "allowed"), [
+    ("--lr", "nan", "a finite number in (0, 1]"),
+    ("--lr", "1e308", "a finite number in (0, 1]"),
+    ("--lr", "-1e-5", "a finite number in (0, 1]"),
+    ("--epochs", "nan", "a finite number in (0, 1e+06]"),
+    ("--epochs", "inf", "a finite number in (0, 1e+06]"),
+    ("--steps", "0", "a whole number in 1..1000000000"),
+    ("--batch-size", "-3", "a whole number in 1..4096"),
+    ("--accum-steps", "0", "a whole number in 1..65536"),
+    ("--weight-decay", "nan", "a finite number in [0, 1]"),
+    ("--warmup-steps", "-1", "a whole number in 0..1000000000"),
+    ("--min-lr-ratio", "inf", "a finite number in [0, 1]"),
+    ("--margin", "nan", "a finite number in [0, 2]"),
+    ("--margin", "-0.1", "a finite number in [0, 2]"),
+    ("--consistency-weight", "inf", "a finite number in [0, 1e+06]"),
+    ("--consistency-tolerance", "nan", "a finite number in [0, 2]"),
+    ("--levels", "1", "a whole number in 2..64"),
+    ("--crop-size", "100000", "a whole number in 32..4096"),
+    ("--seed", "-5", "a whole number in 0..9223372036854775807"),
+    ("--workers", "-1", "a whole number in 0..1024"),
+])
+def test_bad_numeric_option_is_clicks_one_line_and_creates_no_folder(tmp_path, pristine_dir,
+                                                                     option, value, allowed):
+    out = tmp_path / "new" / "run"
+    args = ["--pristine-dir", str(pristine_dir), "--output-dir", str(out), *TINY]
+    if option in args:  # TINY sets it: replace its value
+        args[args.index(option) + 1] = value
+    else:
+        args += [option, value]
+    message = one_line_error(invoke(args))
+    assert f"Invalid value for '{option}': must be {allowed}, got " in message
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_run_refused_after_validation_leaves_no_output_folder(tmp_path, pristine_dir):
+    """--init names an existing file, which passes the option check; reading it fails only
+    in the run: the output folder must not have been made by then."""
+    notes = tmp_path / "notes.pth"
+    notes.write_text("not weights\n")
+    out = tmp_path / "new" / "run"
+    args = ["--pristine-dir", str(pristine_dir), "--output-dir", str(out), "--steps", "1",
+            "--crop-size", "48", "--workers", "0", "--no-progress", "--init", str(notes)]
+    assert "is not a PyTorch checkpoint" in one_line_error(invoke(args))
+    assert not (tmp_path / "new").exists()
+
+
+def test_output_dir_under_a_file_is_refused(tmp_path, pristine_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    args = ["--pristine-dir", str(pristine_dir), "--output-dir", str(blocker / "run"), *TINY]
+    message = one_line_error(invoke(args))
+    assert "Invalid value for '--output-dir'" in message
+    assert f"not writable: {blocker} is a file" in message
