@@ -102,6 +102,8 @@ def test_fiftyone_zoo_models_apply_cli(source_url, zoo_dir, make_dataset, image_
                            "quality"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     dataset.reload()
+    # Both at the default precision, "auto": the child process inherits the CPU and
+    # $QUALICLIP_CPU_BF16, so it resolves "auto" as this process does (bf16 or fp32).
     reference = qualiclip_plugin.load_model(weights=str(tiny_checkpoint), device="cpu")
     dataset.apply_model(reference, label_field="expected")
     assert dataset.values("quality") == pytest.approx(dataset.values("expected"), abs=1e-6)
