@@ -238,14 +238,15 @@ def _score_fields(field: str) -> set[str]:
     return {field, f"{field}_error", *(f"{field}_{name}" for name in PAIR_NAMES)}
 
 
-def _check_view_name(name: str) -> None:
-    import fiftyone.core.utils as fou
+#: A saved view's name from a form. FiftyOne accepts any name that has a slug ("../../etc" is
+#: saved as a view named "../../etc", slug "etc"), so the plugin asks for plain words.
+_VIEW_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _-]{0,99}")  # fullmatch
 
-    try:
-        fou.to_slug(name)
-    except ValueError as exc:
-        raise RequestError(f"flag_view {name!r} cannot name a saved view ({exc}); use letters, "
-                           "digits, spaces, '-' or '_'") from None
+
+def _check_view_name(name: str) -> None:
+    if not _VIEW_NAME.fullmatch(name):
+        raise RequestError(f"flag_view {name[:40]!r} cannot name a saved view: use at most 100 "
+                           "letters, digits, spaces, '-' or '_', starting with a letter or digit")
 
 
 def _is_registered_or_url(weights: str) -> bool:
