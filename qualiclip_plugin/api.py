@@ -17,17 +17,14 @@ from __future__ import annotations
 from typing import Any
 
 from qualiclip.weights import which_weights
-from qualiclip_plugin import OPERATOR_URI
-from qualiclip_plugin.scoring import plans
-from qualiclip_plugin.scoring.plans import check_persistent
+from qualiclip_plugin.scoring import pipeline, plans
 from qualiclip_plugin.scoring.runner import ScoringRun
-from qualiclip_plugin.scoring.shards import queue_shards
+from qualiclip_plugin.scoring.shards import queue_plan, queue_shards
 from qualiclip_plugin.trust.request import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_FIELD,
     DEFAULT_FLAG_TAG,
     ScoreRequest,
-    parse_request,
 )
 
 
@@ -62,17 +59,16 @@ def compute_image_quality(sample_collection, field: str = DEFAULT_FIELD,
                   flag_percent=flag_percent, flag_threshold=flag_threshold,
                   flag_field=flag_field, flag_tag=flag_tag,
                   flag_view=flag_view, num_shards=num_shards, chunk_size=chunk_size)
-    request = parse_request(params, policy=None)
     view = sample_collection.view()
     dataset = view._root_dataset
-    if delegate or request.num_shards > 1:
-        check_persistent(dataset)
+    # The operator's request pipeline, without the App policy (trusted caller).
+    request = pipeline.check(dataset, params, policy=None, delegating=delegate).request
     if delegate:
         return queue_run(dataset, view, request)
-    run = ScoringRun(dataset, view, request, immediate=False)
+    run = ScoringRun(dataset, view, request, immediate=False, checked=True)
     run.prepare()
     if request.num_shards > 1:
-        return queue_shards(run, view)
+        return queue_shards(run, view, trusted=True)
     for _ in run.steps():
         pass
     return run.summary
@@ -80,12 +76,11 @@ def compute_image_quality(sample_collection, field: str = DEFAULT_FIELD,
 
 def queue_run(dataset, view, request: ScoreRequest,
               delegation_target: str | None = None) -> dict[str, Any]:
-    """Queue ``request`` as one delegated operation; returns the queued operation's record."""
-    import fiftyone.operators as foo
-
-    token = plans.store(dataset, request)
-    result = foo.execute_operator(
-        OPERATOR_URI, ctx=dict(view=view, params={"plan": token, "delegate": True},
-                               delegation_target=delegation_target),
-        request_delegation=True)
-    return result.result
+    """Queue ``request`` (from a trusted Python caller) as one delegated operation; returns
+    the queued operation's record."""
+    token = plans.store(dataset, request, trusted=True)
+    operation = queue_plan(dataset, view, token, delegation_target)
+    # What foo.execute_operator returns for a queued operation: its fields as a dict.
+    record = dict(vars(operation))
+    record["context"] = operation.context.serialize() if operation.context else None
+    return record

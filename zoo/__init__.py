@@ -55,7 +55,14 @@ def load_model(model_name, model_path, weights=None, **kwargs):
             ``TorchImageModelConfig`` options.
     """
     import qualiclip_plugin
+    from qualiclip_plugin.trust.request import RequestError, parse_max_side
 
+    if "max_side" in kwargs:
+        # Checked here, once: a bad value would otherwise load the model and fail every image.
+        try:
+            kwargs["max_side"] = parse_max_side(kwargs["max_side"])
+        except RequestError as exc:
+            raise ValueError(f"QualiCLIP zoo model: {exc}") from None
     return qualiclip_plugin.load_model(weights=weights, **kwargs)  # None: the default rule
 
 

@@ -182,12 +182,31 @@ def _export_lock(path: Path):
     except ImportError:  # Windows
         yield
         return
-    with open(f"{path}.lock", "a+") as handle:
+    with _open_lock_file(Path(f"{path}.lock")) as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _open_lock_file(lock: Path):
+    """The lock file opened without following a symlink: a link planted in a shared cache
+    must not make this process create or open a file elsewhere. A link in its place is removed
+    (only the link; its target is untouched) and a plain file made instead."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(3):
+        if lock.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+        try:
+            return os.fdopen(os.open(lock, flags, 0o600), "a+")
+        except OSError as exc:
+            # ELOOP: a symlink appeared between the check and the open; remove it and retry.
+            if not lock.is_symlink():
+                raise OSError(f"cannot open the ONNX export lock {lock}: {exc.strerror}") from exc
+    raise OSError(f"cannot open the ONNX export lock {lock}: it keeps being replaced by a "
+                  "symlink; remove it and check who writes into the weights cache")
 
 
 Loaded = TypeVar("Loaded")

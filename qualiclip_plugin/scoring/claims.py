@@ -7,7 +7,9 @@ insert or conditional update, so two App users pressing Execute together cannot 
 
 A claim expires when its run makes no progress for :func:`timeout_seconds`
 (``QUALICLIP_CLAIM_TIMEOUT``, default 30 minutes): a run killed mid-way blocks the field only
-that long. Running runs refresh their claim after every written chunk.
+that long. Running runs refresh their claim after every written chunk. The timeout is read when
+a claim is judged, not when it was taken, so an admin who shortens it after a crash frees the
+field at once; only claims given an explicit lifetime (queued shards) keep their own.
 """
 
 from __future__ import annotations
@@ -72,9 +74,24 @@ def holder(dataset, field: str) -> dict[str, Any] | None:
     """The live claim on ``field`` (``owner``, ``label``, ``started``, ``heartbeat``) or
     ``None`` when free or expired."""
     doc = _collection().find_one({"_id": _key(dataset, field)})
-    if doc is None or doc["expires"] < _now():
+    if doc is None or _expired(doc, _now()):
         return None
     return doc
+
+
+def _expired(doc: dict[str, Any], now: dt.datetime) -> bool:
+    """The rule of :func:`_expired_query`, for one document."""
+    if doc.get("fixed_lifetime"):
+        return doc["expires"] < now
+    return doc["heartbeat"] < now - dt.timedelta(seconds=timeout_seconds())
+
+
+def _expired_query(now: dt.datetime) -> list[dict[str, Any]]:
+    """Claims that may be taken over: an explicit lifetime that ran out, or no progress for
+    the timeout in force now."""
+    return [{"fixed_lifetime": True, "expires": {"$lt": now}},
+            {"fixed_lifetime": {"$ne": True},
+             "heartbeat": {"$lt": now - dt.timedelta(seconds=timeout_seconds())}}]
 
 
 def check_free(dataset, field: str, owner: str | None = None) -> None:
@@ -117,8 +134,9 @@ def claim(dataset, field: str, owner: str, label: str = "",
     key = _key(dataset, field)
     collection = _collection()
     renewed = collection.find_one_and_update(
-        {"_id": key, "$or": [{"owner": owner}, {"expires": {"$lt": now}}]},
-        {"$set": {"owner": owner, "heartbeat": now, "expires": expires, "label": label}})
+        {"_id": key, "$or": [{"owner": owner}, *_expired_query(now)]},
+        {"$set": {"owner": owner, "heartbeat": now, "expires": expires, "label": label,
+                  "fixed_lifetime": lifetime_s is not None}})
     if renewed is not None:
         if renewed.get("owner") != owner:  # took over an expired claim: a new start
             collection.update_one({"_id": key}, {"$set": {"started": now}})
@@ -126,6 +144,7 @@ def claim(dataset, field: str, owner: str, label: str = "",
     try:
         collection.insert_one({"_id": key, "owner": owner, "label": label, "started": now,
                                "heartbeat": now, "expires": expires,
+                               "fixed_lifetime": lifetime_s is not None,
                                **({"pending_shards": shards} if shards else {})})
     except DuplicateKeyError:
         doc = collection.find_one({"_id": key}) or {"started": now, "heartbeat": now}

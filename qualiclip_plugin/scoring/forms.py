@@ -29,6 +29,10 @@ DELEGATION_HELP = ("Background runs (Schedule, or 'Run in the background') need 
                    "with `fiftyone delegated list` (or the Runs page in FiftyOne Enterprise)")
 
 
+NO_WEIGHTS = ("no weights are offered on this server: ask its admin to allow the official "
+              "weights or a checkpoint folder (docs/plugin.md, 'Running on a shared App server')")
+
+
 def cannot_run(inputs: types.Object, message: str) -> None:
     """The form's inline error box; ``invalid`` makes the server refuse execution too."""
     inputs.view("cannot_run", types.Error(label=CANNOT_RUN, description=message),
@@ -39,15 +43,20 @@ def weights_input(inputs: types.Object, params: dict[str, Any], policy: AppPolic
                   recorded: str | None, label: str = "Weights") -> str:
     """A dropdown of the weights this server offers; returns the value the form holds.
 
-    Default: the weights last used on the dataset when still offered, else the official ones.
+    Default: the weights the user chose (so editing another field keeps them), else the
+    weights last used on the dataset when still offered, else the first offered weights this
+    server can load now (the official ones unless they are neither cached nor downloadable).
     A value from outside the list (typed into a request) stays a text box, so the policy's
     refusal is shown instead of a bare "invalid value".
     """
     choices = weights_choices(policy)
     values = [c.value for c in choices]
-    default = (recorded if recorded in values else
-               DEFAULT_WEIGHTS if DEFAULT_WEIGHTS in values else values[0] if values else None)
     given = params.get("weights")
+    loadable = [v for v in values if weights_unavailable(v, policy) is None]
+    preferred = [given, recorded, DEFAULT_WEIGHTS]
+    default = next((v for v in preferred if v in loadable), None)
+    if default is None:
+        default = loadable[0] if loadable else values[0] if values else None
     if given not in (None, "") and given not in values:
         inputs.str("weights", default=default, label=label)
         return str(given)
@@ -61,10 +70,10 @@ def weights_input(inputs: types.Object, params: dict[str, Any], policy: AppPolic
 
 
 def weights_problem(weights: str, policy: AppPolicy) -> str | None:
-    """Why ``weights`` cannot be used from the App now, or ``None``."""
+    """Why ``weights`` cannot be used from the App now, or ``None`` (forms that load weights
+    without a scoring request: the quality maps form)."""
     if not weights:
-        return ("no weights are offered on this server: ask its admin to allow the official "
-                "weights or a checkpoint folder (docs/plugin.md, 'Running on a shared App server')")
+        return NO_WEIGHTS
     try:
         resolved = check_weights(weights, policy)
     except RequestError as exc:

@@ -11,20 +11,19 @@ operator API only: this is imported when the App starts.
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from qualiclip.prompts import PAIR_NAMES  # torch-free
 from qualiclip_plugin import OPERATOR_NAME
 from qualiclip_plugin.api import compute_image_quality
-from qualiclip_plugin.scoring import claims, forms, plans, writing
+from qualiclip_plugin.scoring import claims, forms, pipeline
 from qualiclip_plugin.scoring.forms import ICON
-from qualiclip_plugin.scoring.plans import check_persistent
-from qualiclip_plugin.scoring.runner import ScoringRun
+from qualiclip_plugin.scoring.runner import ScoringRun, first_sentence
 from qualiclip_plugin.scoring.shards import queue_shards
-from qualiclip_plugin.trust import protection, provenance
+from qualiclip_plugin.trust import provenance
 from qualiclip_plugin.trust.policy import AppPolicy
 from qualiclip_plugin.trust.request import (
     BACKENDS,
@@ -37,9 +36,7 @@ from qualiclip_plugin.trust.request import (
     MAX_SHARDS,
     PRECISIONS,
     RequestError,
-    ScoreRequest,
     given,
-    parse_request,
 )
 
 logger = logging.getLogger(__name__)
@@ -124,70 +121,26 @@ class ComputeImageQuality(foo.Operator):
 
     # --- form ------------------------------------------------------------------------------
     def resolve_input(self, ctx) -> types.Property:
-        inputs = types.Object()
-        if ctx.params.get("plan"):  # a queued run: its request was checked when it was planned
-            _check_plan(ctx, inputs)
-            return types.Property(inputs)
-        policy = AppPolicy.current()
-        inputs.view_target(ctx)
-        size = _target_size(ctx)
-        field = given(ctx.params).get("field") or DEFAULT_FIELD
-        last = _recorded(ctx.dataset, field)
-        options = last.get("options") or {}
-        inputs.str("field", default=DEFAULT_FIELD, label="Output field",
-                   description="Float field for the score (higher = better). Also written: "
-                               f"{field}_error, and {field}_<attribute> when asked")
-        weights = forms.weights_input(inputs, ctx.params, policy, last.get("weights_name"))
-        inputs.str("device", default="", label="Device",
-                   description="cpu, cuda or cuda:N; empty = CUDA if available")
-        inputs.int("batch_size", default=options.get("batch_size") or DEFAULT_BATCH_SIZE,
-                   min=1, max=MAX_BATCH_SIZE, label="Batch size")
-        inputs.int("max_side", default=last.get("max_side"), label="Max side (px)",
-                   description="Downscale images whose longer side exceeds this; empty = native "
-                               "resolution (the official protocol)")
-        inputs.enum("precision", list(PRECISIONS),
-                    default=last.get("precision") if last.get("precision") in PRECISIONS
-                    else "auto", label="Precision", view=types.DropdownView())
-        inputs.enum("backend", list(BACKENDS),
-                    default=options.get("backend") if options.get("backend") in BACKENDS
-                    else "auto", label="Backend", view=types.DropdownView(),
-                    description="What runs the model: auto = ONNX Runtime for exact fp32 on "
-                                "the CPU when the server has it (same scores, 1.1-1.6x as "
-                                "fast as torch in our measurements), else torch")
-        inputs.bool("pair_scores", default=options.get("pair_scores", True),
-                    label="Store the 7 attribute scores",
-                    description="good photo, sharp image, sharp edges, high resolution, "
-                                "noise-free, high quality, good picture")
-        inputs.bool("overwrite", default=False, label="Overwrite existing scores",
-                    description="Off: samples that already have a score are skipped (resume)")
-        _flag_inputs(inputs, ctx.params, field, options)
-        delegating = _delegate_inputs(inputs, ctx, size)
-
-        problem = _form_problem(ctx, _effective(inputs, ctx.params), policy, weights, last,
-                                delegating)
-        if problem:
-            forms.cannot_run(inputs, problem)
-        else:
-            forms.weights_notice(inputs, weights)
-            forms.notice(inputs, "target_size", f"{size} samples in the target")
-        return types.Property(inputs, view=types.View(label="Compute image quality"))
+        """The form, with the request pipeline's answer inline (see :func:`_checked_form`).
+        In a delegated worker a refusal is not marked invalid (FiftyOne would store its own
+        traceback): ``execute`` stores the one sentence instead."""
+        return _checked_form(ctx)[0]
 
     # --- execution -------------------------------------------------------------------------
     def execute(self, ctx) -> Any:
-        if ctx.delegated:  # a worker: refusals fail the operation with their one sentence
-            run, summary = _start(ctx, self._params(ctx))
-            if summary is not None:
-                return summary
-            for progress, label in run.steps():
-                ctx.set_progress(progress=progress, label=label)
-            return run.summary
-        return self._run_immediately(ctx)
+        outcome = _checked_form(ctx)[1]  # this execution's checks, made by resolve_input
+        if ctx.delegated:
+            return _run_in_worker(ctx, outcome)
+        return self._run_immediately(ctx, outcome)
 
-    def _run_immediately(self, ctx):
+    def _run_immediately(self, ctx, outcome: pipeline.Checked | str):
+        if isinstance(outcome, str):  # refused (FiftyOne's validation normally stops it first)
+            yield ctx.trigger("show_output", forms.show_error(outcome))
+            return
         yield _progress(ctx, 0.0, "Loading the QualiCLIP model (the first run on this server "
                                   "takes up to a minute)")
         try:
-            run, summary = _start(ctx, self._params(ctx))
+            run, summary = _start(ctx, outcome)
             if summary is None:
                 for progress, label in run.steps():
                     yield _progress(ctx, progress, label)
@@ -206,13 +159,6 @@ class ComputeImageQuality(foo.Operator):
         yield ctx.trigger("reload_dataset")
         yield ctx.trigger("show_output", forms.show_result(summary, SUMMARY_LABELS))
 
-    def _params(self, ctx) -> dict[str, Any]:
-        """The request as the form shows it: given params plus the form's defaults (the
-        weights and settings last used on the dataset), for callers that sent only some."""
-        if ctx.params.get("plan"):
-            return dict(ctx.params)
-        return _effective(self.resolve_input(ctx), ctx.params)
-
     def resolve_output(self, ctx) -> types.Property | None:
         results = ctx.results if isinstance(ctx.results, dict) else {}
         outputs = types.Object()
@@ -230,28 +176,163 @@ class ComputeImageQuality(foo.Operator):
         return compute_image_quality(sample_collection, **kwargs)
 
 
-def _start(ctx, params: dict[str, Any]):
+#: Each execution's form and pipeline outcome, built once by ``resolve_input`` and reused by
+#: ``execute`` of the same execution (FiftyOne passes both the same context object).
+_OUTCOMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _checked_form(ctx) -> tuple[types.Property, pipeline.Checked | str]:
+    """``(form, outcome)`` for this execution: the outcome is the request pipeline's
+    :class:`~qualiclip_plugin.scoring.pipeline.Checked` or its one-sentence refusal.
+    Computed once per context: the pipeline runs once per execution."""
+    cached = _OUTCOMES.get(ctx)
+    if cached is not None:
+        return cached
+    policy = AppPolicy.current()
+    inputs = types.Object()
+    if ctx.params.get("plan"):  # a queued run: the pipeline takes its stored request
+        stage = ("worker" if ctx.delegated else
+                 "queue" if ctx.requesting_delegated_execution else "run")
+        outcome = _outcome(ctx.dataset, ctx.params, policy, delegating=True, stage=stage,
+                           operation_id=_operation_id(ctx))
+        form = types.Property(inputs)
+    else:
+        form, outcome = _scoring_form(ctx, inputs, policy)
+    if isinstance(outcome, str) and not ctx.delegated:
+        forms.cannot_run(inputs, outcome)
+    _OUTCOMES[ctx] = (form, outcome)
+    return form, outcome
+
+
+def _outcome(dataset, params: dict[str, Any], policy: AppPolicy, **kwargs
+             ) -> pipeline.Checked | str:
+    try:
+        return pipeline.check(dataset, params, policy, **kwargs)
+    except RequestError as exc:
+        return str(exc)
+
+
+def _scoring_form(ctx, inputs: types.Object, policy: AppPolicy
+                  ) -> tuple[types.Property, pipeline.Checked | str]:
+    """The scoring form; its values (defaults included) go through the pipeline."""
+    inputs.view_target(ctx)
+    size = _target_size(ctx)
+    params = given(ctx.params)
+    field = params.get("field") or DEFAULT_FIELD
+    last = _recorded(ctx.dataset, field)
+    options = last.get("options") or {}
+
+    def chosen(name: str, recorded: Any, allowed: Any = None) -> Any:
+        # A value the user has chosen stays the default: a default that follows the typed
+        # field's record would make the App reset Weights, Precision, ... on each keystroke.
+        value = params.get(name)
+        if value is not None and (allowed is None or value in allowed):
+            return value
+        return recorded
+
+    inputs.str("field", default=DEFAULT_FIELD, label="Output field",
+               description="Float field for the score (higher = better). Also written: "
+                           f"{field}_error, and {field}_<attribute> when asked")
+    weights = forms.weights_input(inputs, ctx.params, policy, last.get("weights_name"))
+    inputs.str("device", default="", label="Device",
+               description="cpu, cuda or cuda:N; empty = CUDA if available")
+    inputs.int("batch_size",
+               default=chosen("batch_size", options.get("batch_size") or DEFAULT_BATCH_SIZE),
+               min=1, max=MAX_BATCH_SIZE, label="Batch size")
+    inputs.int("max_side", default=chosen("max_side", last.get("max_side")),
+               label="Max side (px)",
+               description="Downscale images whose longer side exceeds this; empty = native "
+                           "resolution (the official protocol)")
+    recorded_precision = last.get("precision") if last.get("precision") in PRECISIONS else "auto"
+    inputs.enum("precision", list(PRECISIONS),
+                default=chosen("precision", recorded_precision, PRECISIONS),
+                label="Precision", view=types.DropdownView())
+    recorded_backend = options.get("backend") if options.get("backend") in BACKENDS else "auto"
+    inputs.enum("backend", list(BACKENDS), default=chosen("backend", recorded_backend, BACKENDS),
+                label="Backend", view=types.DropdownView(),
+                description="What runs the model: auto = ONNX Runtime for exact fp32 on "
+                            "the CPU when the server has it (same scores, 1.1-1.6x as "
+                            "fast as torch in our measurements), else torch")
+    inputs.bool("pair_scores", default=chosen("pair_scores", options.get("pair_scores", True)),
+                label="Store the 7 attribute scores",
+                description="good photo, sharp image, sharp edges, high resolution, "
+                            "noise-free, high quality, good picture")
+    inputs.bool("overwrite", default=False, label="Overwrite existing scores",
+                description="Off: samples that already have a score are skipped (resume)")
+    _flag_inputs(inputs, ctx.params, field, options)
+    delegating = _delegate_inputs(inputs, ctx, size)
+
+    if not weights:
+        outcome: pipeline.Checked | str = forms.NO_WEIGHTS
+    else:
+        outcome = _outcome(ctx.dataset, _effective(inputs, ctx.params), policy,
+                           delegating=delegating or bool(ctx.delegated))
+    if not isinstance(outcome, str):
+        forms.weights_notice(inputs, weights)
+        forms.notice(inputs, "target_size", f"{size} samples in the target")
+    return types.Property(inputs, view=types.View(label="Compute image quality")), outcome
+
+
+def _operation_id(ctx) -> Any:
+    """The delegated operation this context executes (``None`` outside a worker)."""
+    return (ctx.request_params.get("run_doc")
+            or getattr(ctx, "_delegated_operation_id", None))
+
+
+def _run_in_worker(ctx, outcome: pipeline.Checked | str) -> dict[str, Any] | None:
+    """A delegated worker's run. A refusal (or a failure) fails the operation with one
+    sentence: FiftyOne would store a traceback with server paths for a raised exception."""
+    try:
+        if isinstance(outcome, str):
+            raise RequestError(outcome)
+        run, summary = _start(ctx, outcome)
+        if summary is not None:
+            return summary
+        for progress, label in run.steps():
+            ctx.set_progress(progress=progress, label=label)
+        return run.summary
+    except RequestError as exc:
+        message = str(exc)
+    except Exception as exc:  # a bug or the database: one sentence here, details in the log
+        logger.exception("QualiCLIP scoring failed in a delegated worker")
+        message = (f"Scoring stopped: {type(exc).__name__}: {first_sentence(exc)} Scores "
+                   "already written are kept; run again with overwrite off to continue")
+    _fail_operation(ctx, message)
+    return {"error": message}
+
+
+def _fail_operation(ctx, message: str) -> None:
+    """Mark this delegated operation failed with ``message`` as its whole error text."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+    from fiftyone.operators.executor import ExecutionResult
+
+    operation_id = _operation_id(ctx)
+    if operation_id is None:
+        raise RequestError(message)
+    DelegatedOperationService().set_failed(doc_id=operation_id,
+                                           result=ExecutionResult(error=message))
+
+
+def _start(ctx, checked: pipeline.Checked):
     """``(run, None)`` ready to score, or ``(None, summary)`` when shards were queued instead.
 
     Raises:
-        RequestError: refused by the policy or the run's checks; nothing was written.
+        RequestError: refused by the run's checks that need the model; nothing was written.
     """
-    owner = None
-    if params.get("plan"):
-        plan = plans.load(ctx.dataset, params["plan"])
-        request, owner = plan.request, plan.claim_owner
-    else:
-        request = parse_request(params, AppPolicy.current())
-        if ctx.delegated or request.num_shards > 1:
-            check_persistent(ctx.dataset)
+    request, owner = checked.request, checked.claim_owner
     slices = _distributed_tasks(ctx)
     if slices > 1 and owner is None:
         owner = claims.shared_owner(ctx.dataset, request.to_params(),
                                     ctx.request_params.get("parent_id")
                                     or ctx.request_params.get("delegated_operation_id"))
     run = ScoringRun(ctx.dataset, ctx.target_view(), request, immediate=not ctx.delegated,
-                     claim_owner=owner, slices=slices)
-    run.prepare()  # every refusal happens here, before any write
+                     claim_owner=owner, slices=slices, checked=True)
+    try:
+        run.prepare()  # the checks that need the model, before any write
+    except RequestError:
+        if checked.plan is not None:
+            pipeline.release_part(ctx.dataset, checked.plan)
+        raise
     if request.num_shards > 1 and request.shard_index is None:
         return None, queue_shards(run, ctx.target_view(), ctx.delegation_target)
     return run, None
@@ -276,13 +357,6 @@ def _effective(form, params: dict[str, Any]) -> dict[str, Any]:
 
 def _progress(ctx, progress: float, label: str):
     return ctx.trigger("set_progress", dict(progress=progress, label=label))
-
-
-def _check_plan(ctx, inputs: types.Object) -> None:
-    try:
-        plans.load(ctx.dataset, ctx.params["plan"])
-    except RequestError as exc:
-        forms.cannot_run(inputs, str(exc))
 
 
 def _flag_inputs(inputs: types.Object, params: dict, field: str, options: dict) -> None:
@@ -318,35 +392,6 @@ def _delegate_inputs(inputs: types.Object, ctx, size: int) -> bool:
     # Also for the App's Schedule button, which queues whatever "delegate" says.
     forms.notice(inputs, "delegation_help", forms.DELEGATION_HELP)
     return delegating
-
-
-def _form_problem(ctx, params: dict, policy, weights: str, last: dict,
-                  delegating: bool) -> str | None:
-    """The first reason the form's request (``params``, defaults included) cannot run, checked
-    without loading the model."""
-    problem = forms.weights_problem(weights, policy)
-    if problem:
-        return problem
-    try:
-        request = parse_request(params, policy)
-        if delegating or request.num_shards > 1:
-            check_persistent(ctx.dataset)
-        _check_fields(ctx, request, last)
-    except RequestError as exc:
-        return str(exc)
-    return None
-
-
-def _check_fields(ctx, request: ScoreRequest, last: dict) -> None:
-    """Field ownership, a run already writing the field, settings that would mix scores."""
-    dataset = ctx.dataset
-    layout = writing.FieldLayout.for_field(
-        request.field, PAIR_NAMES if request.pair_scores else (), request.flag_field)
-    protection.check_writable(dataset, layout, request)
-    claims.check_free(dataset, request.field)
-    why = provenance.settings_mismatch(last, request) if last else None
-    if why and not request.overwrite and dataset.exists(request.field).count():
-        raise provenance.mixing_refusal(request.field, None, why)
 
 
 def _recorded(dataset, field: str) -> dict[str, Any]:

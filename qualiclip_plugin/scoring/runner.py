@@ -45,15 +45,19 @@ class ScoringRun:
         slices: this run is one of ``slices`` tasks scoring slices of one target side by side
             (FiftyOne Enterprise's distributed execution): they share ``claim_owner``, the last
             to finish releases it, and none of them flags (each sees only its slice).
+        checked: the request pipeline (:mod:`.pipeline`) has checked ownership and the claim
+            for this execution; :meth:`prepare` does not repeat them.
     """
 
     def __init__(self, dataset: fo.Dataset, target: Any, request: ScoreRequest,
-                 immediate: bool, claim_owner: str | None = None, slices: int = 1) -> None:
+                 immediate: bool, claim_owner: str | None = None, slices: int = 1,
+                 checked: bool = False) -> None:
         self.dataset = dataset
         self.request = request
         self.immediate = immediate
         self.claim_owner = claim_owner or claims.new_owner()
         self.slices = slices
+        self.checked = checked
         self.target = _restrict_to_shard(target, request.shard_bounds)
         self.model = None
         #: What runs the image tower, and at which precision (resolved by :meth:`prepare`).
@@ -81,13 +85,15 @@ class ScoringRun:
         if total == 0:
             raise RequestError("the target holds no samples: nothing to score (check the "
                                "target choice, the current view or the selection)")
-        self._check_claim()
+        if not self.checked:
+            self._check_claim()
         check_device(req.device)
         self.model = self._load_model()
         pair_names = list(self.model.PAIR_NAMES) if req.pair_scores else []
         self.layout = writing.FieldLayout.for_field(req.field, pair_names, req.flag_field)
-        protection.check_writable(self.dataset, self.layout, req,
-                                  ownership=req.shard_index is None)
+        if not self.checked:
+            protection.check_writable(self.dataset, self.layout, req,
+                                      ownership=req.shard_index is None)
 
         # The runtime (torch, ONNX) loads here, not at import: the App imports this module.
         from qualiclip.backends import BackendUnavailableError

@@ -50,7 +50,8 @@ MAX_LISTED_CHECKPOINTS = 200
 #: How deep below an allowed folder checkpoint files are looked for.
 MAX_LISTING_DEPTH = 3
 REPORT_SUFFIX = ".html"
-_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,99}$")
+#: Used with ``fullmatch``: ``$`` alone also matches before a trailing newline.
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,99}")
 #: A failed download is shown in the form for this long, instead of being retried on each run.
 DOWNLOAD_FAILURE_MEMORY_S = 600.0
 
@@ -109,10 +110,14 @@ def weights_choices(policy: AppPolicy) -> list[WeightsChoice]:
                for name in policy.registered if name in REGISTRY]
     registered_files = {spec.filename for spec in REGISTRY.values()}
     for folder in policy.weights_dirs:
-        for path in _checkpoints_in(folder):
-            if path.parent == folder and path.name in registered_files:
+        root = _real_folder(folder)
+        if root is None:
+            continue
+        for path in _checkpoints_in(root):
+            if path.parent == root and path.name in registered_files:
                 continue  # a cached registered file: listed under its name above
-            choices.append(WeightsChoice(str(path), f"{path.name} ({path.parent})"))
+            # The label names the file inside its allowed folder, never the server's folders.
+            choices.append(WeightsChoice(str(path), f"{path.relative_to(root)} (checkpoint)"))
             if len(choices) >= MAX_LISTED_CHECKPOINTS:
                 return choices
     return choices
@@ -136,12 +141,13 @@ def check_weights(value: str, policy: AppPolicy) -> str:
         raise PolicyError(f"weights {text!r} are not offered on this server; choose weights "
                           "from the list")
     real = _inside(text, policy.weights_dirs)
+    name = _short(_file_name(text))  # never the server's folders (the dropdown's values)
     if real is None:
-        raise PolicyError(f"weights {_short(text)!r} are not among the weights this server "
+        raise PolicyError(f"weights {name!r} are not among the weights this server "
                           "offers; choose weights from the list (admins add folders with "
                           f"{ENV_PREFIX}WEIGHTS_DIRS)")
     if real.suffix.lower() not in CHECKPOINT_SUFFIXES or not real.is_file():
-        raise PolicyError(f"weights {_short(text)!r}: no such checkpoint file (.pth or .pt) in "
+        raise PolicyError(f"weights {name!r}: no such checkpoint file (.pth or .pt) in "
                           "the folders this server offers; choose weights from the list")
     return str(real)
 
@@ -208,9 +214,11 @@ def output_file(policy: AppPolicy, dataset_name: str, dataset_id: str, name: str
     Raises:
         PolicyError: a path instead of a name, or a name that escapes the folder.
     """
-    text = str(name).strip()
+    raw = str(name)
+    text = raw.strip(" ")
     stem = text[:-len(REPORT_SUFFIX)] if text.lower().endswith(REPORT_SUFFIX) else text
-    if not _FILE_NAME.match(stem) or ".." in stem:
+    # Control characters (a trailing newline too) are refused, not stripped away.
+    if not _FILE_NAME.fullmatch(stem) or ".." in stem or not raw.isprintable():
         raise PolicyError(f"report name {_short(text)!r}: give a plain file name (letters, digits, "
                           "'.', '_', '-', spaces), not a path; it is saved as .html in this "
                           "dataset's report folder")
@@ -234,12 +242,11 @@ def check_workers(num_workers: int | None, policy: AppPolicy) -> None:
 
 # --- helpers --------------------------------------------------------------------------------
 def _checkpoints_in(folder: Path) -> list[Path]:
-    """Checkpoint files under ``folder`` (real paths inside it), sorted, depth-limited."""
-    try:
-        root = folder.expanduser().resolve()
-    except OSError:
-        return []
-    if not root.is_dir():
+    """Checkpoint files under ``folder`` (real paths inside it), sorted, depth-limited.
+    Entries that cannot be resolved (a symlink loop, a dangling link) are skipped: one bad
+    entry must not break every form that lists weights."""
+    root = _real_folder(folder)
+    if root is None:
         return []
     found = []
     for current, dirs, files in os.walk(root):
@@ -249,12 +256,25 @@ def _checkpoints_in(folder: Path) -> list[Path]:
         for name in sorted(files):
             path = Path(current) / name
             if path.suffix.lower() in CHECKPOINT_SUFFIXES and not name.startswith("."):
-                real = path.resolve()
-                if _is_within(real, root) and real.is_file():
+                try:
+                    real = path.resolve()
+                    usable = _is_within(real, root) and real.is_file()
+                except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+                    continue
+                if usable:
                     found.append(real)
             if len(found) >= MAX_LISTED_CHECKPOINTS:
                 return found
     return found
+
+
+def _real_folder(folder: Path) -> Path | None:
+    """``folder`` resolved, or ``None`` when it is not a folder or cannot be resolved."""
+    try:
+        root = folder.expanduser().resolve()
+        return root if root.is_dir() else None
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+        return None
 
 
 def _inside(text: str, folders: tuple[Path, ...]) -> Path | None:
@@ -274,6 +294,11 @@ def _inside(text: str, folders: tuple[Path, ...]) -> Path | None:
 
 def _is_within(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
+
+
+def _file_name(text: str) -> str:
+    """The last part of a path as given (``\\`` or ``/`` separated)."""
+    return text.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or text
 
 
 def _short(text: str, limit: int = 80) -> str:

@@ -33,8 +33,15 @@ DEFAULT_FLAG_TAG = "low_quality"
 FLAG_MODES = ("none", "percent", "threshold")
 #: The library's own values (qualiclip.constants imports no torch, so the App starts fast).
 MIN_MAX_SIDE = MIN_SIDE
+#: Larger than any image a decoder opens; bounds what is stored in run records (MongoDB ints).
+MAX_MAX_SIDE = 1_000_000
 
-_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+#: Used with ``fullmatch``: ``$`` alone also matches before a trailing newline.
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+#: Longest field name a form may give. The run writes ``<field>_<attribute>`` (up to 16 more
+#: characters) and MongoDB index names and keys beside it; FiftyOne sets no limit of its own,
+#: so a 5,000-character name was accepted, wrote its first chunk and failed at the index.
+MAX_FIELD_NAME = 64
 _RESERVED = {"id", "_id", "filepath", "tags", "metadata", "created_at", "last_modified_at",
              "media_type", "_media_type", "_rand", "_dataset_id"}
 
@@ -87,7 +94,7 @@ INTERNAL_PARAMS = ("shard_index", "shard_bounds")
 MAX_BATCH_SIZE = 1024
 MAX_CHUNK_SIZE = 100_000
 MAX_SHARDS = 256
-_DEVICE = re.compile(r"^(cpu|mps|cuda(:[0-9]{1,2})?)$")
+_DEVICE = re.compile(r"cpu|mps|cuda(:[0-9]{1,2})?")  # fullmatch
 
 
 @dataclass(frozen=True)
@@ -118,14 +125,20 @@ def parse_model_options(params: dict[str, Any], policy: AppPolicy | None) -> Mod
         weights = path
     device = p.get("device")
     device = None if device is None else str(device).strip().lower() or None
-    if device is not None and not _DEVICE.match(device):
+    if device is not None and not _DEVICE.fullmatch(device):
         raise RequestError(f"device must be cpu, cuda or cuda:N (or empty for CUDA when "
                            f"available), got {str(device)[:40]!r}")
-    max_side = parse_int(p.get("max_side"), "max_side", None, minimum=0) or None
+    return ModelOptions(weights=weights, device=device, max_side=parse_max_side(p.get("max_side")))
+
+
+def parse_max_side(value: Any) -> int | None:
+    """``max_side`` from a form or a loader's arguments: ``None``/empty/0 = native resolution,
+    else a whole number of pixels >= :data:`MIN_MAX_SIDE`; raises :class:`RequestError`."""
+    max_side = parse_int(value, "max_side", None, minimum=0, maximum=MAX_MAX_SIDE) or None
     if max_side is not None and max_side < MIN_MAX_SIDE:
         raise RequestError(f"max_side must be at least {MIN_MAX_SIDE} px (or empty for native "
                            f"resolution), got {max_side}")
-    return ModelOptions(weights=weights, device=device, max_side=max_side)
+    return max_side
 
 
 def parse_backend(value: Any, precision: str = "auto") -> str:
@@ -228,8 +241,14 @@ def given(params: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def check_field_name(name: str, what: str) -> None:
-    """Refuse names that are not plain identifiers, or are FiftyOne's built-in fields."""
-    if not _IDENTIFIER.match(name) or name in _RESERVED:
+    """Refuse names that are not plain identifiers of at most :data:`MAX_FIELD_NAME`
+    characters, or are FiftyOne's built-in fields."""
+    if not isinstance(name, str):
+        raise RequestError(f"{what} must be a field name, got {type(name).__name__}")
+    if len(name) > MAX_FIELD_NAME:
+        raise RequestError(f"{what} {name[:20]!r}... is {len(name)} characters long: use at "
+                           f"most {MAX_FIELD_NAME}")
+    if not _IDENTIFIER.fullmatch(name) or name in _RESERVED:
         raise RequestError(f"{what} {name!r} is not usable: use letters, digits and '_', "
                            "starting with a letter, and not a built-in field")
 
@@ -258,25 +277,42 @@ def parse_int(value: Any, name: str, default: int | None, minimum: int,
     """A whole number in ``[minimum, maximum]`` from a form value; ``None`` gives ``default``."""
     if value is None or value == "":
         return default
+    if isinstance(value, bool):
+        raise RequestError(f"{name} must be a whole number, got {value!r}")
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise RequestError(f"{name} must be a whole number, got {value!r}") from None
-    if not math.isfinite(number) or number != int(number) or number < minimum:
-        raise RequestError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+        # Python ints are exact at any size (10**400 does not fit a float: OverflowError).
+        number = value if isinstance(value, int) else float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise RequestError(f"{name} must be a whole number, got {_quote(value)}") from None
+    if isinstance(number, float):
+        if not math.isfinite(number) or number != int(number):
+            raise RequestError(f"{name} must be a whole number >= {minimum}, got "
+                               f"{_quote(value)}")
+        number = int(number)
+    if number < minimum:
+        raise RequestError(f"{name} must be a whole number >= {minimum}, got {_quote(value)}")
     if maximum is not None and number > maximum:
-        raise RequestError(f"{name} must be at most {maximum}, got {value!r}")
-    return int(number)
+        raise RequestError(f"{name} must be at most {maximum}, got {_quote(value)}")
+    return number
 
 
 def parse_float(value: Any, name: str) -> float | None:
     """A finite number from a form value, or ``None`` when not given."""
     if value is None or value == "":
         return None
+    if isinstance(value, bool):
+        raise RequestError(f"{name} must be a number, got {value!r}")
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise RequestError(f"{name} must be a number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int like 10**400
+        raise RequestError(f"{name} must be a finite number in range, got {_quote(value)}"
+                           ) from None
     if not math.isfinite(number):
-        raise RequestError(f"{name} must be a finite number, got {value!r}")
+        raise RequestError(f"{name} must be a finite number, got {_quote(value)}")
     return number
+
+
+def _quote(value: Any, limit: int = 40) -> str:
+    """``value`` for a message, cut short: a 400-digit number stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
