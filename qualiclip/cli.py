@@ -20,7 +20,7 @@ import click
 
 from qualiclip import __version__
 from qualiclip.constants import BACKENDS, PRECISIONS
-from qualiclip.files import image_files
+from qualiclip.files import image_entries, spreadsheet_safe
 
 ENTRY_POINT_GROUP = "qualiclip.commands"
 
@@ -75,14 +75,16 @@ def main() -> None:
 
 
 def collect_images(paths: Iterable[str], recursive: bool) -> list[Path]:
-    """Files given explicitly (whatever their extension) plus image files inside folders
-    (by extension; sub-folders only with ``recursive``), sorted per folder, without duplicates."""
+    """Files given explicitly (whatever their extension) plus the entries named like images
+    inside folders (by extension; sub-folders only with ``recursive``), sorted per folder,
+    without duplicates. Image-named entries that cannot be read (dangling symlinks, symlink
+    loops, folders) are kept: each becomes an error row (:func:`qualiclip.files.image_entries`)."""
     found: list[Path] = []
     seen: set[Path] = set()
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            candidates = image_files(path, recursive)
+            candidates = image_entries(path, recursive)
         else:
             candidates = [path]  # a missing file becomes an error row, not a crash
         for candidate in candidates:
@@ -120,7 +122,9 @@ def finite_row(row: dict) -> dict:
 
 def _writer(output: Path | None, columns: list[str]):
     """Return ``(write_row, close)`` for CSV (default, also stdout) or JSON Lines (.jsonl).
-    Rows should have passed :func:`finite_row`; JSON output refuses NaN rather than write it."""
+    Rows should have passed :func:`finite_row`; JSON output refuses NaN rather than write it.
+    CSV text cells starting with ``= + - @``, a tab or a carriage return get a leading ``'``
+    (:func:`qualiclip.files.spreadsheet_safe`)."""
     handle = open(output, "w", newline="", encoding="utf-8") if output else sys.stdout
     if output is not None and output.suffix.lower() in (".jsonl", ".ndjson"):
         def write_row(row: dict) -> None:
@@ -130,7 +134,10 @@ def _writer(output: Path | None, columns: list[str]):
         writer.writeheader()
 
         def write_row(row: dict) -> None:
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+            # Text cells a spreadsheet would run as formulas get a leading quote; JSON Lines
+            # above stay exact, as no spreadsheet opens them.
+            writer.writerow({k: ("" if v is None else spreadsheet_safe(v))
+                             for k, v in row.items()})
 
     def close() -> None:
         if handle is not sys.stdout:
@@ -170,7 +177,9 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
     """Score image files and folders; one row per image, then a summary line on stderr.
 
     Columns: path, score, the 7 pair scores, width, height, error. Exits 0 when the run
-    completed even if some files could not be read (their rows carry the error).
+    completed even if some files could not be read (their rows carry the error; broken
+    symlinks and folders named like images included). CSV text cells starting with = + - @
+    get a leading ' so spreadsheets do not run them as formulas (JSON Lines stay exact).
     """
     import torch
 
@@ -182,7 +191,8 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
     from qualiclip.scoring import iter_scores
 
     images = collect_images(paths, recursive)
-    if not any(p.exists() for p in images):
+    # A symlink counts as found even when broken: it gets an error row saying so.
+    if not any(p.exists() or p.is_symlink() for p in images):
         missing = [p for p in paths if not Path(p).exists()]
         if len(missing) == len(paths):
             raise click.UsageError(f"no such file or folder: {', '.join(missing)}")

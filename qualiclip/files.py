@@ -49,3 +49,38 @@ def image_files(folder: str | os.PathLike, recursive: bool = True) -> list[Path]
     pattern = "**/*" if recursive else "*"
     return sorted(p for p in root.glob(pattern)
                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def image_entries(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """What a scan of ``folder`` should report a row for: the :func:`image_files`, plus the
+    entries named like images that are not readable files (a dangling symlink, a symlink loop,
+    a folder named ``x.jpg``), so a report accounts for every image-named entry instead of
+    omitting some silently (the scorer turns each into an error row). With ``recursive`` a
+    folder named like an image is searched like any other, so it gets no row of its own.
+    Sorted like :func:`image_files`."""
+    root = Path(folder).expanduser()
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in root.glob(pattern)
+                  if p.suffix.lower() in IMAGE_EXTENSIONS
+                  and (p.is_file() or p.is_symlink() or (not recursive and p.is_dir())))
+
+
+#: First characters that make a spreadsheet (Excel, LibreOffice, Google Sheets) evaluate a CSV
+#: cell as a formula: a file named ``=HYPERLINK("http://x","y").jpg`` would become a live link
+#: (OWASP "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A CSV cell that no spreadsheet evaluates: a text starting with one of
+    :data:`FORMULA_STARTS` gets a leading ``'`` (OWASP's rule; spreadsheets show the text
+    without it). A text already starting with ``'`` gets one too, so
+    :func:`from_spreadsheet_safe` restores every text exactly. Numbers pass unchanged."""
+    if isinstance(value, str) and value.startswith((*FORMULA_STARTS, "'")):
+        return "'" + value
+    return value
+
+
+def from_spreadsheet_safe(cell: str) -> str:
+    """The text :func:`spreadsheet_safe` was given: one leading ``'`` removed."""
+    return cell[1:] if cell.startswith("'") else cell

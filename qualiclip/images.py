@@ -21,6 +21,7 @@ Conversions (documented contract, shared by scoring, the plugin and training):
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import warnings
@@ -171,11 +172,25 @@ def register_optional_openers() -> None:
     pillow_heif.register_heif_opener()
 
 
+def _missing_reason(path: Path) -> str:
+    """Why ``path`` (which does not exist, following links) cannot be opened: a symlink loop,
+    a symlink to nothing, or no file."""
+    if not path.is_symlink():
+        return "file not found"
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop (the link leads back to itself): fix or remove the link"
+    return (f"broken symlink: its target {os.readlink(path)} does not exist; fix or remove "
+            "the link")
+
+
 def _open(name: str) -> Image.Image:
     register_optional_openers()
     path = Path(name)
     if not path.exists():
-        raise ImageReadError(name, "file not found")
+        raise ImageReadError(name, _missing_reason(path))
     if path.is_dir():
         raise ImageReadError(name, "is a folder, not an image file")
     if path.stat().st_size == 0:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qualiclip.files import from_spreadsheet_safe
 from qualiclip.prompts import PAIR_NAMES
 
 #: Group value for rows that have none (e.g. an untagged sample).
@@ -72,6 +73,9 @@ def read_scores_csv(
             raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
         pair_columns = [c for c in columns if c in PAIR_NAMES]
         for record in reader:
+            # Cells `qualiclip score` protected from spreadsheet formulas lose their quote.
+            record = {k: from_spreadsheet_safe(v) if isinstance(v, str) else v
+                      for k, v in record.items()}
             image = Path(record["path"])
             if not image.is_absolute() and not image.exists():
                 image = path.parent / image

@@ -149,3 +149,80 @@ def test_jsonl_is_valid_json_even_for_non_finite_values(tmp_path, tiny_checkpoin
     assert rows[0]["score"] is None and all(rows[0][name] is None for name in PAIR_NAMES)
     assert rows[1]["score"] == 0.25
     assert result.stderr.strip().splitlines()[-1].startswith("scored 1, failed 1, mean 0.2500")
+
+
+def _score(args, tiny_checkpoint):
+    return CliRunner().invoke(main, ["score", *args, "--weights", str(tiny_checkpoint),
+                                     "--no-progress", "--workers", "0", "--precision", "fp32"])
+
+
+def test_unreadable_image_named_entries_are_error_rows_not_omitted(tmp_path, tiny_checkpoint):
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    make_image(folder / "good.jpg")
+    (folder / "dangling.jpg").symlink_to(folder / "gone.jpg")
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    (folder / "album.jpg").mkdir()
+    make_image(folder / "album.jpg" / "inside.png", seed=3)
+    out = tmp_path / "flat.csv"
+    result = _score([str(folder), "-o", str(out)], tiny_checkpoint)
+    assert result.exit_code == 0, result.output
+    rows = {r["path"].rsplit("/", 1)[-1]: r for r in csv.DictReader(out.open())}
+    assert sorted(rows) == ["album.jpg", "dangling.jpg", "good.jpg", "loop.png"]
+    assert "broken symlink: its target" in rows["dangling.jpg"]["error"]
+    assert "gone.jpg does not exist" in rows["dangling.jpg"]["error"]
+    assert "symlink loop" in rows["loop.png"]["error"]
+    assert "is a folder, not an image file" in rows["album.jpg"]["error"]
+    assert rows["good.jpg"]["score"] and not rows["good.jpg"]["error"]
+    assert result.stderr.strip().splitlines()[-1].startswith("scored 1, failed 3, mean ")
+
+    # Recursive: the folder named like an image is searched, not reported.
+    result = _score([str(folder), "-r", "-o", str(out)], tiny_checkpoint)
+    assert result.exit_code == 0, result.output
+    names = sorted(r["path"].rsplit("/", 1)[-1] for r in csv.DictReader(out.open()))
+    assert names == ["dangling.jpg", "good.jpg", "inside.png", "loop.png"]
+    assert result.stderr.strip().splitlines()[-1].startswith("scored 2, failed 2, mean ")
+
+
+def test_a_folder_of_only_broken_links_gives_error_rows(tmp_path, tiny_checkpoint):
+    folder = tmp_path / "links"
+    folder.mkdir()
+    (folder / "a.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    result = _score([str(folder)], tiny_checkpoint)
+    assert result.exit_code == 0, result.output
+    assert "broken symlink" in result.stdout
+    assert result.stderr.strip().splitlines()[-1].startswith("scored 0, failed 1")
+
+
+FORMULA_NAMES = ['=HYPERLINK("evil.example","y").jpg', "+cmd.png", "-minus.png", "@at.png",
+                 "\ttab.png", "'quoted.png", "plain.png"]
+
+
+def test_csv_cells_spreadsheets_would_evaluate_are_neutralised(tmp_path, tiny_checkpoint,
+                                                               monkeypatch):
+    from qualiclip.report.data import read_scores_csv
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, name in enumerate(FORMULA_NAMES):
+        make_image(folder / name, seed=i)
+    (folder / "=bad.jpg").write_bytes(b"not an image")  # its error cell starts with '=' too
+    monkeypatch.chdir(folder)  # relative paths: the cell starts with the file's name
+    csv_out, jsonl_out = tmp_path / "s.csv", tmp_path / "s.jsonl"
+    assert _score([".", "-o", str(csv_out)], tiny_checkpoint).exit_code == 0
+    assert _score([".", "-o", str(jsonl_out)], tiny_checkpoint).exit_code == 0
+
+    rows = list(csv.DictReader(csv_out.open(newline="")))
+    cells = {r["path"] for r in rows}
+    assert cells == {"'" + n if n[0] in "=+-@\t'" else n for n in [*FORMULA_NAMES, "=bad.jpg"]}
+    assert "'=HYPERLINK(\"evil.example\",\"y\").jpg" in cells
+    bad = next(r for r in rows if r["path"] == "'=bad.jpg")
+    assert bad["error"].startswith("'=bad.jpg: ") and bad["score"] == ""
+    for row in rows:  # numeric cells stay plain numbers
+        if not row["error"]:
+            assert 0 <= float(row["score"]) <= 1 and int(row["width"]) == 96
+            assert all(not row[c].startswith("'") for c in PAIR_NAMES)
+    # JSON Lines stay exact, and the report reads the CSV's paths back as they were.
+    exact = {json.loads(line)["path"] for line in jsonl_out.read_text().splitlines()}
+    assert exact == {*FORMULA_NAMES, "=bad.jpg"}
+    assert {r.path for r in read_scores_csv(csv_out)} == {*FORMULA_NAMES, "=bad.jpg"}
