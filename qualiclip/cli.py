@@ -160,7 +160,7 @@ def _writer(output: Path | None, columns: list[str]):
               help="Downscale so the longer side is at most this many px. [default: native "
                    "resolution, as the official protocol]")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Decoding processes. [default: half the cores; 0 for a few images, or on "
+              help="Decoding processes. [default: half the usable cores; 0 for a few images, or on "
                    "a CPU of <= 2 cores]")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto = fp16 AMP on CUDA, bf16 on CPUs with native bf16, else fp32; "

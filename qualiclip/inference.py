@@ -315,13 +315,24 @@ def group_by_shape(images: Sequence[DecodedImage]) -> list[list[DecodedImage]]:
     return list(groups.values())
 
 
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one, as in a
+    container or under ``taskset``; else the machine's count). Torch warns when a DataLoader
+    asks for more workers than this, so every default worker count stays at or below it."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def default_num_workers(n_images: int, device: torch.device | None = None) -> int:
-    """Decoding processes: half the cores (at most 8); none for a handful of images, where
-    starting worker processes costs more than it saves, and none when the model runs on a CPU
-    of two cores or fewer: there a worker only takes cycles from the model (decoding a 640x480
-    JPEG is ~3 % of scoring it; measured in benchmarks/RESULTS.md: ONNX Runtime 1.33x the naive
-    loop without a worker, 1.20x with one)."""
-    cores = os.cpu_count() or 2
+    """Decoding processes: half the usable cores (:func:`usable_cpus`, at most 8); none for a
+    handful of images, where starting worker processes costs more than it saves, and none when
+    the model runs on a CPU of two cores or fewer: there a worker only takes cycles from the
+    model (decoding a 640x480 JPEG is ~3 % of scoring it; measured in benchmarks/RESULTS.md:
+    ONNX Runtime 1.33x the naive loop without a worker, 1.20x with one). Never more than the
+    usable cores (one worker beside a GPU model on a single core)."""
+    cores = usable_cpus()
     if n_images < 16 or (cores <= 2 and (device is None or device.type == "cpu")):
         return 0
     return max(1, min(8, cores // 2))

@@ -88,7 +88,9 @@ class TrainConfig:
         "'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ... (torchrun sets the GPU)."))
     amp: str = field(default="auto", metadata=_opt(
         "Mixed precision on CUDA: auto (bf16 if supported, else fp16), bf16, fp16, off."))
-    workers: int = field(default=4, metadata=_opt("Data-loading worker processes."))
+    workers: int | None = field(default=None, metadata=_opt(
+        "Data-loading worker processes (default: 4, or the usable CPU cores if fewer; torch "
+        "warns about more workers than cores)."))
     degrade_on: str = field(default="auto", metadata=_opt(
         "Where crops are degraded: 'workers' (CPU, in parallel in the data loaders), 'device' "
         "(the training device, in the main process) or 'auto' (workers when --workers > 0). "
@@ -123,6 +125,16 @@ class TrainConfig:
         return asdict(self)
 
     # Derived values: the dataclass keeps what the user asked for, these resolve the defaults.
+    def loader_workers(self) -> int:
+        """``--workers``, or by default 4 capped at the usable cores (never 0: the degradation
+        then stays in the workers on every machine, so a run resumed elsewhere with the default
+        degrades its crops the same way)."""
+        if self.workers is not None:
+            return self.workers
+        from qualiclip.inference import usable_cpus
+
+        return min(4, usable_cpus())
+
     def peak_lr(self) -> float:
         if self.lr is not None:
             return self.lr

@@ -212,11 +212,12 @@ def _loader(cfg: TrainConfig, data: Data, dist: Dist, device: torch.device, star
                                start=start_step * cfg.accum_steps,
                                stop=total_steps * cfg.accum_steps,
                                rank=dist.rank, world_size=dist.world_size)
-    in_workers = cfg.degrade_on == "workers" or (cfg.degrade_on == "auto" and cfg.workers > 0)
+    workers = cfg.loader_workers()
+    in_workers = cfg.degrade_on == "workers" or (cfg.degrade_on == "auto" and workers > 0)
     dataset = PristineCrops(data.train_paths, cfg.crop_size,
                             levels=cfg.levels if in_workers else None,
                             max_distortions=cfg.max_distortions)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                       pin_memory=device.type == "cuda")
 
 

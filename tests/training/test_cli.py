@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import pytest
 import torch
@@ -209,3 +210,22 @@ def test_resume_checks_options_before_reading_init_weights(tmp_path, pristine_di
     result = CliRunner().invoke(main, [*common, "--init", str(garbage), "--resume"])
     assert result.exit_code == 1 and "--init: " in result.output
     assert "garbage.pth" in result.output and "cannot load" not in result.output
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux affinity")
+def test_default_workers_fit_the_usable_cores_without_torch_warnings(tmp_path, pristine_dir):
+    """On a machine (or container) with fewer usable cores than 4, the default number of
+    data-loading workers is the core count, so torch prints no 'worker processes' warning."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "qualiclip_train.cli", "--pristine-dir", str(pristine_dir),
+            "--output-dir", str(tmp_path / "out"), "--steps", "1", "--eval-every", "0",
+            *TINY]
+    del args[args.index("--workers"):args.index("--workers") + 2]  # the default
+    core = min(os.sched_getaffinity(0))
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300,
+                            preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "worker processes in total" not in result.stderr
+    assert (tmp_path / "out" / "qualiclip-finetuned.pth").is_file()
