@@ -23,6 +23,9 @@ from qualiclip_plugin.trust.protection import panel_store
 from qualiclip_plugin.trust.request import DEFAULT_FLAG_TAG, RequestError, parse_float
 
 DEFAULT_BINS = 25
+#: The default threshold before one is saved: this quantile of the view's scores (the 10%
+#: lowest fall below it), so it always sits among the scores.
+DEFAULT_QUANTILE = 0.1
 MAX_EXTREMES = 1000
 #: The attribute choice meaning the overall score (``<field>`` itself).
 OVERALL = "overall"
@@ -132,6 +135,24 @@ def histogram(view, path: str, bins: int = DEFAULT_BINS) -> dict[str, list[float
         if index is not None:  # samples without a score
             counts_[min(bins - 1, max(0, int(index)))] += count
     return {"edges": [low + i * width for i in range(bins)] + [high], "counts": counts_}
+
+
+def default_threshold(hist: dict[str, list[float]] | None,
+                      quantile: float = DEFAULT_QUANTILE) -> float | None:
+    """The threshold shown before one is saved: the ``quantile`` (0.1: the 10th percentile) of
+    the view's scores, read off :func:`histogram`'s bins (linear within a bin, no further
+    database pass). Always inside the scores' range, unlike any constant; ``None`` without
+    scores."""
+    if not hist or not sum(hist["counts"]):
+        return None
+    edges, counts = hist["edges"], hist["counts"]
+    target = quantile * sum(counts)
+    seen = 0.0
+    for i, count in enumerate(counts):
+        if count and seen + count >= target:
+            return edges[i] + (edges[i + 1] - edges[i]) * (target - seen) / count
+        seen += count
+    return edges[-1]
 
 
 def range_view(view, path: str, low: Any, high: Any, include_high: bool = False):

@@ -19,10 +19,14 @@ import fiftyone.operators.types as types
 from qualiclip_plugin import OPERATOR_URI
 from qualiclip_plugin.panel import data as panel_data
 from qualiclip_plugin.panel.data import PanelError
-from qualiclip_plugin.panel.view import DEFAULT_N, DEFAULT_THRESHOLD, build_view, histogram_bars
+from qualiclip_plugin.panel.state import Selection, slider_name
+from qualiclip_plugin.panel.view import DEFAULT_N, build_view, histogram_bars
 from qualiclip_plugin.trust.request import DEFAULT_FIELD, IMMEDIATE_MAX_SAMPLES
+from qualiclip_plugin.trust.views import ViewRefused, view_from_state, view_state
 
 logger = logging.getLogger(__name__)
+#: "Leave this part of the selection as it is" for :meth:`ImageQualityPanel._settle`.
+_KEEP = object()
 
 PANEL_NAME = "image_quality"
 PANEL_LABEL = "Image quality"
@@ -41,29 +45,41 @@ class ImageQualityPanel(foo.Panel):
 
     # --- events ---------------------------------------------------------------------------------
     def on_load(self, ctx) -> None:
-        self._guarded(ctx, self._refresh, reload_threshold=True)
+        self._guarded(ctx, self._settle, reload_threshold=True)
 
     def on_change_view(self, ctx) -> None:
-        self._guarded(ctx, self._refresh)
+        def changed(ctx):
+            if not self._panel_set_this_view(ctx):
+                ctx.panel.state.base_view = None  # the user's own new view: Back returns here
+            self._settle(ctx)
+        self._guarded(ctx, changed)
 
     def on_change_selected(self, ctx) -> None:
         ctx.panel.state.selected_count = len(ctx.selected or [])
 
     def on_change_field(self, ctx) -> None:
-        ctx.panel.state.field = ctx.params.get("value")
-        ctx.panel.state.attribute = None
-        self._guarded(ctx, self._refresh, reload_threshold=True)
+        value = ctx.params.get("value")
+        if value != Selection.of(ctx.panel.state).field:  # a redrawn dropdown repeats itself
+            self._guarded(ctx, self._settle, field=value, attribute=None,
+                          reload_threshold=True)
 
     def on_change_attribute(self, ctx) -> None:
-        ctx.panel.state.attribute = ctx.params.get("value")
-        self._guarded(ctx, self._refresh, reload_threshold=True)
+        value = ctx.params.get("value")
+        if value != Selection.of(ctx.panel.state).attribute:
+            self._guarded(ctx, self._settle, attribute=value, reload_threshold=True)
 
     def on_change_threshold(self, ctx) -> None:
-        def count_below(ctx):
-            _, path = self._source(ctx)
-            ctx.panel.state.below = panel_data.below(ctx.view, path, self._threshold(ctx)).count()
-        ctx.panel.state.threshold = ctx.params.get("value")
-        self._guarded(ctx, count_below)
+        current = Selection.of(ctx.panel.state)
+        # Only the slider of the current field and attribute may set the threshold, and only
+        # to a new value: a slider drawn for another selection reports its old value.
+        if ctx.params.get("path") != slider_name(current) or \
+                current.same_threshold(ctx.params.get("value")):
+            return
+        self._guarded(ctx, self._settle, threshold=ctx.params.get("value"))
+
+    def refresh(self, ctx) -> None:
+        """Re-read the dataset: samples and runs added since the panel opened show up."""
+        self._guarded(ctx, self._settle, reload_threshold=True, reload_dataset=True)
 
     def on_bar_click(self, ctx) -> None:
         def show(ctx):
@@ -102,6 +118,7 @@ class ImageQualityPanel(foo.Panel):
         def save(ctx):
             src, path = self._source(ctx)
             entry = panel_data.save_threshold(ctx.dataset, src, path, self._threshold(ctx))
+            self._settle(ctx, threshold=entry["threshold"])
             self._set_saved(ctx, entry)
             self._say(ctx, f"Saved threshold {entry['threshold']:.6g} for '{path}'")
         self._guarded(ctx, save)
@@ -110,9 +127,7 @@ class ImageQualityPanel(foo.Panel):
         def reset(ctx):
             _, path = self._source(ctx)
             panel_data.reset_threshold(ctx.dataset, path)
-            self._set_saved(ctx, None)
-            ctx.panel.state.threshold = DEFAULT_THRESHOLD
-            self._refresh(ctx)
+            self._settle(ctx, reload_threshold=True)  # the data's default again
             self._say(ctx, f"Threshold of '{path}' reset")
         self._guarded(ctx, reset)
 
@@ -146,22 +161,32 @@ class ImageQualityPanel(foo.Panel):
     def score_unscored(self, ctx) -> None:
         """Open the scoring form for the current view, resuming (overwrite off); delegated by
         default when more samples are unscored than an immediate run takes."""
-        field = ctx.panel.state.field or DEFAULT_FIELD
+        field = Selection.of(ctx.panel.state).field or DEFAULT_FIELD
         unscored = ctx.panel.state.unscored or 0
         ctx.prompt(OPERATOR_URI, params={"field": field, "overwrite": False,
                                          "delegate": unscored > IMMEDIATE_MAX_SAMPLES},
                    on_success=self.on_scored)
 
     def on_scored(self, ctx) -> None:
-        self._guarded(ctx, self._refresh, reload_threshold=True)
+        self._guarded(ctx, self._settle, reload_threshold=True, reload_dataset=True)
 
     # --- work ----------------------------------------------------------------------------------
-    def _refresh(self, ctx, reload_threshold: bool = False) -> None:
+    def _settle(self, ctx, field: Any = _KEEP, attribute: Any = _KEEP, threshold: Any = _KEEP,
+                reload_threshold: bool = False, reload_dataset: bool = False) -> None:
+        """The one update path of the panel's selection (:mod:`.state`): apply the requested
+        changes to ``state.current``, settle what they imply (a field that no longer exists,
+        the threshold of a new field) and recompute what the panel shows of the view."""
         state = ctx.panel.state
+        if reload_dataset:
+            ctx.dataset.reload()  # runs and samples added by other processes
+        current = Selection.of(state)
+        field = current.field if field is _KEEP else field
+        attribute = current.attribute if attribute is _KEEP else attribute
         state.selected_count = len(ctx.selected or [])
         known = panel_data.sources(ctx.dataset)
         state.fields = sorted(known)
         if not known:
+            state.current = Selection().to_state()
             state.field = None
             state.total = ctx.view.count()
             state.unscored = state.total
@@ -169,28 +194,36 @@ class ImageQualityPanel(foo.Panel):
             self._say(ctx, "No QualiCLIP scores on this dataset yet: 'Score unscored samples' "
                            "opens the scoring form")
             return
-        if state.field not in known:
-            state.field = "quality" if "quality" in known else sorted(known)[0]
+        if field not in known:
+            field = DEFAULT_FIELD if DEFAULT_FIELD in known else sorted(known)[0]
             reload_threshold = True
-        src = known[state.field]
+        src = known[field]
         state.attributes = [panel_data.OVERALL, *src.attributes]
-        if state.attribute not in state.attributes:
-            state.attribute = panel_data.OVERALL
-        path = src.path(state.attribute)
-        if reload_threshold:
+        if attribute not in state.attributes:
+            attribute = panel_data.OVERALL
+        path = src.path(attribute)
+        hist = panel_data.histogram(ctx.view, path)
+        if threshold is not _KEEP:
+            threshold = panel_data.check_threshold(threshold)
+        elif reload_threshold or current.threshold is None or \
+                (field, attribute) != (current.field, current.attribute):
             entry = panel_data.saved_threshold(ctx.dataset, src, path)
             self._set_saved(ctx, entry)
-            state.threshold = entry["threshold"] if entry else DEFAULT_THRESHOLD
+            threshold = entry["threshold"] if entry else panel_data.default_threshold(hist)
+        else:
+            threshold = current.threshold
+        settled = Selection(field=field, attribute=attribute, threshold=threshold)
+        state.current = settled.to_state()
+        # What the inputs show, written once here; their own reports of it change nothing.
+        state.field, state.attribute = field, attribute
+        state.set(slider_name(settled), threshold)
         counts = panel_data.counts(ctx.view, src.field)
         state.total, state.scored = counts.total, counts.scored
         state.errors, state.unscored = counts.errors, counts.unscored
-        hist = panel_data.histogram(ctx.view, path)
         state.edges = hist["edges"] if hist else []
         ctx.panel.data.histogram = histogram_bars(hist) if hist else []
-        try:
-            state.below = panel_data.below(ctx.view, path, state.threshold).count()
-        except panel_data.PanelError:
-            state.below = None
+        state.below = None if threshold is None else \
+            panel_data.below(ctx.view, path, threshold).count()
 
     def _show_range(self, ctx, low: Any, high: Any) -> None:
         _, path = self._source(ctx)
@@ -198,45 +231,74 @@ class ImageQualityPanel(foo.Panel):
         last = bool(edges) and _close(high, edges[-1])
         base = self._base_view(ctx)
         view = panel_data.range_view(base, path, low, high, include_high=last)
-        ctx.ops.set_view(view)
+        self._set_view(ctx, view)
         self._say(ctx, f"Showing {path} in [{float(low):.6g}, {float(high):.6g}"
                        f"{']' if last else ')'}: {view.count()} samples")
 
     def _show_count(self, ctx, which: str) -> None:
         src, _ = self._source(ctx)
         view = panel_data.counts_view(self._base_view(ctx), src.field, which)
-        ctx.ops.set_view(view)
+        self._set_view(ctx, view)
         self._say(ctx, f"Showing the {which.replace('errors', 'failed')} samples")
 
     def _show_extremes(self, ctx, worst: bool) -> None:
         _, path = self._source(ctx)
         n = ctx.panel.state.n or DEFAULT_N
         view = panel_data.extremes(self._base_view(ctx), path, n, worst)
-        ctx.ops.set_view(view)
+        self._set_view(ctx, view)
         self._say(ctx, f"Showing the {int(float(n))} {'lowest' if worst else 'highest'} "
                        f"'{path}' scores")
 
+    def _set_view(self, ctx, view) -> None:
+        """Show ``view`` in the grid and remember it was the panel's (see
+        :meth:`_panel_set_this_view`)."""
+        ctx.panel.state.panel_view = _stages_key(view._serialize())
+        ctx.ops.set_view(view)
+
+    def _panel_set_this_view(self, ctx) -> bool:
+        """Whether the App's view (its view bar) is the one the panel set last."""
+        last = ctx.panel.state.panel_view
+        return last is not None and last == _stages_key(ctx.request_params.get("view"))
+
     def _base_view(self, ctx):
         """The view the panel's own selections narrow: the user's view before the first one
-        (kept in the panel state, so repeated clicks do not narrow each other)."""
-        stages = ctx.panel.state.base_view
-        if stages is None:
-            ctx.panel.state.base_view = ctx.view._serialize()
-            return ctx.view
-        return _build_view(ctx.dataset, stages)
+        (its view bar or saved view, kept in the panel state, so repeated clicks do not narrow
+        each other). The App's grid sort and sidebar filters are not part of it: the App
+        keeps applying them on top, and copying them into the view bar would stack them."""
+        state = ctx.panel.state
+        if state.base_view is None:
+            state.base_view = view_state(ctx.dataset, ctx.request_params.get("view"),
+                                         ctx.request_params.get("view_name"))
+        try:
+            return view_from_state(ctx.dataset, state.base_view)
+        except ViewRefused as exc:
+            state.base_view = None
+            raise PanelError(f"{exc}; the grid is left as it is") from None
 
     def _restore_view(self, ctx) -> None:
-        stages = ctx.panel.state.base_view
-        ctx.panel.state.base_view = None
-        if stages:
-            ctx.ops.set_view(_build_view(ctx.dataset, stages))
+        state = ctx.panel.state
+        kept = state.base_view
+        state.base_view = None
+        state.panel_view = None
+        self._say(ctx, "")
+        if kept is None:
+            return  # the panel has not changed the view
+        try:
+            view = view_from_state(ctx.dataset, kept)
+        except ViewRefused as exc:
+            ctx.ops.clear_view()
+            raise PanelError(f"{exc}; showing the whole dataset") from None
+        if isinstance(kept, dict) and kept.get("name"):
+            ctx.ops.set_view(name=kept["name"])
+        elif len(view._stages):
+            ctx.ops.set_view(view)
         else:
             ctx.ops.clear_view()
-        self._say(ctx, "")
 
     def _source(self, ctx):
-        src = panel_data.source(ctx.dataset, ctx.panel.state.field)
-        return src, src.path(ctx.panel.state.attribute)
+        current = Selection.of(ctx.panel.state)
+        src = panel_data.source(ctx.dataset, current.field)
+        return src, src.path(current.attribute)
 
     def _scope(self, ctx):
         scope = ctx.panel.state.scope or "view"
@@ -249,8 +311,10 @@ class ImageQualityPanel(foo.Panel):
 
     @staticmethod
     def _threshold(ctx) -> Any:
-        value = ctx.panel.state.threshold
-        return DEFAULT_THRESHOLD if value is None else value
+        threshold = Selection.of(ctx.panel.state).threshold
+        if threshold is None:
+            raise PanelError("no threshold yet: the view has no scores")
+        return threshold
 
     @staticmethod
     def _set_saved(ctx, entry: dict | None) -> None:
@@ -285,16 +349,9 @@ def _close(a: Any, b: Any) -> bool:
         return False
 
 
-def _build_view(dataset, stages: Any):
-    """The view the panel state describes. The state comes back from the browser, so a raw
-    ``Mongo`` pipeline stage (which could write with ``$out``/``$merge``) is never run."""
-    import fiftyone.core.view as fov
-
-    if not isinstance(stages, list) or any(
-            not isinstance(stage, dict) or str(stage.get("_cls", "")).endswith(".Mongo")
-            for stage in stages):
-        return dataset.view()
-    try:
-        return fov.DatasetView._build(dataset, stages)
-    except Exception:  # a stale or hand-edited state: fall back to the whole dataset
-        return dataset.view()
+def _stages_key(stages: Any) -> Any:
+    """``stages`` without the ``_uuid`` the App adds or drops, for comparing views."""
+    if not isinstance(stages, list):
+        return []
+    return [{k: v for k, v in stage.items() if k != "_uuid"} if isinstance(stage, dict)
+            else stage for stage in stages]

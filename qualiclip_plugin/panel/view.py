@@ -13,12 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 import fiftyone.operators.types as types
 
+from qualiclip_plugin.panel.state import Selection, slider_name
+
 if TYPE_CHECKING:
     from qualiclip_plugin.panel.operator import ImageQualityPanel
 
 DEFAULT_N = 20
-DEFAULT_THRESHOLD = 0.5
 SCOPES = ("view", "selected")
+#: The slider moves in steps no coarser than this fraction of the scores' spread.
+SLIDER_STEPS = 200
 
 
 def build_view(handlers: ImageQualityPanel, state) -> types.Property:
@@ -26,14 +29,16 @@ def build_view(handlers: ImageQualityPanel, state) -> types.Property:
     ``ctx.panel.data.histogram`` (:func:`histogram_bars`)."""
     panel = types.Object()
     fields = state.fields or []
+    current = Selection.of(state)
     if fields:
-        # Inputs sit at the top level: their values are the panel state of the same name.
-        panel.enum("field", fields, default=state.field, label="Score field",
+        # Inputs sit at the top level: their values are the panel state of the same name,
+        # which only the panel's settle step writes (panel/state.py).
+        panel.enum("field", fields, default=current.field, label="Score field",
                    view=types.DropdownView(), on_change=handlers.on_change_field)
-        panel.enum("attribute", state.attributes or [], default=state.attribute,
+        panel.enum("attribute", state.attributes or [], default=current.attribute,
                    label="Score (overall or one attribute)", view=types.DropdownView(),
                    on_change=handlers.on_change_attribute)
-        panel.plot("histogram", layout=_layout(state), config={"displayModeBar": False},
+        panel.plot("histogram", layout=_layout(state, current), config={"displayModeBar": False},
                    on_click=handlers.on_bar_click, on_selected=handlers.on_bars_selected,
                    height=280, space=4)
         count = panel.h_stack("counts", align_x="left", gap=1)
@@ -50,11 +55,10 @@ def build_view(handlers: ImageQualityPanel, state) -> types.Property:
         ranks.btn("best", label="Best N", on_click=handlers.show_best, variant="outlined")
         ranks.btn("back", label="Back to my view", on_click=handlers.back_to_view,
                   variant="outlined")
-        if state.threshold is not None:
-            # Not before the panel's load has set it: the App stores a slider's first value
-            # in the state and reports it as a change, so a slider drawn with a stand-in
-            # value while the loaded state is still arriving could overwrite the saved one.
-            _threshold_slider(panel, handlers, state)
+        if current.threshold is not None:
+            # Only once the panel settled one (saved, else from the data): the App reports a
+            # slider's first value as a change, so no stand-in value is ever drawn.
+            _threshold_slider(panel, handlers, state, current)
         saved = panel.h_stack("saved_row", align_x="left", gap=1)
         saved.btn("save", label="Save threshold", on_click=handlers.save_threshold,
                   variant="contained")
@@ -74,20 +78,25 @@ def build_view(handlers: ImageQualityPanel, state) -> types.Property:
         tags.btn("tag_below", label="Tag below threshold", on_click=handlers.tag_below,
                  variant="contained")
         tags.btn("untag", label="Untag", on_click=handlers.untag, variant="outlined")
-    panel.btn("score_unscored", label="Score unscored samples",
-              on_click=handlers.score_unscored, variant="outlined")
+    actions = panel.h_stack("actions", align_x="left", gap=1)
+    actions.btn("score_unscored", label="Score unscored samples",
+                on_click=handlers.score_unscored, variant="outlined")
+    actions.btn("refresh", label="Refresh", on_click=handlers.refresh, variant="outlined")
     if state.message:
         panel.md(state.message, name="message")
     return types.Property(panel, view=types.GridView(orientation="vertical", gap=2,
                                                      padding=2))
 
 
-def _threshold_slider(panel: types.Object, handlers: ImageQualityPanel, state) -> None:
-    """The threshold slider (spanning the view's scores) and the count below it."""
-    threshold = state.threshold
-    low, high = _slider_range(state.edges or [], threshold)
-    panel.float("threshold", default=threshold, min=low, max=high, label="Threshold",
-                view=types.SliderView(data=threshold, step=(high - low) / 200),
+def _threshold_slider(panel: types.Object, handlers: ImageQualityPanel, state,
+                      current: Selection) -> None:
+    """The threshold slider (spanning the view's scores) and the count below it; one input
+    per field and attribute (:func:`.state.slider_name`)."""
+    threshold = current.threshold
+    edges = state.edges or []
+    low, high = _slider_range(edges, threshold)
+    panel.float(slider_name(current), default=threshold, min=low, max=high, label="Threshold",
+                view=types.SliderView(data=threshold, step=_slider_step(edges, low, high)),
                 on_change=handlers.on_change_threshold)
     below = "?" if state.below is None else state.below
     panel.md(f"{below} of {state.scored or 0} scored samples in the view are below "
@@ -104,18 +113,35 @@ def histogram_bars(hist: dict[str, list]) -> list[dict[str, Any]]:
              "hovertemplate": "%{x:.4g}: %{y} samples<extra></extra>"}]
 
 
-def _layout(state) -> dict[str, Any]:
-    path = state.field if state.attribute in (None, "overall") else \
-        f"{state.field}_{state.attribute}"
-    # The threshold line only once the threshold is known: a stand-in line far from the
-    # scores would stretch the x axis until the bars are too thin to see or click.
-    threshold = state.threshold
+def _layout(state, current: Selection) -> dict[str, Any]:
+    path = current.field if current.attribute in (None, "overall") else \
+        f"{current.field}_{current.attribute}"
+    threshold = current.threshold
     shapes = [] if threshold is None else [
         {"type": "line", "x0": threshold, "x1": threshold, "y0": 0, "y1": 1, "yref": "paper",
          "line": {"color": "#d62728", "width": 2}}]
-    return {"xaxis": {"title": {"text": f"{path} ({state.total or 0} samples in the view)"}},
-            "yaxis": {"title": {"text": "samples"}}, "bargap": 0.05, "dragmode": "select",
-            "margin": {"t": 8, "l": 40, "b": 40, "r": 8}, "shapes": shapes}
+    xaxis: dict[str, Any] = {
+        "title": {"text": f"{path} ({state.total or 0} samples in the view)", "standoff": 4},
+        "automargin": True}
+    edges = state.edges or []
+    if edges:
+        # The axis spans the bars, whatever the threshold: a threshold line outside the scores
+        # (a saved one after a bar click narrowed the view) must not squeeze the bars into
+        # hairlines that cannot be clicked; the line is then simply off the plot.
+        pad = (edges[-1] - edges[0]) * 0.02
+        xaxis["range"] = [edges[0] - pad, edges[-1] + pad]
+        xaxis["autorange"] = False
+    # Bottom margin for the tick labels and the axis title, so the title never reaches the
+    # count buttons drawn under the plot.
+    return {"xaxis": xaxis, "yaxis": {"title": {"text": "samples"}, "automargin": True},
+            "bargap": 0.05, "dragmode": "select",
+            "margin": {"t": 8, "l": 48, "b": 64, "r": 8}, "shapes": shapes}
+
+
+def _slider_step(edges: list[float], low: float, high: float) -> float:
+    """A step finer than the scores' spread (and than the slider's span) / SLIDER_STEPS."""
+    spread = (edges[-1] - edges[0]) if len(edges) > 1 else (high - low)
+    return max(min(high - low, spread or (high - low)) / SLIDER_STEPS, 1e-9)
 
 
 def _slider_range(edges: list[float], threshold: float) -> tuple[float, float]:

@@ -124,18 +124,83 @@ def test_tags_only_the_plugins_tag(scored):
         other.delete()
 
 
-def test_views_coming_back_from_the_browser_never_run_raw_pipelines(make_dataset):
-    """The panel keeps the user's view in its (browser-held) state to return to it; a state
-    naming a raw Mongo stage (which could write with $out) falls back to the whole dataset."""
-    import fiftyone.core.odm as foodm
+def test_default_threshold_is_a_quantile_of_the_scores(scored):
+    from qualiclip_plugin.panel import data as panel_data
 
-    from qualiclip_plugin.panel.operator import _build_view
+    values = np.array([v for v in scored.values("quality") if v is not None])
+    hist = panel_data.histogram(scored.view(), "quality")
+    default = panel_data.default_threshold(hist)
+    assert values.min() <= default <= values.max()
+    # read off the bins: within one bin width of the exact 10th percentile
+    width = hist["edges"][1] - hist["edges"][0]
+    assert abs(default - np.quantile(values, 0.1)) <= width
+    assert panel_data.default_threshold(None) is None
 
-    dataset = make_dataset()
-    narrowed = dataset.limit(3)
-    assert _build_view(dataset, narrowed._serialize()).values("id") == narrowed.values("id")
-    writer = dataset.mongo([{"$limit": 1}, {"$out": "stolen"}])
-    assert _build_view(dataset, writer._serialize())._stages == []  # never built, never run
-    assert "stolen" not in foodm.get_db_conn().list_collection_names()
-    for junk in ("stages", [1, 2], None):
-        assert len(_build_view(dataset, junk)) == len(dataset)
+
+def _slider(rendered: dict) -> tuple[str, dict]:
+    """The threshold slider's (name, JSON) in a rendered panel."""
+    (name,) = [n for n in rendered["type"]["properties"] if n.startswith("threshold__")]
+    return name, rendered["type"]["properties"][name]
+
+
+def test_panel_state_has_one_update_path(scored, tiny_checkpoint):
+    """The selection (field, attribute, threshold) changes only through the panel's settle
+    step: inputs repeating their value write nothing, a slider drawn for another field cannot
+    set this field's threshold, thresholds come from the data, and a refresh sees new
+    samples."""
+    import fiftyone as fo
+
+    from qualiclip_plugin.api import compute_image_quality
+    from qualiclip_plugin.panel import data as panel_data
+    from qualiclip_plugin.panel.operator import ImageQualityPanel
+    from qualiclip_plugin.panel.state import Selection, slider_name
+    from tests.qualiclip_plugin.security.test_views import handed_to_app, panel_event
+
+    dataset = scored
+    compute_image_quality(dataset, **_params(tiny_checkpoint, field="sharpness"))
+    saved = panel_data.save_threshold(dataset, panel_data.source(dataset, "quality"),
+                                      "quality", 0.9)["threshold"]
+
+    def writes(ctx):
+        return [n for n, _ in handed_to_app(ctx) if n.endswith("patch_panel_state")]
+
+    ctx = panel_event(dataset, "on_load", {})
+    state = ctx.panel.state._data
+    assert Selection.of(ctx.panel.state) == Selection("quality", "overall", saved)
+    ctx = panel_event(dataset, "on_change_field", state, value="sharpness", path="field")
+    state = ctx.panel.state._data
+    current = Selection.of(ctx.panel.state)
+    scores = dataset.exists("sharpness").values("sharpness")
+    assert current.field == "sharpness" and min(scores) <= current.threshold <= max(scores)
+    assert state[slider_name(current)] == current.threshold  # what the slider shows
+
+    stale = slider_name(Selection("quality", "overall", saved))
+    for event, params in (("on_change_field", {"value": "sharpness", "path": "field"}),
+                          ("on_change_attribute", {"value": "overall", "path": "attribute"}),
+                          ("on_change_threshold", {"value": saved, "path": stale}),
+                          ("on_change_threshold", {"value": current.threshold,
+                                                   "path": slider_name(current)})):
+        ctx = panel_event(dataset, event, state, **params)
+        assert writes(ctx) == [], event  # nothing written back: no loop can start
+        assert Selection.of(ctx.panel.state) == current
+
+    moved = (current.threshold + max(scores)) / 2
+    ctx = panel_event(dataset, "on_change_threshold", state, value=moved,
+                      path=slider_name(current))
+    state = ctx.panel.state._data
+    assert Selection.of(ctx.panel.state).threshold == pytest.approx(moved)
+    assert state["below"] == sum(s < moved for s in scores)
+
+    # the rendered slider steps finer than the scores' spread; the axis spans the bars
+    rendered = ImageQualityPanel().render(ctx).to_json()
+    name, slider = _slider(rendered)
+    assert name == slider_name(Selection.of(ctx.panel.state))
+    assert 0 < slider["view"]["step"] <= (max(scores) - min(scores)) / 100
+    layout = rendered["type"]["properties"]["histogram"]["view"]["layout"]
+    edges = state["edges"]
+    assert layout["xaxis"]["range"][0] <= edges[0] and layout["xaxis"]["range"][1] >= edges[-1]
+
+    # samples added since the panel opened count on the next refresh
+    dataset.add_sample(fo.Sample(filepath=dataset.first().filepath))
+    ctx = panel_event(dataset, "refresh", state)
+    assert ctx.panel.state.total == len(dataset) and ctx.panel.state.unscored == 1
