@@ -2,7 +2,8 @@
 
 The map is the library's (:mod:`qualiclip.quality_maps`): ``(h, w)`` in [0, 1] at about 1/32 of
 the image size, higher = better; the App stretches it over the image. It is a local score for
-comparing regions of one image, not a calibrated measurement.
+comparing regions of one image, not a calibrated measurement, so each heatmap's ``range`` is that
+map's own ``[min, max]`` (:func:`display_range`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import fiftyone as fo
+import numpy as np
 
 #: Samples written per ``set_values`` call: bounds memory and what an interruption loses.
 CHUNK = 256
@@ -55,13 +57,28 @@ def write_quality_maps(collection: fo.core.collections.SampleCollection, model,
                 errors.append(result.error or f"{os.path.basename(path)}: no map computed")
             else:
                 summary["mapped"] += 1
-                heatmaps.append(fo.Heatmap(map=result.map, range=[0.0, 1.0]))
+                heatmaps.append(fo.Heatmap(map=result.map, range=display_range(result.map)))
                 errors.append(None)
         collection.set_values(field, dict(zip(chunk_ids, heatmaps, strict=True)), key_field="id")
         collection.set_values(error_field, dict(zip(chunk_ids, errors, strict=True)),
                               key_field="id")
         done = start + len(chunk_ids)
         yield done / max(1, len(ids)), _progress_line(done, len(ids), summary), summary
+
+
+def display_range(qmap: np.ndarray) -> list[float]:
+    """The ``range`` a heatmap of ``qmap`` is shown with in the App: the map's own
+    ``[min, max]`` (widened by 0.005 each way when the map is flat).
+
+    The App draws a heatmap (colour by field, its default) with opacity ``|value| / max(|range|)``.
+    With ``[0, 1]`` a map of low local scores, common for small images (a 112x75 image gives a
+    2x3 map), is drawn almost transparent and changes no visible pixel; on its own range its
+    best cell is opaque, and colour by value uses the whole colour scale for the image's cells.
+    """
+    low, high = float(np.min(qmap)), float(np.max(qmap))
+    if high - low < 1e-6:
+        low, high = low - 0.005, high + 0.005
+    return [low, high]
 
 
 def _progress_line(done: int, total: int, summary: dict[str, Any]) -> str:

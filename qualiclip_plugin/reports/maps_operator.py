@@ -61,8 +61,9 @@ class ComputeQualityMaps(foo.Operator):
         inputs.view_target(ctx)
         inputs.str("field", default=DEFAULT_MAP_FIELD, label="Heatmap field",
                    description="Local score in [0, 1] per ~32 px cell, higher = better; for "
-                               "comparing regions of one image, not a calibrated measurement. "
-                               "Unreadable images are named in <field>_error")
+                               "comparing regions of one image, not a calibrated measurement "
+                               "(each map is shown on its own range). Unreadable images are "
+                               "named in <field>_error")
         weights = forms.weights_input(inputs, ctx.params, policy, None)
         inputs.str("device", default="", label="Device", description="empty = CUDA if available")
         inputs.int("max_side", label="Max side (px)",

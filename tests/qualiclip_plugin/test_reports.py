@@ -128,6 +128,7 @@ def test_quality_maps_operator_writes_heatmaps(scored_dataset, tiny_checkpoint, 
 
     from qualiclip import load_model
     from qualiclip.quality_maps import compute_quality_maps
+    from qualiclip_plugin.reports.map_writing import display_range
 
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
@@ -145,7 +146,7 @@ def test_quality_maps_operator_writes_heatmaps(scored_dataset, tiny_checkpoint, 
             assert heatmap is None
             continue
         assert isinstance(heatmap, fo.Heatmap)
-        assert list(heatmap.range) == [0.0, 1.0]
+        assert list(heatmap.range) == display_range(ref.map)  # each map on its own range
         np.testing.assert_allclose(heatmap.map, ref.map, atol=1e-6)
     assert heatmaps[-1] is None
     # The unreadable image is named: in its error field (file name first) and in the result.

@@ -171,6 +171,29 @@ def test_maps_are_recorded_and_claim_their_field(scored, tiny_checkpoint):
     assert provenance.maps_recorded(scored, "qmap")["max_side"] is None
 
 
+def test_small_images_get_quality_maps_the_app_shows(make_dataset, tiny_checkpoint, tmp_path):
+    """A 112x75 image gives a 2x3 map. The App draws a heatmap (colour by field) with opacity
+    ``|value| / max(|range|)``: on the range [0, 1] a map of low local scores is drawn almost
+    transparent; every map must be drawn with its best cell opaque and no cell invisible."""
+    import fiftyone.operators as foo
+    import numpy as np
+
+    from tests.conftest import make_image
+
+    path = make_image(tmp_path / "small.jpg", size=(112, 75), seed=7)
+    dataset = make_dataset([path])
+    result = foo.execute_operator(MAPS_URI, ctx=dict(
+        view=dataset.view(), params=_maps_params(tiny_checkpoint, field="qmap")))
+    assert result.error is None, result.error
+    heatmap = dataset.first().qmap
+    assert heatmap.map.shape == (2, 3)
+    low, high = heatmap.range
+    opacity = np.minimum(np.abs(heatmap.map), max(abs(low), abs(high))) / max(abs(low),
+                                                                                abs(high))
+    assert opacity.max() == pytest.approx(1.0) and opacity.min() > 0.5
+    assert low <= heatmap.map.min() and heatmap.map.max() <= high  # colour by value: in range
+
+
 # --- reports ----------------------------------------------------------------------------------
 def _report(target, **params):
     import fiftyone.operators as foo
