@@ -18,8 +18,9 @@ import fiftyone.operators.types as types
 
 from qualiclip_plugin import OPERATOR_URI
 from qualiclip_plugin.panel import data as panel_data
+from qualiclip_plugin.panel import state as selection_state
 from qualiclip_plugin.panel.data import PanelError
-from qualiclip_plugin.panel.state import Selection, slider_name
+from qualiclip_plugin.panel.state import Selection, input_name
 from qualiclip_plugin.panel.view import DEFAULT_N, build_view, histogram_bars
 from qualiclip_plugin.trust.request import DEFAULT_FIELD, IMMEDIATE_MAX_SAMPLES
 from qualiclip_plugin.trust.views import ViewRefused, view_from_state, view_state
@@ -58,24 +59,18 @@ class ImageQualityPanel(foo.Panel):
         ctx.panel.state.selected_count = len(ctx.selected or [])
 
     def on_change_field(self, ctx) -> None:
-        value = ctx.params.get("value")
-        if value != Selection.of(ctx.panel.state).field:  # a redrawn dropdown repeats itself
-            self._guarded(ctx, self._settle, field=value, attribute=None,
+        if self._changed(ctx, "field"):
+            self._guarded(ctx, self._settle, field=ctx.params.get("value"), attribute=None,
                           reload_threshold=True)
 
     def on_change_attribute(self, ctx) -> None:
-        value = ctx.params.get("value")
-        if value != Selection.of(ctx.panel.state).attribute:
-            self._guarded(ctx, self._settle, attribute=value, reload_threshold=True)
+        if self._changed(ctx, "attribute"):
+            self._guarded(ctx, self._settle, attribute=ctx.params.get("value"),
+                          reload_threshold=True)
 
     def on_change_threshold(self, ctx) -> None:
-        current = Selection.of(ctx.panel.state)
-        # Only the slider of the current field and attribute may set the threshold, and only
-        # to a new value: a slider drawn for another selection reports its old value.
-        if ctx.params.get("path") != slider_name(current) or \
-                current.same_threshold(ctx.params.get("value")):
-            return
-        self._guarded(ctx, self._settle, threshold=ctx.params.get("value"))
+        if self._changed(ctx, "threshold"):
+            self._guarded(ctx, self._settle, threshold=ctx.params.get("value"))
 
     def refresh(self, ctx) -> None:
         """Re-read the dataset: samples and runs added since the panel opened show up."""
@@ -161,7 +156,7 @@ class ImageQualityPanel(foo.Panel):
     def score_unscored(self, ctx) -> None:
         """Open the scoring form for the current view, resuming (overwrite off); delegated by
         default when more samples are unscored than an immediate run takes."""
-        field = Selection.of(ctx.panel.state).field or DEFAULT_FIELD
+        field = selection_state.load(ctx).field or DEFAULT_FIELD
         unscored = ctx.panel.state.unscored or 0
         ctx.prompt(OPERATOR_URI, params={"field": field, "overwrite": False,
                                          "delegate": unscored > IMMEDIATE_MAX_SAMPLES},
@@ -169,6 +164,19 @@ class ImageQualityPanel(foo.Panel):
 
     def on_scored(self, ctx) -> None:
         self._guarded(ctx, self._settle, reload_threshold=True, reload_dataset=True)
+
+    @staticmethod
+    def _changed(ctx, what: str) -> bool:
+        """Whether an input event asks for a change: it comes from the ``what`` input drawn for
+        the current selection (inputs drawn for an earlier one report their old values when
+        redrawn) and holds a new value (redrawn inputs repeat theirs)."""
+        current = selection_state.load(ctx)
+        if ctx.params.get("path") != input_name(current, what):
+            return False
+        value = ctx.params.get("value")
+        if what == "threshold":
+            return not current.same_threshold(value)
+        return value != getattr(current, what)
 
     # --- work ----------------------------------------------------------------------------------
     def _settle(self, ctx, field: Any = _KEEP, attribute: Any = _KEEP, threshold: Any = _KEEP,
@@ -179,15 +187,13 @@ class ImageQualityPanel(foo.Panel):
         state = ctx.panel.state
         if reload_dataset:
             ctx.dataset.reload()  # runs and samples added by other processes
-        current = Selection.of(state)
+        current = selection_state.load(ctx)
         field = current.field if field is _KEEP else field
         attribute = current.attribute if attribute is _KEEP else attribute
-        state.selected_count = len(ctx.selected or [])
         known = panel_data.sources(ctx.dataset)
-        state.fields = sorted(known)
+        _put(state, {"selected_count": len(ctx.selected or []), "fields": sorted(known)})
         if not known:
-            state.current = Selection().to_state()
-            state.field = None
+            selection_state.save(ctx, Selection())
             state.total = ctx.view.count()
             state.unscored = state.total
             ctx.panel.data.histogram = []
@@ -198,7 +204,7 @@ class ImageQualityPanel(foo.Panel):
             field = DEFAULT_FIELD if DEFAULT_FIELD in known else sorted(known)[0]
             reload_threshold = True
         src = known[field]
-        state.attributes = [panel_data.OVERALL, *src.attributes]
+        _put(state, {"attributes": [panel_data.OVERALL, *src.attributes]})
         if attribute not in state.attributes:
             attribute = panel_data.OVERALL
         path = src.path(attribute)
@@ -213,17 +219,19 @@ class ImageQualityPanel(foo.Panel):
         else:
             threshold = current.threshold
         settled = Selection(field=field, attribute=attribute, threshold=threshold)
-        state.current = settled.to_state()
-        # What the inputs show, written once here; their own reports of it change nothing.
-        state.field, state.attribute = field, attribute
-        state.set(slider_name(settled), threshold)
+        selection_state.save(ctx, settled)
         counts = panel_data.counts(ctx.view, src.field)
-        state.total, state.scored = counts.total, counts.scored
-        state.errors, state.unscored = counts.errors, counts.unscored
-        state.edges = hist["edges"] if hist else []
+        # What the inputs and texts show; only values that differ from the browser's copy are
+        # sent (every state change redraws the panel, and a redraw re-fires the App's context
+        # events).
+        _put(state, {input_name(settled, "field"): field,
+                     input_name(settled, "attribute"): attribute,
+                     input_name(settled, "threshold"): threshold,
+                     "total": counts.total, "scored": counts.scored, "errors": counts.errors,
+                     "unscored": counts.unscored, "edges": hist["edges"] if hist else [],
+                     "below": None if threshold is None else
+                     panel_data.below(ctx.view, path, threshold).count()})
         ctx.panel.data.histogram = histogram_bars(hist) if hist else []
-        state.below = None if threshold is None else \
-            panel_data.below(ctx.view, path, threshold).count()
 
     def _show_range(self, ctx, low: Any, high: Any) -> None:
         _, path = self._source(ctx)
@@ -296,7 +304,7 @@ class ImageQualityPanel(foo.Panel):
             ctx.ops.clear_view()
 
     def _source(self, ctx):
-        current = Selection.of(ctx.panel.state)
+        current = selection_state.load(ctx)
         src = panel_data.source(ctx.dataset, current.field)
         return src, src.path(current.attribute)
 
@@ -311,16 +319,16 @@ class ImageQualityPanel(foo.Panel):
 
     @staticmethod
     def _threshold(ctx) -> Any:
-        threshold = Selection.of(ctx.panel.state).threshold
+        threshold = selection_state.load(ctx).threshold
         if threshold is None:
             raise PanelError("no threshold yet: the view has no scores")
         return threshold
 
     @staticmethod
     def _set_saved(ctx, entry: dict | None) -> None:
-        ctx.panel.state.saved = entry and {"threshold": entry["threshold"],
-                                           "reviewed": bool(entry.get("reviewed")),
-                                           "saved": entry.get("saved")}
+        _put(ctx.panel.state, {"saved": entry and {"threshold": entry["threshold"],
+                                                   "reviewed": bool(entry.get("reviewed")),
+                                                   "saved": entry.get("saved")}})
 
     @staticmethod
     def _say(ctx, message: str) -> None:
@@ -339,7 +347,7 @@ class ImageQualityPanel(foo.Panel):
 
     # --- layout --------------------------------------------------------------------------------
     def render(self, ctx) -> types.Property:
-        return build_view(self, ctx.panel.state)
+        return build_view(self, ctx.panel.state, selection_state.load(ctx))
 
 
 def _close(a: Any, b: Any) -> bool:
@@ -347,6 +355,13 @@ def _close(a: Any, b: Any) -> bool:
         return abs(float(a) - float(b)) < 1e-9
     except (TypeError, ValueError):
         return False
+
+
+def _put(state, values: dict[str, Any]) -> None:
+    """Set the ``values`` that differ from what ``state`` (the browser's copy) holds."""
+    changed = {k: v for k, v in values.items() if state.get(k) != v}
+    if changed:
+        state.set(changed)
 
 
 def _stages_key(stages: Any) -> Any:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import fiftyone.operators.types as types
 
-from qualiclip_plugin.panel.state import Selection, slider_name
+from qualiclip_plugin.panel.state import Selection, input_name
 
 if TYPE_CHECKING:
     from qualiclip_plugin.panel.operator import ImageQualityPanel
@@ -24,18 +24,21 @@ SCOPES = ("view", "selected")
 SLIDER_STEPS = 200
 
 
-def build_view(handlers: ImageQualityPanel, state) -> types.Property:
-    """The panel's types tree for ``state`` (``ctx.panel.state``); the histogram's data is
-    ``ctx.panel.data.histogram`` (:func:`histogram_bars`)."""
+def build_view(handlers: ImageQualityPanel, state, current: Selection) -> types.Property:
+    """The panel's types tree for ``state`` (``ctx.panel.state``) and the ``current``
+    selection (:func:`.state.load`); the histogram's data is ``ctx.panel.data.histogram``
+    (:func:`histogram_bars`)."""
     panel = types.Object()
     fields = state.fields or []
-    current = Selection.of(state)
     if fields:
-        # Inputs sit at the top level: their values are the panel state of the same name,
-        # which only the panel's settle step writes (panel/state.py).
-        panel.enum("field", fields, default=current.field, label="Score field",
-                   view=types.DropdownView(), on_change=handlers.on_change_field)
-        panel.enum("attribute", state.attributes or [], default=current.attribute,
+        # Inputs sit at the top level, named after the selection they are drawn for: their
+        # values are the panel state of that name, which the panel's settle step writes
+        # (panel/state.py).
+        panel.enum(input_name(current, "field"), fields, default=current.field,
+                   label="Score field", view=types.DropdownView(),
+                   on_change=handlers.on_change_field)
+        panel.enum(input_name(current, "attribute"), state.attributes or [],
+                   default=current.attribute,
                    label="Score (overall or one attribute)", view=types.DropdownView(),
                    on_change=handlers.on_change_attribute)
         panel.plot("histogram", layout=_layout(state, current), config={"displayModeBar": False},
@@ -91,11 +94,12 @@ def build_view(handlers: ImageQualityPanel, state) -> types.Property:
 def _threshold_slider(panel: types.Object, handlers: ImageQualityPanel, state,
                       current: Selection) -> None:
     """The threshold slider (spanning the view's scores) and the count below it; one input
-    per field and attribute (:func:`.state.slider_name`)."""
+    per field and attribute (:func:`.state.input_name`)."""
     threshold = current.threshold
     edges = state.edges or []
     low, high = _slider_range(edges, threshold)
-    panel.float(slider_name(current), default=threshold, min=low, max=high, label="Threshold",
+    panel.float(input_name(current, "threshold"), default=threshold, min=low, max=high,
+                label="Threshold",
                 view=types.SliderView(data=threshold, step=_slider_step(edges, low, high)),
                 on_change=handlers.on_change_threshold)
     below = "?" if state.below is None else state.below

@@ -153,7 +153,7 @@ def test_panel_state_has_one_update_path(scored, tiny_checkpoint):
     from qualiclip_plugin.api import compute_image_quality
     from qualiclip_plugin.panel import data as panel_data
     from qualiclip_plugin.panel.operator import ImageQualityPanel
-    from qualiclip_plugin.panel.state import Selection, slider_name
+    from qualiclip_plugin.panel.state import Selection, input_name
     from tests.qualiclip_plugin.security.test_views import handed_to_app, panel_event
 
     dataset = scored
@@ -167,26 +167,32 @@ def test_panel_state_has_one_update_path(scored, tiny_checkpoint):
     ctx = panel_event(dataset, "on_load", {})
     state = ctx.panel.state._data
     assert Selection.of(ctx.panel.state) == Selection("quality", "overall", saved)
-    ctx = panel_event(dataset, "on_change_field", state, value="sharpness", path="field")
+    ctx = panel_event(dataset, "on_change_field", state, value="sharpness",
+                      path=input_name(Selection.of(ctx.panel.state), "field"))
     state = ctx.panel.state._data
     current = Selection.of(ctx.panel.state)
     scores = dataset.exists("sharpness").values("sharpness")
     assert current.field == "sharpness" and min(scores) <= current.threshold <= max(scores)
-    assert state[slider_name(current)] == current.threshold  # what the slider shows
+    assert state[input_name(current, "threshold")] == current.threshold  # the slider shows it
 
-    stale = slider_name(Selection("quality", "overall", saved))
-    for event, params in (("on_change_field", {"value": "sharpness", "path": "field"}),
-                          ("on_change_attribute", {"value": "overall", "path": "attribute"}),
-                          ("on_change_threshold", {"value": saved, "path": stale}),
-                          ("on_change_threshold", {"value": current.threshold,
-                                                   "path": slider_name(current)})):
+    before = Selection("quality", "overall", saved)
+    for event, params in (
+            # redrawn inputs of the current selection repeating their values
+            ("on_change_field", {"value": "sharpness", "path": input_name(current, "field")}),
+            ("on_change_attribute", {"value": "overall",
+                                     "path": input_name(current, "attribute")}),
+            ("on_change_threshold", {"value": current.threshold,
+                                     "path": input_name(current, "threshold")}),
+            # inputs drawn for the previous field reporting their old values
+            ("on_change_field", {"value": "quality", "path": input_name(before, "field")}),
+            ("on_change_threshold", {"value": saved, "path": input_name(before, "threshold")})):
         ctx = panel_event(dataset, event, state, **params)
         assert writes(ctx) == [], event  # nothing written back: no loop can start
         assert Selection.of(ctx.panel.state) == current
 
     moved = (current.threshold + max(scores)) / 2
     ctx = panel_event(dataset, "on_change_threshold", state, value=moved,
-                      path=slider_name(current))
+                      path=input_name(current, "threshold"))
     state = ctx.panel.state._data
     assert Selection.of(ctx.panel.state).threshold == pytest.approx(moved)
     assert state["below"] == sum(s < moved for s in scores)
@@ -194,7 +200,7 @@ def test_panel_state_has_one_update_path(scored, tiny_checkpoint):
     # the rendered slider steps finer than the scores' spread; the axis spans the bars
     rendered = ImageQualityPanel().render(ctx).to_json()
     name, slider = _slider(rendered)
-    assert name == slider_name(Selection.of(ctx.panel.state))
+    assert name == input_name(Selection.of(ctx.panel.state), "threshold")
     assert 0 < slider["view"]["step"] <= (max(scores) - min(scores)) / 100
     layout = rendered["type"]["properties"]["histogram"]["view"]["layout"]
     edges = state["edges"]
