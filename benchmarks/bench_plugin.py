@@ -114,6 +114,7 @@ def bench_writes(n_samples: int) -> dict:
     from qualiclip.prompts import PAIR_NAMES
     from qualiclip.scoring import ScoreResult
     from qualiclip_plugin.scoring import writing
+    from qualiclip_plugin.trust import protection
 
     dataset = fo.Dataset("bench-writes")
     start = time.perf_counter()
@@ -140,7 +141,8 @@ def bench_writes(n_samples: int) -> dict:
             writing.write_results(dataset, ids[lo:lo + 1000], results[lo:lo + 1000], layout)
         timings[label] = time.perf_counter() - start
     start = time.perf_counter()
-    flagged = writing.flag_low_quality(dataset, dataset, layout, "low_quality", percent=10)
+    flagged = writing.flag_low_quality(dataset, dataset, layout, percent=10)
+    protection.move_tag(dataset, dataset, "low_quality", flagged.flagged_ids)
     timings["flag worst 10%"] = time.perf_counter() - start
     assert len(flagged.flagged_ids) == len(dataset.match_tags("low_quality"))
     return timings
