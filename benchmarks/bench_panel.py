@@ -64,7 +64,7 @@ def make_dataset(n: int):
 
 
 def refresh(view) -> tuple:
-    """The panel's numbers for ``view`` (as ``ImageQualityPanel._refresh`` gets them)."""
+    """The panel's numbers for ``view`` (as ``ImageQualityPanel._settle`` gets them)."""
     from qualiclip_plugin.panel import data as panel_data
 
     dataset = view._root_dataset
