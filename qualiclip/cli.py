@@ -1,8 +1,9 @@
 """The ``qualiclip`` command line: ``score``, ``download``, ``info``.
 
-Other packages of this project add sub-commands (``eval``, ``report``, ``sensitivity``,
-``plugin``) through the ``qualiclip.commands`` entry-point group, so this module never imports
-them: dependencies point ``training -> qualiclip <- qualiclip_plugin``.
+Other packages of this project add sub-commands (``eval``, ``sensitivity``, ``plugin``) through
+the ``qualiclip.commands`` entry-point group, so this module never imports them: dependencies
+point ``training -> qualiclip <- qualiclip_plugin``. The library's own ``report`` command is
+registered there too, so its imports wait until it runs.
 """
 
 from __future__ import annotations

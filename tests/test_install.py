@@ -202,7 +202,12 @@ def test_fresh_install_without_fiftyone(fresh_venv, tmp_path, tiny_checkpoint):
     usage = _run(fresh_venv, "qualiclip", "--help", cwd=tmp_path)
     assert usage.returncode == 0, usage.stderr
     assert re.search(r"^  plugin +\(unavailable", usage.stdout, re.M), usage.stdout
-    for command in (["plugin", "install"], ["plugin", "--help"], ["report", "scores.csv"]):
+    for command in (["plugin", "install"], ["plugin", "--help"], ["report", "--dataset", "x"]):
         refused = _run(fresh_venv, "qualiclip", *command, cwd=tmp_path)
         assert refused.returncode == 1
         assert refused.stdout + refused.stderr == f"Error: {FIFTYONE_MISSING}\n", command
+    # A report from a scores CSV is the library's own: it needs no FiftyOne.
+    reported = _run(fresh_venv, "qualiclip", "report", "scores.csv", "-o", "report.html",
+                    cwd=tmp_path)
+    assert reported.returncode == 0, reported.stderr[-3000:]
+    assert "p0.jpg" in (tmp_path / "report.html").read_text()

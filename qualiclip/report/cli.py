@@ -1,23 +1,29 @@
 """``qualiclip report``: HTML quality report from a scores CSV or a FiftyOne dataset field.
 
-Registered as a ``qualiclip`` sub-command through the ``qualiclip.commands`` entry point. It
-lives here, not in the library, because the ``--dataset`` path needs FiftyOne and the library
-never imports it; the CSV path only uses :mod:`qualiclip.report.html`, and FiftyOne is imported only
-when ``--dataset`` is given, so a CSV report stays fast.
+The CSV path is the library's own (:mod:`qualiclip.report.html`), so it works in a plain install.
+The ``--dataset`` path needs FiftyOne, which the library never imports: it is looked up in the
+``qualiclip.report_sources`` entry-point group, which the FiftyOne plugin fills, and a missing
+FiftyOne is reported in one line naming what to install.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import click
+
+#: Entry-point group of report sources other packages add; ``fiftyone`` reads a dataset field.
+REPORT_SOURCES = "qualiclip.report_sources"
 
 
 @click.command("report")
 @click.argument("scores_csv", required=False,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--dataset", "dataset_name", default=None,
-              help="Read scores from this FiftyOne dataset instead of a CSV.")
+              help="Read scores from this FiftyOne dataset instead of a CSV (needs the "
+                   "fiftyone extra).")
 @click.option("--field", default="quality", show_default=True,
               help="Score field of --dataset (pair fields <field>_<pair> are read too).")
 @click.option("--view", "saved_view", default=None,
@@ -36,45 +42,45 @@ import click
                    "';'). Dataset: 'tags', a field or a label field [default: tags, split and "
                    "label fields found in the dataset].")
 @click.option("--title", default="QualiCLIP quality report", show_default=True)
-def report(scores_csv, dataset_name, field, saved_view, output, n, threshold, bins, group_by,
-           title) -> None:
+def report(scores_csv: Path | None, dataset_name: str | None, field: str,
+           saved_view: str | None, output: Path, n: int, threshold: float, bins: int,
+           group_by: tuple[str, ...], title: str) -> None:
     """Write a self-contained HTML report: score histogram, worst/best images with their pair
     scores, per-group breakdown and flagged counts.
 
     Give either SCORES_CSV (written by `qualiclip score`) or --dataset.
     """
+    # Imported here, not at the top: `qualiclip --help` loads this module to list the command.
     from qualiclip.report.html import ReportConfig, write_report
 
     if (scores_csv is None) == (dataset_name is None):
         raise click.UsageError("give either SCORES_CSV or --dataset NAME (not both)")
     config = ReportConfig(title=title, n=n, threshold=threshold, bins=bins)
-    if scores_csv is not None:
-        from dataclasses import replace
+    try:
+        if scores_csv is not None:
+            from qualiclip.report.data import read_scores_csv
 
-        from qualiclip.report.data import read_scores_csv
-
-        try:
             rows = read_scores_csv(scores_csv, group_by=group_by)
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from exc
-        path = write_report(rows, output, replace(config, source=f"{scores_csv}, "
-                                                                 f"{len(rows)} images"))
-    else:
-        import fiftyone as fo
-
-        from qualiclip_plugin.reports.rows import write_collection_report
-
-        if not fo.dataset_exists(dataset_name):
-            raise click.ClickException(f"no FiftyOne dataset named {dataset_name!r}")
-        dataset = fo.load_dataset(dataset_name)
-        if saved_view and not dataset.has_saved_view(saved_view):
-            known = ", ".join(dataset.list_saved_views()) or "none"
-            raise click.ClickException(f"dataset {dataset_name!r} has no saved view "
-                                       f"{saved_view!r} (saved views: {known})")
-        collection = dataset.load_saved_view(saved_view) if saved_view else dataset
-        try:
-            path = write_collection_report(collection, output, field=field,
-                                           group_by=group_by or None, config=config)
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from exc
+            path = write_report(rows, output,
+                                replace(config, source=f"{scores_csv}, {len(rows)} images"))
+        else:
+            write_dataset_report = _dataset_source()
+            path = write_dataset_report(dataset_name, output, field=field,
+                                        saved_view=saved_view, group_by=group_by or None,
+                                        config=config)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {path}")
+
+
+def _dataset_source():
+    """The ``fiftyone`` report source, or a one-line error saying what to install."""
+    found = {ep.name: ep for ep in entry_points(group=REPORT_SOURCES)}
+    if "fiftyone" not in found:
+        raise click.ClickException(
+            "--dataset needs the FiftyOne plugin of this project: pip install "
+            "\"qualiclip[fiftyone]\" (from a clone: pip install \".[fiftyone]\")")
+    try:
+        return found["fiftyone"].load()
+    except ImportError as exc:  # the plugin says in one line what to install
+        raise click.ClickException((str(exc).strip().splitlines() or [repr(exc)])[0]) from exc
