@@ -86,7 +86,7 @@ def correlations(predicted: list[float], mos: list[float]) -> dict[str, float]:
     """``{"srcc", "plcc", "krcc", "n"}``: Spearman, Pearson and Kendall correlations.
 
     PLCC is computed after the customary 4-parameter logistic mapping of the predictions onto
-    the MOS scale (VQEG); when that fit fails it falls back to the linear PLCC.
+    the MOS scale (VQEG); with 4 images or fewer, or when that fit fails, it is the linear PLCC.
     """
     import numpy as np
     from scipy import optimize, stats
@@ -101,6 +101,9 @@ def correlations(predicted: list[float], mos: list[float]) -> dict[str, float]:
     def logistic(v: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
         return (b1 - b2) / (1 + np.exp(-(v - b3) / abs(b4))) + b2
 
+    if len(x) <= 4:
+        # A 4-parameter fit needs more points than parameters (scipy raises otherwise).
+        return {"srcc": srcc, "plcc": linear, "plcc_linear": linear, "krcc": krcc, "n": len(x)}
     try:
         p0 = [y.max(), y.min(), float(np.mean(x)), float(np.std(x)) or 1.0]
         with warnings.catch_warnings():  # an inexact covariance is irrelevant here

@@ -25,6 +25,14 @@ def test_correlations_match_scipy():
         correlations([1, 2], [1, 2])
 
 
+@pytest.mark.parametrize("n", [3, 4])
+def test_too_few_points_for_the_logistic_fit_give_the_linear_plcc(n):
+    """3 or 4 images: the 4-parameter fit is skipped (scipy raised a TypeError for it)."""
+    pred, mos = [0.1, 0.5, 0.4, 0.9][:n], [1.0, 2.0, 3.0, 4.0][:n]
+    r = correlations(pred, mos)
+    assert r["plcc"] == r["plcc_linear"] == pytest.approx(stats.pearsonr(pred, mos).statistic)
+
+
 def test_read_csv_with_and_without_header(tmp_path):
     (tmp_path / "a.csv").write_text("image,quality,mos\nx.jpg,9,3.5\n/abs/y.png,1,4\n")
     assert read_mos_csv(tmp_path / "a.csv") == [(tmp_path / "x.jpg", 3.5),
