@@ -8,7 +8,7 @@ Python usage::
 
     import qualiclip_plugin
     model = qualiclip_plugin.load_model(weights="qualiclip", device="cuda")
-    dataset.apply_model(model, label_field="quality", batch_size=16, num_workers=4)
+    dataset.apply_model(model, label_field="quality", batch_size=16)
 
     qualiclip_plugin.compute_image_quality(dataset, field="quality", flag_percent=5)
 """
