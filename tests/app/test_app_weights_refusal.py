@@ -1,5 +1,5 @@
-"""Weights the server may not fetch, in the real App: the operator's form shows the inline
-"Cannot run" box for them, with Execute disabled, and offers the local checkpoint instead.
+"""Weights the server may not fetch, in the real App: the operator's form starts on the local
+checkpoint it offers, and shows the inline "Cannot run" box, with Execute disabled, for them.
 
 The App server (``conftest.py``) runs with ``QUALICLIP_APP_DOWNLOADS=0``, an empty weights cache
 and ``QUALICLIP_APP_WEIGHTS_DIRS`` naming a folder with one tiny checkpoint.
@@ -36,8 +36,9 @@ def _save_docs_screenshot(app, dialog) -> None:
 
 
 def test_form_refuses_unavailable_weights_and_offers_the_local_checkpoint(app, app_dataset):
-    """Official weights cannot be downloaded by this server: inline "Cannot run", Execute
-    disabled. The allowed checkpoint is offered by file name; choosing it clears the refusal."""
+    """Official weights cannot be downloaded by this server: the form starts on the allowed
+    checkpoint (offered by file name), so it can run; choosing the official weights shows the
+    inline "Cannot run" and disables Execute; choosing the checkpoint again clears it."""
     from playwright.sync_api import expect
 
     dataset, _ = app_dataset
@@ -46,12 +47,17 @@ def test_form_refuses_unavailable_weights_and_offers_the_local_checkpoint(app, a
 
     with app.step("the Weights input is a dropdown of the allowed weights"):
         assert app.weights_is_dropdown(), "Weights is not a dropdown"
-        expect(app.form_field("Weights")).to_contain_text("qualiclip")  # the default
         choices = app.weights_choices()
         assert any(c == "qualiclip" or c.startswith("qualiclip ") for c in choices), choices
         assert any(APP_CHECKPOINT_NAME in c for c in choices), choices
 
+    with app.step("the default is the checkpoint this server can load: no refusal"):
+        expect(app.form_field("Weights")).to_contain_text(APP_CHECKPOINT_NAME)
+        expect(app.error_box()).to_have_count(0)
+        expect(app.execute_button()).to_be_enabled()
+
     with app.step("unavailable official weights: inline refusal, Execute disabled"):
+        app.choose_weights("qualiclip")
         error = app.error_box()
         expect(error).to_be_visible()
         expect(error).to_contain_text(REFUSAL)
@@ -64,10 +70,5 @@ def test_form_refuses_unavailable_weights_and_offers_the_local_checkpoint(app, a
         app.choose_weights(APP_CHECKPOINT_NAME)
         expect(app.error_box()).to_have_count(0)
         expect(app.execute_button()).to_be_enabled()
-
-    with app.step("choosing the official weights again brings the refusal back"):
-        app.choose_weights("qualiclip")
-        expect(app.error_box()).to_contain_text(REFUSAL)
-        expect(app.execute_button()).to_be_disabled()
     dataset.reload()
     assert len(dataset.exists("quality")) == 0  # nothing ran

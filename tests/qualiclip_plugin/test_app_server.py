@@ -176,17 +176,20 @@ def _cannot_run(props) -> str | None:
 
 def test_unavailable_weights_are_refused_in_the_form(app_server, make_dataset, tiny_checkpoint):
     """This server may not download (QUALICLIP_APP_DOWNLOADS=0) and has no cached official
-    weights: the form says so before anything runs, and offers the checkpoint instead."""
+    weights: the form defaults to the checkpoint it offers, and says so for the official
+    weights before anything runs."""
     dataset = make_dataset()
     props = _form(app_server, dataset, {})
-    assert props["weights"]["default"] == "qualiclip"
-    assert str(tiny_checkpoint) in props["weights"]["type"]["values"]
+    assert props["weights"]["default"] == str(tiny_checkpoint)
+    assert _cannot_run(props) is None
+    props = _form(app_server, dataset, {"weights": "qualiclip"})
     message = _cannot_run(props)
     assert message and message.startswith("Weights 'qualiclip' are not available on this server")
     base = {"dataset_name": dataset.name, "view": [], "selected": [], "selected_labels": [],
             "operator_uri": OPERATOR_URI}
     with pytest.raises(urllib.error.HTTPError):  # Execute anyway: refused, nothing written
-        _post(app_server, "/operators/execute/generator", {**base, "params": {}})
+        _post(app_server, "/operators/execute/generator",
+              {**base, "params": {"weights": "qualiclip"}})
     assert len(dataset.exists("quality")) == 0 and dataset.list_runs() == []
     assert _cannot_run(_form(app_server, dataset, {"weights": str(tiny_checkpoint)})) is None
 
