@@ -149,8 +149,9 @@ def _writer(output: Path | None, columns: list[str]):
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("-r", "--recursive", is_flag=True, help="Also score images in sub-folders.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write results to this .csv or .jsonl file (default: CSV on standard output).")
+@click.option("-o", "--output", default=None, metavar="FILE|OUT_DIR",
+              help="Write results to this .csv or .jsonl file (default: CSV on standard output); "
+                   "with --engine ray, the folder or URI of the Parquet dataset (required).")
 @click.option("--weights", default=None, metavar="NAME|PATH|URL",
               help="Registered name, local .pth checkpoint, or URL. [default: "
                    "$QUALICLIP_WEIGHTS if set, else qualiclip (the official weights)]")
@@ -173,15 +174,49 @@ def _writer(output: Path | None, columns: list[str]):
 @click.option("--sha256", "expected_sha256", default=None,
               help="Refuse weights whose SHA-256 differs from this.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local = this process; ray = Ray Data actors, on this machine or a cluster, "
+                   "writing a Parquet dataset to -o OUT_DIR and resuming into it "
+                   "(docs/scale.md; needs 'pip install \"qualiclip[ray]\"').")
+@click.option("--address", default=None, metavar="auto|ray://HOST:PORT",
+              help="--engine ray: the cluster to join. [default: $RAY_ADDRESS, else a local "
+                   "Ray instance]")
+@click.option("--actors", default="1", show_default=True, metavar="N|MIN-MAX",
+              help="--engine ray: scoring actors (each loads the model once); MIN-MAX "
+                   "autoscales.")
+@click.option("--num-gpus-per-worker", type=click.FloatRange(min=0), default=0,
+              show_default=True, help="--engine ray: GPUs per actor (0 = CPU; 0.5 = two "
+                                      "actors share a GPU).")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=1,
+              show_default=True, help="--engine ray: CPU cores reserved per actor (torch "
+                                      "uses that many threads).")
+@click.option("--rows-per-block", type=click.IntRange(min=1), default=256, show_default=True,
+              help="--engine ray: inputs per Ray batch and per Parquet part (a killed job "
+                   "loses at most one block per actor).")
 def score(paths, recursive, output, weights, device, batch_size, max_side, workers, precision,
-          backend, expected_sha256, no_progress) -> None:
+          backend, expected_sha256, no_progress, engine, address, actors, num_gpus_per_worker,
+          cpus_per_worker, rows_per_block) -> None:
     """Score image files and folders; one row per image, then a summary line on stderr.
 
     Columns: path, score, the 7 pair scores, width, height, error. Exits 0 when the run
     completed even if some files could not be read (their rows carry the error; broken
     symlinks and folders named like images included). CSV text cells starting with = + - @
     get a leading ' so spreadsheets do not run them as formulas (JSON Lines stay exact).
+
+    With --engine ray, PATHS may also be globs, s3:// gs:// file:// URIs and WebDataset .tar
+    shards, and the result is a Parquet dataset in OUT_DIR (the columns above plus
+    weights_sha256 and preprocessing); a rerun into OUT_DIR scores only what is missing.
     """
+    if engine == "ray":
+        _score_with_ray(paths, recursive, output, weights, device, batch_size, max_side,
+                        precision, backend, expected_sha256, no_progress, address, actors,
+                        num_gpus_per_worker, cpus_per_worker, rows_per_block)
+        return
+    if output is not None:
+        output = Path(output)
+        if output.is_dir():
+            raise click.BadParameter(f"{output} is a folder; give a .csv or .jsonl file name",
+                                     param_hint="--output")
     import torch
 
     from qualiclip.backends import BackendUnavailableError
@@ -247,6 +282,82 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
     mean = f"{total / scored:.4f}" if scored else "n/a"
     where = f" -> {output}" if output else ""
     click.echo(f"scored {scored}, failed {failed}, mean {mean}{where}", err=True)
+
+
+def _parse_actors(text: str) -> int | tuple[int, int]:
+    """``--actors``: ``N`` or ``MIN-MAX`` (1 <= MIN <= MAX)."""
+    try:
+        low, _, high = text.partition("-")
+        low_n, high_n = int(low), int(high or low)
+    except ValueError:
+        low_n = high_n = 0
+    if not 1 <= low_n <= high_n:
+        raise click.BadParameter(f"{text!r}: give a count like 4, or a range like 2-8",
+                                 param_hint="--actors")
+    return low_n if not high else (low_n, high_n)
+
+
+def _score_with_ray(paths, recursive, output, weights, device, batch_size, max_side, precision,
+                    backend, expected_sha256, no_progress, address, actors, num_gpus_per_worker,
+                    cpus_per_worker, rows_per_block) -> None:
+    """``qualiclip score --engine ray``: Ray Data actors -> a Parquet dataset in ``output``,
+    resuming into it (:func:`qualiclip.ray.score_to_parquet`)."""
+    if output is None:
+        raise click.UsageError("--engine ray writes a Parquet dataset: give its folder with "
+                               "-o OUT_DIR")
+    pool = _parse_actors(actors)
+    try:
+        import ray
+    except ImportError as exc:
+        raise click.ClickException("--engine ray needs Ray Data: pip install "
+                                   "\"qualiclip[ray]\"") from exc
+    import qualiclip.ray as qray
+    from qualiclip.weights import which_weights
+
+    try:
+        inputs = qray.list_inputs(paths, recursive)
+    except (FileNotFoundError, OSError) as exc:
+        raise click.UsageError(" ".join(str(exc).split())) from exc
+    if not inputs.files and not inputs.shards:
+        raise click.UsageError(f"no images found in {', '.join(paths)}"
+                               + ("" if recursive else " (use -r to search sub-folders)"))
+    if (not qray.is_uri(output) and Path(output).exists() and not Path(output).is_dir()):
+        raise click.BadParameter(f"{output} is a file; --engine ray writes a folder",
+                                 param_hint="--output")
+    weights = which_weights(weights)
+    # Loaded here once (on the CPU) for one-line errors and the SHA-256 the resume check needs;
+    # the actors load their own copy.
+    model = load_model_or_fail(weights, "cpu", expected_sha256=expected_sha256,
+                               progress=not no_progress)
+    sha = model.weights_info.get("sha256")
+    del model
+    done, shas = qray.written(output)
+    other = shas - {sha}
+    if other:
+        raise click.ClickException(
+            f"{output} holds scores made with other weights (SHA-256 "
+            f"{sorted(other)[0][:12]}...); resume only with the same weights, or write to a "
+            "new folder")
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False,
+                 log_to_driver=not no_progress)
+    click.echo(f"weights {weights} (SHA-256 {str(sha)[:12]}...), "
+               f"{len(inputs.files)} files and {len(inputs.shards)} WebDataset shards, "
+               f"{len(done)} already in {output}", err=True)
+    scored = failed = 0
+    total = 0.0
+    for part in qray.score_to_parquet(
+            inputs, output, weights=weights, device=device, precision=precision,
+            backend=backend, max_side=max_side, batch_size=batch_size,
+            rows_per_block=rows_per_block, actors=pool,
+            num_gpus_per_worker=num_gpus_per_worker, num_cpus_per_worker=cpus_per_worker,
+            progress=not no_progress, skip=frozenset(done)):
+        scored += part.rows - part.failed
+        failed += part.failed
+        total += part.score_sum
+    mean = f"{total / scored:.4f}" if scored else "n/a"
+    click.echo(f"scored {scored}, failed {failed}, mean {mean}, {len(done)} already written "
+               f"-> {output}", err=True)
 
 
 @main.command()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -139,6 +140,34 @@ def load_image(source: ImageSource, max_side: int | None = None,
         rgb = _pil_to_rgb(ImageOps.exif_transpose(source), name)
     else:
         rgb = _pil_to_rgb(_open(name), name)
+    return _loaded(rgb, name, max_side, as_uint8)
+
+
+def load_image_bytes(data: bytes, name: str, max_side: int | None = None,
+                     as_uint8: bool = False) -> LoadedImage:
+    """Read one encoded image held in memory (a file's bytes: an object-store read, a
+    WebDataset member, a Parquet cell) exactly as :func:`load_image` reads the same file from
+    disk: same decoders, EXIF orientation, colour rules and decompression-bomb guard.
+
+    Args:
+        data: the encoded file (JPEG, PNG, WebP ...).
+        name: the path or key it came from; error texts lead with its base name, and its
+            extension chooses the install hint for formats PIL cannot read.
+
+    Raises:
+        ImageReadError: empty, not an image, truncated, too large.
+    """
+    if max_side is not None and max_side < 1:
+        raise ValueError(f"max_side must be a positive number of pixels, got {max_side}")
+    if not data:
+        raise ImageReadError(name, "file is empty")
+    register_optional_openers()
+    rgb = _pil_to_rgb(_decode(io.BytesIO(data), name), name)
+    return _loaded(rgb, name, max_side, as_uint8)
+
+
+def _loaded(rgb: np.ndarray, name: str, max_side: int | None, as_uint8: bool) -> LoadedImage:
+    """``(H, W, 3)`` pixels -> the :class:`LoadedImage` (``max_side`` applied)."""
     height, width = rgb.shape[:2]
     if height == 0 or width == 0:
         raise ImageReadError(name, "image has zero width or height")
@@ -195,12 +224,19 @@ def _open(name: str) -> Image.Image:
         raise ImageReadError(name, "is a folder, not an image file")
     if path.stat().st_size == 0:
         raise ImageReadError(name, "file is empty")
+    return _decode(path, name)
+
+
+def _decode(file: Path | io.BytesIO, name: str) -> Image.Image:
+    """Decode ``file`` (a path, or a file's bytes) with PIL, oriented and detached from it;
+    every decoder failure becomes an :class:`ImageReadError` naming ``name``."""
+    suffix = Path(name).suffix.lower()
     try:
         with warnings.catch_warnings():
             # Between MAX_IMAGE_PIXELS and twice that PIL only warns; treat it as the error it
             # guards against so a huge file cannot exhaust memory.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:  # closed here, also when decoding fails
+            with Image.open(file) as opened:  # closed here, also when decoding fails
                 opened.load()
                 # A detached copy: multi-frame files (GIF, TIFF) would otherwise keep the file
                 # open for their other frames.
@@ -212,8 +248,8 @@ def _open(name: str) -> Image.Image:
             "PIL.Image.MAX_IMAGE_PIXELS, or downscale it first",
         ) from exc
     except Image.UnidentifiedImageError as exc:
-        package = _PLUGIN_FORMATS.get(path.suffix.lower())
-        hint = f" (for {path.suffix} files, `pip install {package}`)" if package else ""
+        package = _PLUGIN_FORMATS.get(suffix)
+        hint = f" (for {suffix} files, `pip install {package}`)" if package else ""
         raise ImageReadError(name, f"not an image file PIL can read{hint}") from exc
     except OSError as exc:  # truncated or corrupt data, permissions
         # A file-system error's text repeats the full path; its strerror alone says it.

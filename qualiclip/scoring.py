@@ -19,7 +19,7 @@ Design (why each piece is there):
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,6 +272,18 @@ def _scored(decoded: Iterator[DecodedImage], scorer: BatchScorer,
             yield from run(buckets.add(image))
         yield from run(buckets.overdue(image.index))
     yield from run(buckets.drain())
+
+
+def score_decoded(images: Iterable[DecodedImage], scorer: BatchScorer,
+                  batch_size: int | None = None,
+                  max_batch_pixels: int | None = None) -> Iterator[ScoreResult]:
+    """Score already-decoded images (:func:`~qualiclip.inference.read_image` results, errors
+    included) in their ``index`` order, batched by size exactly as :func:`iter_scores` batches
+    them. For engines that decode elsewhere (``qualiclip.ray``'s actors get their images from
+    Ray Data); ``index`` must count 0, 1, 2 ... over ``images``."""
+    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
+    buckets = SizeBuckets(batch_size, max_batch_pixels or default_max_batch_pixels(scorer.device))
+    yield from _in_input_order(_scored(iter(images), scorer, buckets))
 
 
 def _in_input_order(results: Iterator[ScoreResult]) -> Iterator[ScoreResult]:

@@ -28,8 +28,8 @@ PLUGIN_ENTRY_MODULES = [
     "qualiclip_plugin.trust.request", "qualiclip_plugin.scoring.forms",
     "qualiclip_plugin.trust.policy",
 ]
-#: Optional packages some ``qualiclip`` modules need (the ONNX / OpenVINO backends).
-OPTIONAL = {"onnx", "onnxruntime", "openvino", "onnxscript"}
+#: Optional packages some ``qualiclip`` modules need (the ONNX / OpenVINO backends, Ray Data).
+OPTIONAL = {"onnx", "onnxruntime", "openvino", "onnxscript", "ray", "pyarrow"}
 
 
 def newly_loaded(code: str) -> dict:
@@ -84,6 +84,44 @@ def test_cli_help_loads_no_torch_pil_numpy_or_fiftyone():
                 pass
     """)["new"]
     assert set(new) <= {"click", "qualiclip", "qualiclip_plugin", "qualiclip_train"}, new
+
+
+def test_library_loads_ray_only_for_the_ray_path(tmp_path):
+    """Scoring with the library (``score_images``, the local ``qualiclip score``) and importing
+    every library module except :mod:`qualiclip.ray`'s engine calls load neither Ray nor
+    pyarrow; ``qualiclip.ray`` itself imports them only when a Ray run starts."""
+    from PIL import Image
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (40, 40), (90, 120, 150)).save(image)
+    code = f"""
+        import contextlib, io, pkgutil, importlib
+        import qualiclip, qualiclip.ray
+        for info in pkgutil.walk_packages(qualiclip.__path__, "qualiclip."):
+            try:
+                importlib.import_module(info.name)
+            except ModuleNotFoundError as exc:
+                skipped.append(info.name)
+        from qualiclip.architecture import TINY_TEST_CONFIG, build_clip, compute_prompt_features
+        from qualiclip.checkpoint import write_checkpoint
+        from qualiclip.prompts import flat_prompts
+        from qualiclip.cli import main
+        clip = build_clip(TINY_TEST_CONFIG).eval()
+        weights = write_checkpoint({str(tmp_path / "tiny.pth")!r}, model_config=TINY_TEST_CONFIG,
+                                   state_dict=clip.state_dict(),
+                                   prompt_features=compute_prompt_features(clip, flat_prompts()))
+        out = io.StringIO()
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(out):
+            try:
+                main(["score", {str(image)!r}, "--weights", str(weights), "--no-progress"])
+            except SystemExit:
+                pass
+        assert "a.png" in out.getvalue(), out.getvalue()
+        qualiclip.score_images([{str(image)!r}], weights=str(weights), progress=False)
+    """
+    loaded = newly_loaded(code)
+    assert not {"ray", "pyarrow"} & set(loaded["new"]), loaded
+    assert "torch" in loaded["new"]  # it did score
 
 
 def _walk(package: str) -> str:
