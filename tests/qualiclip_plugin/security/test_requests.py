@@ -103,8 +103,10 @@ def test_a_worker_rechecks_and_stores_one_sentence(make_dataset, image_files, ti
 
 
 # --- sharded runs: every target, App and Python ------------------------------------------------
-@pytest.mark.parametrize("target", ["DATASET", "CURRENT_VIEW", "SELECTED_SAMPLES", "python"])
-@pytest.mark.parametrize("schedule", [False, True], ids=["execute", "schedule"])
+# Python callers queue shards directly: they have no Schedule button.
+@pytest.mark.parametrize(("target", "schedule"), [
+    (target, schedule) for target in ("DATASET", "CURRENT_VIEW", "SELECTED_SAMPLES", "python")
+    for schedule in ((False,) if target == "python" else (False, True))])
 def test_sharded_runs_score_every_sample_of_every_target(target, schedule, make_dataset,
                                                          image_files, tiny_checkpoint):
     """``num_shards=2`` from the App form (Execute, or Schedule: the worker queues the shards)
@@ -113,8 +115,6 @@ def test_sharded_runs_score_every_sample_of_every_target(target, schedule, make_
     from qualiclip_plugin.api import compute_image_quality
     from qualiclip_plugin.scoring import claims
 
-    if target == "python" and schedule:
-        pytest.skip("Python callers queue shards directly")
     dataset = make_dataset(image_files[:7])  # the broken file is the 6th
     view = dataset.skip(1)
     selected = dataset.values("id")[2:6]
