@@ -10,6 +10,9 @@ Example::
 
     summary = compute_image_quality(dataset, field="quality", weights="/models/ft.pth",
                                     flag_percent=10)
+
+Scores made on a cluster (``qualiclip score --engine ray -o OUT_DIR``) are written the same way
+by ``import_scores(dataset, "OUT_DIR", field="quality")``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from qualiclip.weights import which_weights
 from qualiclip_plugin.scoring import pipeline, plans
+from qualiclip_plugin.scoring.importing import import_scores  # noqa: F401 (public API)
 from qualiclip_plugin.scoring.runner import ScoringRun
 from qualiclip_plugin.scoring.shards import queue_plan, queue_shards
 from qualiclip_plugin.trust.request import (

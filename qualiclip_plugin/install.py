@@ -106,3 +106,42 @@ def uninstall_command(target_dir: Path | None) -> None:
 def path_command() -> None:
     """Print the plugin folder that `install` links."""
     click.echo(str(package_dir()))
+
+
+@plugin_group.command("import-scores")
+@click.argument("dataset_name", metavar="DATASET")
+@click.argument("results", metavar="OUT_DIR")
+@click.option("--field", default="quality", show_default=True, help="Score field to write.")
+@click.option("--overwrite", is_flag=True,
+              help="Also replace scores already in the field (default: fill only missing ones).")
+@click.option("--no-pair-scores", is_flag=True, help="Write the overall score only.")
+@click.option("--flag-percent", type=click.FloatRange(0, 100, min_open=True), default=None,
+              help="Flag the worst PERCENT %% of the dataset's scored samples.")
+@click.option("--flag-threshold", type=click.FloatRange(0, 1), default=None,
+              help="Flag samples scoring below this.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+              help="Samples written per bulk write. [default: 1000]")
+def import_scores_command(dataset_name: str, results: str, field: str, overwrite: bool,
+                          no_pair_scores: bool, flag_percent: float | None,
+                          flag_threshold: float | None, chunk_size: int | None) -> None:
+    """Write a 'qualiclip score --engine ray' Parquet result (OUT_DIR) into a dataset's
+    fields by filepath, with the plugin's run record, ownership and claim rules: the fields
+    end as if the scoring operator had made them."""
+    import fiftyone as fo
+
+    from qualiclip_plugin.scoring.importing import import_scores
+    from qualiclip_plugin.trust.errors import RequestError
+
+    if not fo.dataset_exists(dataset_name):
+        raise click.BadParameter(f"no FiftyOne dataset named {dataset_name!r} (see "
+                                 "'fiftyone datasets list')", param_hint="DATASET")
+    try:
+        summary = import_scores(fo.load_dataset(dataset_name), results, field=field,
+                                pair_scores=not no_pair_scores, overwrite=overwrite,
+                                flag_percent=flag_percent, flag_threshold=flag_threshold,
+                                chunk_size=chunk_size)
+    except RequestError as exc:
+        raise click.ClickException(" ".join(str(exc).split())) from exc
+    click.echo(f"imported {summary.get('scored', 0)} scores ({summary.get('failed', 0)} failed) "
+               f"into '{field}'; {summary.get('rows_not_matched', 0)} result rows matched no "
+               f"sample to do, {summary.get('samples_without_result', 0)} samples had no row")

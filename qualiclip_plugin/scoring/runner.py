@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 import fiftyone as fo
@@ -95,19 +95,7 @@ class ScoringRun:
             protection.check_writable(self.dataset, self.layout, req,
                                       ownership=req.shard_index is None)
 
-        # The runtime (torch, ONNX) loads here, not at import: the App imports this module.
-        from qualiclip.backends import BackendUnavailableError
-        from qualiclip.backends.selection import resolve_backend
-        from qualiclip.inference import Preprocessing
-
-        device = next(self.model.parameters()).device
-        try:
-            self.backend, self.precision = resolve_backend(req.backend, req.precision, device)
-        except (ValueError, BackendUnavailableError) as exc:
-            raise RequestError(str(exc)) from exc
-        preprocessing = Preprocessing(max_side=req.max_side, precision=self.precision,
-                                      device=str(device), backend=self.backend
-                                      ).describe(self.model.weights_info)
+        preprocessing = self._preprocessing()
         self.description = provenance.describe_run(
             req.field, self.model.weights_info, preprocessing, list(self.model.PAIR_NAMES),
             options={"batch_size": req.batch_size, "pair_scores": req.pair_scores,
@@ -138,6 +126,24 @@ class ScoringRun:
 
     def _load_model(self):
         return load_model(self.request.weights, self.request.device)
+
+    def _preprocessing(self) -> dict[str, Any]:
+        """Resolve precision and backend for the loaded model; the preprocessing record
+        (:meth:`qualiclip.inference.Preprocessing.describe`) the run is recorded with."""
+        # The runtime (torch, ONNX) loads here, not at import: the App imports this module.
+        from qualiclip.backends import BackendUnavailableError
+        from qualiclip.backends.selection import resolve_backend
+        from qualiclip.inference import Preprocessing
+
+        req = self.request
+        device = next(self.model.parameters()).device
+        try:
+            self.backend, self.precision = resolve_backend(req.backend, req.precision, device)
+        except (ValueError, BackendUnavailableError) as exc:
+            raise RequestError(str(exc)) from exc
+        return Preprocessing(max_side=req.max_side, precision=self.precision,
+                             device=str(device), backend=self.backend
+                             ).describe(self.model.weights_info)
 
     def _check_comparable(self) -> bool:
         """Refuse to mix scores made differently into one field.
@@ -202,40 +208,12 @@ class ScoringRun:
         return self.request.shard_index is not None or self.slices > 1
 
     def _write_steps(self, started: float) -> Iterator[tuple[float, str]]:
-        from qualiclip.scoring import iter_scores
-
         req, layout = self.request, self.layout
         assert layout is not None and self._todo is not None
         self.clear_replaced_scores()
         provenance.record(self.dataset, self.description)
         writing.declare_fields(self.dataset, layout)
-        ids, paths = self._todo.values(["id", "filepath"])
-        n = len(ids)
-        # Inside the App server, decode in-process unless the caller asked for workers.
-        num_workers = 0 if self.immediate and req.num_workers is None else req.num_workers
-        yield 0.0, f"Scoring {n} samples ({self.summary['target'] - n} already scored)"
-
-        # At least ~20 progress steps (and writes) per run, so small App runs show progress too.
-        chunk_size = min(req.chunk_size, max(MIN_PROGRESS_CHUNK, math.ceil(n / 20)))
-        scored = failed = 0
-        chunk: list = []
-        done = 0
-        results = iter_scores(paths, model=self.model, batch_size=req.batch_size,
-                              num_workers=num_workers, max_side=req.max_side,
-                              precision=self.precision, backend=self.backend, progress=False)
-        for result in results:
-            chunk.append(result)
-            if len(chunk) >= chunk_size:
-                writing.write_results(self.dataset, ids[done:done + len(chunk)], chunk, layout)
-                done += len(chunk)
-                failed += sum(r.error is not None for r in chunk)
-                chunk = []
-                claims.refresh(self.dataset, req.field, self.claim_owner)
-                yield done / max(n, 1), f"Scored {done}/{n} samples ({failed} failed)"
-        if chunk:
-            writing.write_results(self.dataset, ids[done:done + len(chunk)], chunk, layout)
-            done += len(chunk)
-            failed += sum(r.error is not None for r in chunk)
+        n, done, failed = yield from self._score_and_write()
         scored = done - failed
 
         flagged = None
@@ -267,6 +245,41 @@ class ScoringRun:
         )
         provenance.save_summary(self.dataset, req.field, self.summary)
         yield 1.0, f"Done: {scored} scored, {failed} failed"
+
+    def _score_and_write(self) -> Generator[tuple[float, str], None, tuple[int, int, int]]:
+        """Score the samples to do and write them chunk by chunk, yielding progress; returns
+        ``(samples to do, written, failed)``."""
+        from qualiclip.scoring import iter_scores
+
+        req, layout = self.request, self.layout
+        ids, paths = self._todo.values(["id", "filepath"])
+        n = len(ids)
+        # Inside the App server, decode in-process unless the caller asked for workers.
+        num_workers = 0 if self.immediate and req.num_workers is None else req.num_workers
+        yield 0.0, f"Scoring {n} samples ({self.summary['target'] - n} already scored)"
+
+        # At least ~20 progress steps (and writes) per run, so small App runs show progress too.
+        chunk_size = min(req.chunk_size, max(MIN_PROGRESS_CHUNK, math.ceil(n / 20)))
+        failed = 0
+        chunk: list = []
+        done = 0
+        results = iter_scores(paths, model=self.model, batch_size=req.batch_size,
+                              num_workers=num_workers, max_side=req.max_side,
+                              precision=self.precision, backend=self.backend, progress=False)
+        for result in results:
+            chunk.append(result)
+            if len(chunk) >= chunk_size:
+                writing.write_results(self.dataset, ids[done:done + len(chunk)], chunk, layout)
+                done += len(chunk)
+                failed += sum(r.error is not None for r in chunk)
+                chunk = []
+                claims.refresh(self.dataset, req.field, self.claim_owner)
+                yield done / max(n, 1), f"Scored {done}/{n} samples ({failed} failed)"
+        if chunk:
+            writing.write_results(self.dataset, ids[done:done + len(chunk)], chunk, layout)
+            done += len(chunk)
+            failed += sum(r.error is not None for r in chunk)
+        return n, done, failed
 
 
 def _frozen(dataset: fo.Dataset, target: Any, layout: writing.FieldLayout) -> Any:
