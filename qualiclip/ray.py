@@ -56,6 +56,9 @@ IMAGE_COLUMNS = ("bytes", "image", *sorted({ext.lstrip(".") for ext in IMAGE_EXT
 READ_ERROR = "read_error"
 #: Separates a WebDataset shard from a member's name in a result's ``path``.
 SHARD_SEP = "::"
+#: CPU reserved by a read task (listing a shard, fetching an object): reads wait on I/O, and an
+#: actor given every core (``--cpus-per-worker`` = the machine's count) must not starve them.
+READ_CPUS = 0
 
 
 def result_schema(provenance: bool = False) -> pa.Schema:
@@ -468,10 +471,11 @@ def score_to_parquet(inputs: Inputs, out_dir: str, weights: str | None = None,
     if files:
         blocks = [pa.table({"path": files[i:i + rows_per_block]})
                   for i in range(0, len(files), rows_per_block)]
-        datasets.append(ray.data.from_arrow(blocks).map_batches(_fetch, batch_size=None))
+        datasets.append(ray.data.from_arrow(blocks).map_batches(_fetch, batch_size=None,
+                                                                num_cpus=READ_CPUS))
     if inputs.shards:
         datasets.append(ray.data.from_arrow([pa.table({"shard": [s]}) for s in inputs.shards])
-                        .map_batches(_expand_shards, batch_size=None,
+                        .map_batches(_expand_shards, batch_size=None, num_cpus=READ_CPUS,
                                      fn_kwargs={"done": frozenset(skip)}))
     if not datasets:
         return
