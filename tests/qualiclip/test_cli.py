@@ -226,3 +226,17 @@ def test_csv_cells_spreadsheets_would_evaluate_are_neutralised(tmp_path, tiny_ch
     exact = {json.loads(line)["path"] for line in jsonl_out.read_text().splitlines()}
     assert exact == {*FORMULA_NAMES, "=bad.jpg"}
     assert {r.path for r in read_scores_csv(csv_out)} == {*FORMULA_NAMES, "=bad.jpg"}
+
+
+def test_output_options_per_engine(tmp_path, tiny_checkpoint):
+    """-o is a file for the local engine (a folder is refused in one line) and the Parquet
+    folder for --engine ray (required there)."""
+    image = make_image(tmp_path / "a.png")
+    result = CliRunner().invoke(main, ["score", str(image), "-o", str(tmp_path), "--weights",
+                                       str(tiny_checkpoint), "--no-progress"])
+    assert result.exit_code == 2 and "is a folder; give a .csv or .jsonl" in result.output
+    result = CliRunner().invoke(main, ["score", "--engine", "ray", str(image)])
+    assert result.exit_code == 2 and "-o OUT_DIR" in result.output
+    result = CliRunner().invoke(main, ["score", "--engine", "ray", str(image), "-o",
+                                       str(tmp_path / "out"), "--actors", "3-1"])
+    assert result.exit_code == 2 and "--actors" in result.output
