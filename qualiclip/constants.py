@@ -41,3 +41,10 @@ IMAGE_EXTENSIONS = frozenset({
 #: the device (:mod:`qualiclip.backends.selection`); ``onnxruntime`` runs the exported fp32 graph
 #: on the CPU and needs the ``cpu-fast`` extra.
 BACKENDS = ("auto", "torch", "onnxruntime")
+
+#: Extensions of the video files ``qualiclip score`` scores frame by frame (the ``video`` extra,
+#: PyAV, decodes them; :mod:`qualiclip.video`). A folder scan picks them up beside images.
+VIDEO_EXTENSIONS = frozenset({
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
+    ".wmv", ".flv", ".3gp", ".ogv",
+})

@@ -3,8 +3,8 @@
 #
 #   bash scripts/setup.sh          # library, CLI, FiftyOne plugin, training, dev tools
 #
-# It installs the project in editable mode with the extras dev, cpu-fast, fiftyone and ray (a plain
-# `pip install` of the project leaves FiftyOne out). A rerun skips that step (15-20 s) when
+# It installs the project in editable mode with the extras dev, cpu-fast, fiftyone, ray and video
+# (a plain `pip install` of the project leaves FiftyOne out). A rerun skips that step (15-20 s) when
 # pyproject.toml and the extras are those of the last install and the packages still import;
 # delete .venv/.qualiclip-install-stamp to force it.
 #
@@ -39,7 +39,7 @@ if ! "$VENV/bin/python" -c "import importlib.util as u; assert u.find_spec('torc
     # shellcheck disable=SC2086
     "${PIP[@]}" install -q $TORCH_SPEC
 fi
-EXTRAS=dev,cpu-fast,fiftyone,ray
+EXTRAS=dev,cpu-fast,fiftyone,ray,video
 STAMP="$VENV/.qualiclip-install-stamp"
 # What the last install was made from: the project's requirements, the extras and this
 # checkout's path (an editable install points at it).
@@ -53,14 +53,14 @@ import importlib.util, os
 import qualiclip
 assert os.path.dirname(os.path.dirname(os.path.realpath(qualiclip.__file__))) == os.getcwd()
 for name in ("qualiclip_plugin", "qualiclip_train", "fiftyone", "onnxruntime", "onnx", "pytest",
-             "ruff", "playwright", "ray", "pyarrow"):
+             "ruff", "playwright", "ray", "pyarrow", "av"):
     assert importlib.util.find_spec(name) is not None, name
 EOF
 }
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && installed; then
     echo "==> qualiclip already installed (editable, extras $EXTRAS; pyproject.toml unchanged)"
 else
-    echo "==> installing qualiclip (editable) with its dependencies and the extras $EXTRAS: dev tools (pytest, ruff, playwright), the ONNX Runtime CPU backend, FiftyOne, Ray Data"
+    echo "==> installing qualiclip (editable) with its dependencies and the extras $EXTRAS: dev tools (pytest, ruff, playwright), the ONNX Runtime CPU backend, FiftyOne, Ray Data, PyAV (videos)"
     rm -f "$STAMP"
     "${PIP[@]}" install -q -e ".[$EXTRAS]"
     echo "$WANT" >"$STAMP"

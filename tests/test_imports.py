@@ -28,8 +28,9 @@ PLUGIN_ENTRY_MODULES = [
     "qualiclip_plugin.trust.request", "qualiclip_plugin.scoring.forms",
     "qualiclip_plugin.trust.policy",
 ]
-#: Optional packages some ``qualiclip`` modules need (the ONNX / OpenVINO backends, Ray Data).
-OPTIONAL = {"onnx", "onnxruntime", "openvino", "onnxscript", "ray", "pyarrow"}
+#: Optional packages some ``qualiclip`` modules need (the ONNX / OpenVINO backends, Ray Data,
+#: PyAV for videos).
+OPTIONAL = {"onnx", "onnxruntime", "openvino", "onnxscript", "ray", "pyarrow", "av"}
 
 
 def newly_loaded(code: str) -> dict:
@@ -89,7 +90,8 @@ def test_cli_help_loads_no_torch_pil_numpy_or_fiftyone():
 def test_library_loads_ray_only_for_the_ray_path(tmp_path):
     """Scoring with the library (``score_images``, the local ``qualiclip score``) and importing
     every library module except :mod:`qualiclip.ray`'s engine calls load neither Ray nor
-    pyarrow; ``qualiclip.ray`` itself imports them only when a Ray run starts."""
+    pyarrow; ``qualiclip.ray`` itself imports them only when a Ray run starts. Likewise PyAV:
+    :mod:`qualiclip.video` imports it only when a video is decoded."""
     from PIL import Image
 
     image = tmp_path / "a.png"
@@ -120,8 +122,20 @@ def test_library_loads_ray_only_for_the_ray_path(tmp_path):
         qualiclip.score_images([{str(image)!r}], weights=str(weights), progress=False)
     """
     loaded = newly_loaded(code)
-    assert not {"ray", "pyarrow"} & set(loaded["new"]), loaded
+    assert not {"ray", "pyarrow", "av"} & set(loaded["new"]), loaded
     assert "torch" in loaded["new"]  # it did score
+
+
+def test_video_path_loads_pyav(tmp_path):
+    """The other side of the rule above: scoring a video does load PyAV (so the allowlist above
+    would notice a module that imported it eagerly only if it is not the video path)."""
+    pytest.importorskip("av")
+    code = """
+        import qualiclip.video
+        assert "av" not in sys.modules
+        list(qualiclip.video.iter_frames("missing.mp4"))
+    """
+    assert "av" in newly_loaded(code)["new"]
 
 
 def _walk(package: str) -> str:
