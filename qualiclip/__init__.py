@@ -5,6 +5,7 @@ the training code)::
 
     model = qualiclip.load_model()            # official weights, CC BY-NC 4.0
     results = qualiclip.score_images(["a.jpg", "b.png"], model=model)
+    video = qualiclip.score_video("clip.mp4", model=model, fps=1)  # the "video" extra
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ _LAZY = {
     "score_images": "qualiclip.scoring",
     "iter_scores": "qualiclip.scoring",
     "ScoreResult": "qualiclip.scoring",
+    "score_video": "qualiclip.video",
+    "iter_video_scores": "qualiclip.video",
     "load_image": "qualiclip.images",
     "ImageReadError": "qualiclip.images",
     "PROMPT_PAIRS": "qualiclip.prompts",
@@ -28,6 +31,7 @@ _LAZY = {
 
 __all__ = [
     "__version__", "load_model", "QualiCLIP", "score_images", "iter_scores", "ScoreResult",
+    "score_video", "iter_video_scores",
     "load_image", "ImageReadError", "PROMPT_PAIRS", "PAIR_NAMES", "REGISTRY",
 ]
 
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
     from qualiclip.model import QualiCLIP
     from qualiclip.prompts import PAIR_NAMES, PROMPT_PAIRS
     from qualiclip.scoring import ScoreResult, iter_scores, score_images
+    from qualiclip.video import iter_video_scores, score_video
     from qualiclip.weights import REGISTRY
 
 

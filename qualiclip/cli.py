@@ -20,8 +20,8 @@ from pathlib import Path
 import click
 
 from qualiclip import __version__
-from qualiclip.constants import BACKENDS, PRECISIONS
-from qualiclip.files import image_entries, spreadsheet_safe
+from qualiclip.constants import BACKENDS, PRECISIONS, VIDEO_EXTENSIONS
+from qualiclip.files import image_entries, spreadsheet_safe, video_files
 
 ENTRY_POINT_GROUP = "qualiclip.commands"
 
@@ -75,17 +75,20 @@ def main() -> None:
     """
 
 
-def collect_images(paths: Iterable[str], recursive: bool) -> list[Path]:
+def collect_images(paths: Iterable[str], recursive: bool, videos: bool = False) -> list[Path]:
     """Files given explicitly (whatever their extension) plus the entries named like images
     inside folders (by extension; sub-folders only with ``recursive``), sorted per folder,
     without duplicates. Image-named entries that cannot be read (dangling symlinks, symlink
-    loops, folders) are kept: each becomes an error row (:func:`qualiclip.files.image_entries`)."""
+    loops, folders) are kept: each becomes an error row (:func:`qualiclip.files.image_entries`).
+    With ``videos``, folders also yield their video files (:func:`qualiclip.files.video_files`)."""
     found: list[Path] = []
     seen: set[Path] = set()
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             candidates = image_entries(path, recursive)
+            if videos:
+                candidates = sorted(candidates + video_files(path, recursive))
         else:
             candidates = [path]  # a missing file becomes an error row, not a crash
         for candidate in candidates:
@@ -190,13 +193,20 @@ def _writer(output: Path | None, columns: list[str]):
 @click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=1,
               show_default=True, help="--engine ray: CPU cores reserved per actor (torch "
                                       "uses that many threads).")
+@click.option("--fps", "fps_text", default="1", show_default=True, metavar="N|all",
+              help="Video files: frames per second to score (the frames shown at 0, 1/N, 2/N "
+                   "... s), or 'all' for every frame.")
+@click.option("--segment", type=click.FloatRange(min=0, min_open=True), default=3.0,
+              show_default=True, metavar="SECONDS",
+              help="Video files: length of the worst segment in each video's summary.")
 @click.option("--rows-per-block", type=click.IntRange(min=1), default=256, show_default=True,
               help="--engine ray: inputs per Ray batch and per Parquet part (a killed job "
                    "loses at most one block per actor).")
 def score(paths, recursive, output, weights, device, batch_size, max_side, workers, precision,
           backend, expected_sha256, no_progress, engine, address, actors, num_gpus_per_worker,
-          cpus_per_worker, rows_per_block) -> None:
-    """Score image files and folders; one row per image, then a summary line on stderr.
+          cpus_per_worker, rows_per_block, fps_text, segment) -> None:
+    """Score image and video files and folders; one row per image or sampled video frame, then
+    a summary line on stderr.
 
     Columns: path, score, the 7 pair scores, width, height, error. Exits 0 when the run
     completed even if some files could not be read (their rows carry the error; broken
@@ -206,6 +216,12 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
     With --engine ray, PATHS may also be globs, s3:// gs:// file:// URIs and WebDataset .tar
     shards, and the result is a Parquet dataset in OUT_DIR (the columns above plus
     weights_sha256 and preprocessing); a rerun into OUT_DIR scores only what is missing.
+
+    Video files (.mp4, .mov, .mkv, .webm, .avi ...; needs 'pip install "qualiclip[video]"')
+    get one row per sampled frame (--fps), with the columns frame (0-based, presentation order)
+    and timestamp (seconds); an undecodable video or packet is an error row. One summary row
+    per video (frames, failed, mean, p10, min, the worst --segment's start, end and mean) goes
+    to OUTPUT.videos.csv (or .videos.jsonl) beside -o, or to stderr without -o.
     """
     if engine == "ray":
         _score_with_ray(paths, recursive, output, weights, device, batch_size, max_side,
@@ -226,9 +242,19 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
     from qualiclip.precision import PrecisionEnvError
     from qualiclip.scoring import iter_scores
 
-    images = collect_images(paths, recursive)
+    fps = _parse_fps(fps_text)
+    found = collect_images(paths, recursive, videos=True)
+    videos = [p for p in found if p.suffix.lower() in VIDEO_EXTENSIONS]
+    images = [p for p in found if p.suffix.lower() not in VIDEO_EXTENSIONS]
+    if videos:
+        from qualiclip.video import VideoDecoderMissing, require_av
+
+        try:
+            require_av()
+        except VideoDecoderMissing as exc:
+            raise click.ClickException(f"{videos[0]}: {exc}") from exc
     # A symlink counts as found even when broken: it gets an error row saying so.
-    if not any(p.exists() or p.is_symlink() for p in images):
+    if not any(p.exists() or p.is_symlink() for p in found):
         missing = [p for p in paths if not Path(p).exists()]
         if len(missing) == len(paths):
             raise click.UsageError(f"no such file or folder: {', '.join(missing)}")
@@ -263,25 +289,93 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
 
     names = list(model.PAIR_NAMES)
     columns = ["path", "score", *names, "width", "height", "error"]
+    if videos:
+        columns[1:1] = ["frame", "timestamp"]
     write_row, close = _writer(output, columns)
     scored = failed = 0
     total = 0.0
     try:
-        for result in iter_scores(images, model=model, batch_size=batch_size,
-                                  num_workers=workers, max_side=max_side, precision=precision,
-                                  backend=backend, progress=not no_progress):
+        results = (iter_scores(images, model=model, batch_size=batch_size,
+                               num_workers=workers, max_side=max_side, precision=precision,
+                               backend=backend, progress=not no_progress) if images else [])
+        for result in results:
             row = finite_row(result.to_row(names))  # the engine never scores NaN; guard anyway
+            if videos:
+                row = {"path": row["path"], "frame": None, "timestamp": None, **row}
             write_row(row)
             if row["score"] is not None:
                 scored += 1
                 total += row["score"]
             else:
                 failed += 1
+        if videos:
+            counts = _score_videos(videos, model, names, write_row, output, fps, segment,
+                                   batch_size, max_side, precision, backend, no_progress)
+            scored, failed, total = scored + counts[0], failed + counts[1], total + counts[2]
     finally:
         close()
     mean = f"{total / scored:.4f}" if scored else "n/a"
     where = f" -> {output}" if output else ""
     click.echo(f"scored {scored}, failed {failed}, mean {mean}{where}", err=True)
+
+
+def _parse_fps(text: str) -> float | None:
+    """``--fps``: a positive number of frames per second, or ``all`` (every frame: ``None``)."""
+    if text.strip().lower() in ("all", "every"):
+        return None
+    try:
+        fps = float(text)
+    except ValueError:
+        fps = math.nan
+    if not (math.isfinite(fps) and fps > 0):
+        raise click.BadParameter(f"{text!r}: give frames per second (like 1 or 0.5), or 'all'",
+                                 param_hint="--fps")
+    return fps
+
+
+def _score_videos(videos, model, names, write_row, output, fps, segment, batch_size, max_side,
+                  precision, backend, no_progress) -> tuple[int, int, float]:
+    """The video part of ``qualiclip score``: per-frame rows through ``write_row``, one summary
+    row per video to ``OUTPUT.videos.<ext>`` (or stderr). Returns (scored, failed, score sum)."""
+    from qualiclip.video import VideoSummary, iter_video_scores, summaries
+
+    scored = failed = 0
+    total = 0.0
+    summary_columns = list(VideoSummary("").to_row())
+    if output is not None:
+        suffix = ".jsonl" if output.suffix.lower() in (".jsonl", ".ndjson") else ".csv"
+        summary_path = output.with_name(output.name + ".videos" + suffix)
+        write_summary, close_summary = _writer(summary_path, summary_columns)
+    else:
+        summary_path = None
+
+        def write_summary(row: dict) -> None:
+            shown = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()
+                     if v is not None and k != "path"}
+            click.echo(f"video {row['path']}: " + ", ".join(f"{k} {v}" for k, v in shown.items()),
+                       err=True)
+
+        def close_summary() -> None:
+            pass
+    try:
+        results = iter_video_scores(videos, model=model, fps=fps, batch_size=batch_size,
+                                    max_side=max_side, precision=precision, backend=backend,
+                                    progress=not no_progress)
+        for result, summary in summaries(results, segment):
+            row = finite_row(result.to_row(names))
+            write_row(row)
+            if row["score"] is not None:
+                scored += 1
+                total += row["score"]
+            else:
+                failed += 1
+            if summary is not None:
+                write_summary(finite_row(summary.to_row()))
+    finally:
+        close_summary()
+    if summary_path is not None:
+        click.echo(f"{len(videos)} video summaries -> {summary_path}", err=True)
+    return scored, failed, total
 
 
 def _parse_actors(text: str) -> int | tuple[int, int]:

@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from qualiclip.constants import IMAGE_EXTENSIONS
+from qualiclip.constants import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 
 def use_default_permissions(path: Path) -> None:
@@ -63,6 +63,15 @@ def image_entries(folder: str | os.PathLike, recursive: bool = True) -> list[Pat
     return sorted(p for p in root.glob(pattern)
                   if p.suffix.lower() in IMAGE_EXTENSIONS
                   and (p.is_file() or p.is_symlink() or (not recursive and p.is_dir())))
+
+
+def video_files(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Video files in ``folder`` (by extension, :data:`~qualiclip.constants.VIDEO_EXTENSIONS`;
+    sub-folders only with ``recursive``), sorted like :func:`image_files`."""
+    root = Path(folder).expanduser()
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in root.glob(pattern)
+                  if p.suffix.lower() in VIDEO_EXTENSIONS and (p.is_file() or p.is_symlink()))
 
 
 #: First characters that make a spreadsheet (Excel, LibreOffice, Google Sheets) evaluate a CSV
