@@ -1,4 +1,4 @@
-"""The ``qualiclip`` command line: ``score``, ``download``, ``info``.
+"""The ``qualiclip`` command line: ``score``, ``download``, ``info``, ``calibrate``.
 
 Other packages of this project add sub-commands (``eval``, ``sensitivity``, ``plugin``) through
 the ``qualiclip.commands`` entry-point group, so this module never imports them: dependencies
@@ -518,6 +518,47 @@ def info() -> None:
     click.echo(f"cpu bf16:  {bf16}; cores: {os.cpu_count()}")
     backend, precision = resolve_backend("auto", "auto", torch.device("cuda" if cuda else "cpu"))
     click.echo(f"backend:   {backend} at {precision} by default (--backend / --precision)")
+
+
+@main.command()
+@click.argument("ratings", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--weights", default=None, metavar="NAME|PATH|URL",
+              help="Base weights to calibrate (they need the text tower). [default: "
+                   "$QUALICLIP_WEIGHTS if set, else qualiclip (the official weights)]")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the calibrated checkpoint (only when cross-validation "
+                   "shows a gain, or with --force). Without it: report only.")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(2, 20),
+              help="Cross-validation folds over the rated images.")
+@click.option("--steps", default=200, show_default=True, type=click.IntRange(1, 100_000),
+              help="Optimisation steps per fit.")
+@click.option("--n-ctx", default=4, show_default=True, type=click.IntRange(1, 32),
+              help="Learned context words in front of every prompt.")
+@click.option("--min-gain", default=0.02, show_default=True, type=float,
+              help="Mean held-out SRCC gain that counts as better.")
+@click.option("--force", is_flag=True, help="Write the checkpoint even without a gain.")
+@click.option("--cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File keeping the image embeddings between runs (same weights and files).")
+def calibrate(ratings, weights, output, folds, steps, n_ctx, min_gain, force, cache) -> None:
+    """Learn prompt context from RATINGS.csv (columns path,rating; numbers, higher is better,
+    or good/bad) on the frozen image tower, and print the cross-validated before/after table.
+    See docs/calibration.md."""
+    from qualiclip.calibrate import CalibrationError
+    from qualiclip.calibrate import calibrate as run_calibration
+    from qualiclip.weights import WeightsDownloadError
+
+    try:
+        report = run_calibration(ratings, weights, output, folds=folds, steps=steps,
+                                 n_ctx=n_ctx, min_gain=min_gain, force=force, cache=cache)
+    except CalibrationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except (WeightsDownloadError, OSError, ValueError) as exc:  # CheckpointError: a ValueError
+        raise click.ClickException(" ".join(f"cannot load weights: {exc}".split())) from exc
+    click.echo(f"{report.n_ratings} ratings of {report.n_images} images, {folds}-fold "
+               "cross-validation (held-out images only):")
+    click.echo(report.table())
+    click.echo(report.verdict() if output is not None or not report.improved
+               else report.verdict().split(";")[0] + "; give -o to write the checkpoint")
 
 
 if __name__ == "__main__":
