@@ -130,6 +130,11 @@ def test_calibrated_checkpoint_scores_unseen_photos_by_the_taste(noise_run, phot
     features = image_features(base, paths)
     expected = scores_from(features, calibrated.prompt_features)
     assert torch.allclose(torch.tensor(new_scores), expected, atol=1e-5)
+    # the exported ONNX graph is the image tower only, so it serves the calibrated file too
+    onnx_scores = [r.score for r in qualiclip.score_images(paths, model=calibrated,
+                                                           precision="fp32",
+                                                           backend="onnxruntime")]
+    assert torch.allclose(torch.tensor(onnx_scores), expected, atol=1e-4)
     meta = torch.load(out, weights_only=True)["metadata"]["calibration"]
     assert meta["base_sha256"] == sha256_file(tiny_checkpoint)
     assert meta["n_ratings"] == 50 and len(meta["folds"]) == 5
