@@ -374,6 +374,7 @@ def calibrate(
     force: bool = False,
     seed: int = 0,
     cache: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
 ) -> CalibrationReport:
     """Cross-validate prompt-context calibration on ``ratings`` and, when it beats the base
     model (or ``force``), fit it on all ratings and write a calibrated checkpoint to ``output``.
@@ -389,6 +390,8 @@ def calibrate(
         min_gain: the mean held-out SRCC gain that counts as better.
         force: write the checkpoint even when calibration does not beat the base.
         cache: a file to keep image embeddings in between runs (keyed by weights and file).
+        device: where the image tower embeds the images (default: CUDA if available); the
+            fits, a few thousand small matrix products each, run on the CPU.
 
     Raises:
         CalibrationError: too few or constant ratings, an unreadable image, or base weights
@@ -405,7 +408,7 @@ def calibrate(
         rows = read_ratings(ratings)
     paths, values = _mean_per_image(rows)
     check_ratings(values, folds)
-    model = load_model(weights, device="cpu", progress=False)
+    model = load_model(weights, device=device, progress=False)
     info = model.weights_info
     checkpoint = read_checkpoint(info["path"])
     config = checkpoint.model_config
@@ -419,10 +422,10 @@ def calibrate(
     clip.eval().requires_grad_(False)
     prompts = flat_prompts(tuple(checkpoint.prompt_pairs))
 
-    features = image_features(model, paths, cache=cache)
+    features = image_features(model, paths, cache=cache).cpu()
     target = torch.tensor(values, dtype=torch.float32)
     with torch.no_grad():
-        base_scores = scores_from(features, model.prompt_features)
+        base_scores = scores_from(features, model.prompt_features.cpu())
 
     torch.manual_seed(seed)
     fold_rows = []

@@ -539,7 +539,10 @@ def info() -> None:
 @click.option("--force", is_flag=True, help="Write the checkpoint even without a gain.")
 @click.option("--cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="File keeping the image embeddings between runs (same weights and files).")
-def calibrate(ratings, weights, output, folds, steps, n_ctx, min_gain, force, cache) -> None:
+@click.option("--device", default=None, help="Device embedding the images (cuda, cpu). "
+              "[default: cuda if available]")
+def calibrate(ratings, weights, output, folds, steps, n_ctx, min_gain, force, cache,
+              device) -> None:
     """Learn prompt context from RATINGS.csv (columns path,rating; numbers, higher is better,
     or good/bad) on the frozen image tower, and print the cross-validated before/after table.
     See docs/calibration.md."""
@@ -549,11 +552,15 @@ def calibrate(ratings, weights, output, folds, steps, n_ctx, min_gain, force, ca
 
     try:
         report = run_calibration(ratings, weights, output, folds=folds, steps=steps,
-                                 n_ctx=n_ctx, min_gain=min_gain, force=force, cache=cache)
+                                 n_ctx=n_ctx, min_gain=min_gain, force=force, cache=cache,
+                                 device=device)
     except CalibrationError as exc:
         raise click.ClickException(str(exc)) from exc
     except (WeightsDownloadError, OSError, ValueError) as exc:  # CheckpointError: a ValueError
         raise click.ClickException(" ".join(f"cannot load weights: {exc}".split())) from exc
+    except RuntimeError as exc:  # e.g. an unavailable CUDA device
+        raise click.ClickException(
+            " ".join(f"cannot use device {str(device)!r}: {exc}".split())) from exc
     click.echo(f"{report.n_ratings} ratings of {report.n_images} images, {folds}-fold "
                "cross-validation (held-out images only):")
     click.echo(report.table())
