@@ -231,3 +231,31 @@ def test_cli_prints_the_table_and_refuses_in_one_line(photos, tiny_checkpoint, t
     assert refused.returncode != 0
     assert refused.stderr.strip().count("\n") == 0 and "Traceback" not in refused.stderr
     assert "all 20 ratings are equal" in refused.stderr
+
+
+def test_feature_cache_is_reused_only_for_the_same_weights_and_files(photos, tiny_model,
+                                                                     tmp_path):
+    paths = [p for p, _, _ in photos["unseen"][:6]]
+    cache = tmp_path / "features.pt"
+    first = image_features(tiny_model, paths, cache=cache)
+    assert first.shape == (6, 64)
+    stored = torch.load(cache, weights_only=True)
+    assert stored["weights_sha256"] == tiny_model.weights_info["sha256"]
+    assert len(stored["features"]) == 6
+    # a cached embedding is returned as stored: poison one entry and read it back
+    key = next(k for k in stored["features"] if k.startswith(str(paths[0].resolve()) + "|"))
+    stored["features"][key] = torch.full((64,), 7.0)
+    torch.save(stored, cache)
+    assert torch.equal(image_features(tiny_model, paths, cache=cache)[0], torch.full((64,), 7.0))
+    # other weights: the cache is not used, every image is embedded again
+    stored["weights_sha256"] = "0" * 64
+    torch.save(stored, cache)
+    assert torch.allclose(image_features(tiny_model, paths, cache=cache), first)
+    # a changed file (new mtime): embedded again, not read from the cache
+    stored = torch.load(cache, weights_only=True)
+    key = next(k for k in stored["features"] if k.startswith(str(paths[0].resolve()) + "|"))
+    stored["features"][key] = torch.full((64,), 7.0)
+    torch.save(stored, cache)
+    stat = paths[0].stat()
+    os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert torch.allclose(image_features(tiny_model, paths, cache=cache)[0], first[0])
