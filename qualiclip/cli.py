@@ -302,12 +302,7 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
             row = finite_row(result.to_row(names))  # the engine never scores NaN; guard anyway
             if videos:
                 row = {"path": row["path"], "frame": None, "timestamp": None, **row}
-            write_row(row)
-            if row["score"] is not None:
-                scored += 1
-                total += row["score"]
-            else:
-                failed += 1
+            scored, failed, total = _count_written(write_row, row, (scored, failed, total))
         if videos:
             counts = _score_videos(videos, model, names, write_row, output, fps, segment,
                                    batch_size, max_side, precision, backend, no_progress)
@@ -317,6 +312,16 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
     mean = f"{total / scored:.4f}" if scored else "n/a"
     where = f" -> {output}" if output else ""
     click.echo(f"scored {scored}, failed {failed}, mean {mean}{where}", err=True)
+
+
+def _count_written(write_row, row: dict,
+                   counts: tuple[int, int, float]) -> tuple[int, int, float]:
+    """Write ``row``; returns ``counts`` (scored, failed, sum of scores) with the row added."""
+    write_row(row)
+    scored, failed, total = counts
+    if row["score"] is None:
+        return scored, failed + 1, total
+    return scored + 1, failed, total + row["score"]
 
 
 def _parse_fps(text: str) -> float | None:
@@ -363,12 +368,7 @@ def _score_videos(videos, model, names, write_row, output, fps, segment, batch_s
                                     progress=not no_progress)
         for result, summary in summaries(results, segment):
             row = finite_row(result.to_row(names))
-            write_row(row)
-            if row["score"] is not None:
-                scored += 1
-                total += row["score"]
-            else:
-                failed += 1
+            scored, failed, total = _count_written(write_row, row, (scored, failed, total))
             if summary is not None:
                 write_summary(finite_row(summary.to_row()))
     finally:
