@@ -53,7 +53,16 @@ def describe_run(field: str, weights_info: dict[str, str], preprocessing: dict[s
 
 def recorded(dataset: fo.Dataset, field: str) -> dict[str, Any] | None:
     """The provenance recorded for ``field``, or ``None``."""
-    key = run_key(field)
+    return _run_record(dataset, run_key(field))
+
+
+def all_recorded(dataset: fo.Dataset) -> list[dict[str, Any]]:
+    """The provenance of every score field this plugin recorded on ``dataset``."""
+    return _run_records(dataset, RUN_KEY_PREFIX)
+
+
+def _run_record(dataset: fo.Dataset, key: str) -> dict[str, Any] | None:
+    """The public settings of the run ``key`` (plus its ``method``), or ``None``."""
     if not dataset.has_run(key):
         return None
     config = dataset.get_run_info(key).config
@@ -61,10 +70,10 @@ def recorded(dataset: fo.Dataset, field: str) -> dict[str, Any] | None:
         "method": config.method}
 
 
-def all_recorded(dataset: fo.Dataset) -> list[dict[str, Any]]:
-    """The provenance of every score field this plugin recorded on ``dataset``."""
-    return [record for key in dataset.list_runs() if key.startswith(RUN_KEY_PREFIX)
-            for record in [recorded(dataset, key[len(RUN_KEY_PREFIX):])] if record is not None]
+def _run_records(dataset: fo.Dataset, prefix: str) -> list[dict[str, Any]]:
+    """The records of every run whose key starts with ``prefix``."""
+    return [record for key in dataset.list_runs() if key.startswith(prefix)
+            for record in [_run_record(dataset, key)] if record is not None]
 
 
 def incompatibility(old: dict[str, Any] | None, new: dict[str, Any]) -> str | None:
@@ -169,19 +178,12 @@ def record_maps(dataset: fo.Dataset, description: dict[str, Any]) -> None:
 
 def maps_recorded(dataset: fo.Dataset, field: str) -> dict[str, Any] | None:
     """The record of the quality-maps run into ``field``, or ``None``."""
-    key = maps_run_key(field)
-    if not dataset.has_run(key):
-        return None
-    config = dataset.get_run_info(key).config
-    return {k: v for k, v in vars(config).items() if not k.startswith("_")} | {
-        "method": config.method}
+    return _run_record(dataset, maps_run_key(field))
 
 
 def all_maps_recorded(dataset: fo.Dataset) -> list[dict[str, Any]]:
     """The records of every quality-maps run of this plugin on ``dataset``."""
-    return [record for key in dataset.list_runs() if key.startswith(MAPS_KEY_PREFIX)
-            for record in [maps_recorded(dataset, key[len(MAPS_KEY_PREFIX):])]
-            if record is not None]
+    return _run_records(dataset, MAPS_KEY_PREFIX)
 
 
 def _jsonable(value: Any) -> Any:
