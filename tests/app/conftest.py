@@ -86,15 +86,22 @@ def app_weights_dir(tmp_path_factory, tiny_checkpoint) -> Path:
 def app_server(browser_requirements, plugin_link, app_weights_dir,  # noqa: F811
                tmp_path_factory) -> AppServer:
     """One FiftyOne App server for the whole package, with the plugin's App policy set."""
-    folder = tmp_path_factory.mktemp("app_server")
+    yield from serve_app(tmp_path_factory.mktemp("app_server"), app_weights_dir)
+
+
+def serve_app(folder: Path, weights_dir: Path, **extra_env: str):
+    """Run an App server with the plugin's App policy (no downloads, an empty weights cache,
+    ``weights_dir`` allowed), its log in ``folder``; yields its :class:`AppServer`.
+    ``extra_env`` adds environment variables (e.g. to allow Schedule)."""
     cache = folder / "empty_cache"
     cache.mkdir()
     env = {**os.environ, "QUALICLIP_APP_DOWNLOADS": "0", "QUALICLIP_CACHE": str(cache),
-           "QUALICLIP_APP_WEIGHTS_DIRS": str(app_weights_dir), "FIFTYONE_DO_NOT_TRACK": "true"}
+           "QUALICLIP_APP_WEIGHTS_DIRS": str(weights_dir), "FIFTYONE_DO_NOT_TRACK": "true",
+           **extra_env}
     log = folder / "server.log"
     try:
         with running_app_server(log, env) as url:
-            yield AppServer(url=url, log=log, weights_dir=app_weights_dir)
+            yield AppServer(url=url, log=log, weights_dir=weights_dir)
     except RuntimeError as exc:
         pytest.fail(str(exc))
 

@@ -9,13 +9,12 @@ offered, the official weights are unavailable); the Schedule test starts its own
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
 import pytest
 
-from tests.app.conftest import APP_CHECKPOINT_NAME, AppServer
+from tests.app.conftest import APP_CHECKPOINT_NAME, serve_app
 
 
 def test_form_keeps_a_checkpoint_when_the_field_name_is_typed(app, app_dataset, app_server):
@@ -65,20 +64,8 @@ def _in_a_thread(work) -> None:
 def scheduling_server(browser_requirements, plugin_link, app_weights_dir,  # noqa: F811
                       tmp_path_factory):
     """An App server that offers Schedule (legacy orchestrators allowed)."""
-    from tests.app_server import running_app_server
-
-    folder = tmp_path_factory.mktemp("scheduling_server")
-    cache = folder / "empty_cache"
-    cache.mkdir()
-    env = {**os.environ, "QUALICLIP_APP_DOWNLOADS": "0", "QUALICLIP_CACHE": str(cache),
-           "QUALICLIP_APP_WEIGHTS_DIRS": str(app_weights_dir), "FIFTYONE_DO_NOT_TRACK": "true",
-           "FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS": "true"}
-    log = folder / "server.log"
-    try:
-        with running_app_server(log, env) as url:
-            yield AppServer(url=url, log=log, weights_dir=app_weights_dir)
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
+    yield from serve_app(tmp_path_factory.mktemp("scheduling_server"), app_weights_dir,
+                         FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS="true")
 
 
 def test_sharded_background_run_on_the_whole_dataset(browser, scheduling_server, app_dataset,
