@@ -375,6 +375,7 @@ def calibrate(
     seed: int = 0,
     cache: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> CalibrationReport:
     """Cross-validate prompt-context calibration on ``ratings`` and, when it beats the base
     model (or ``force``), fit it on all ratings and write a calibrated checkpoint to ``output``.
@@ -392,6 +393,8 @@ def calibrate(
         cache: a file to keep image embeddings in between runs (keyed by weights and file).
         device: where the image tower embeds the images (default: CUDA if available); the
             fits, a few thousand small matrix products each, run on the CPU.
+        provenance: JSON-able entries added to the written checkpoint's
+            ``metadata['calibration']`` (a caller's own record: where the ratings came from).
 
     Raises:
         CalibrationError: too few or constant ratings, an unreadable image, or base weights
@@ -452,7 +455,7 @@ def calibrate(
         metadata = dict(checkpoint.metadata)
         metadata.pop("created", None)
         metadata.pop("qualiclip_version", None)
-        metadata["calibration"] = {**report.as_metadata(),
+        metadata["calibration"] = {**(provenance or {}), **report.as_metadata(),
                                    "context": learner.context.detach().clone()}
         report.written = write_checkpoint(
             output, model_config=config, state_dict=checkpoint.state_dict,

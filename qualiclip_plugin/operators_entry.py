@@ -17,6 +17,7 @@ except ImportError:
     # install of this repository: the package is the folder holding this file.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from qualiclip_plugin.calibration.operator import CalibrateToRatings  # noqa: E402
 from qualiclip_plugin.panel.operator import ImageQualityPanel  # noqa: E402
 from qualiclip_plugin.reports.maps_operator import ComputeQualityMaps  # noqa: E402
 from qualiclip_plugin.reports.operator import WriteQualityReport  # noqa: E402
@@ -28,4 +29,5 @@ def register(plugin) -> None:
     plugin.register(ComputeImageQuality)
     plugin.register(WriteQualityReport)
     plugin.register(ComputeQualityMaps)
+    plugin.register(CalibrateToRatings)
     plugin.register(ImageQualityPanel)

@@ -13,7 +13,9 @@ environment variables win):
 ``QUALICLIP_APP_WEIGHTS``       registered weight names App users may load, comma-separated
                                 (default ``qualiclip``; ``none`` for none)
 ``QUALICLIP_APP_WEIGHTS_DIRS``  folders (``os.pathsep``-separated) whose ``.pth``/``.pt`` files
-                                App users may load (default: the weights cache only)
+                                App users may load (default: the weights cache only); checkpoints
+                                calibrated from the App go into ``calibrated/`` of the first one
+                                (only when this is set)
 ``QUALICLIP_APP_DOWNLOADS``     ``1`` (default) lets the server download registered weights
                                 missing from the cache; ``0`` forbids it
 ``QUALICLIP_APP_OUTPUT_DIR``    root of the files App users make (reports); each dataset gets
@@ -70,6 +72,9 @@ class AppPolicy:
     output_root: Path
     replace_files: bool
     max_workers: int
+    #: The admin named the weights folders (``weights_dirs`` is not just the default cache):
+    #: only then may App users write checkpoints (calibration) into the first one.
+    weights_dirs_set: bool = False
 
     @classmethod
     def current(cls) -> AppPolicy:
@@ -92,7 +97,7 @@ class AppPolicy:
                     downloads=_flag(setting("downloads"), True),
                     output_root=Path(str(root)).expanduser(),
                     replace_files=_flag(setting("replace_files"), False),
-                    max_workers=max(0, max_workers))
+                    max_workers=max(0, max_workers), weights_dirs_set=bool(dirs))
 
 
 # --- weights --------------------------------------------------------------------------------
@@ -229,6 +234,44 @@ def output_file(policy: AppPolicy, dataset_name: str, dataset_id: str, name: str
     if not _is_within(path.resolve(), root) or path.is_symlink():
         raise PolicyError(f"report name {_short(text)!r} cannot be used: it does not lead to a "
                           "plain file in this dataset's report folder")
+    return path
+
+
+#: The folder, inside the first admin-configured weights folder, calibrated checkpoints go into
+#: (the scoring form lists it: depth 1 of :data:`MAX_LISTING_DEPTH`).
+CALIBRATED_FOLDER = "calibrated"
+
+
+def calibrated_checkpoint_file(policy: AppPolicy, name: str) -> Path:
+    """Where the calibrated checkpoint ``name`` (a file name from a form) is written:
+    ``<first weights folder>/calibrated/<name>.pth``, resolved and confined to that folder.
+    Whether an existing file there may be replaced is the ownership rule's
+    (:func:`qualiclip_plugin.trust.protection.calibrated_file`).
+
+    Raises:
+        PolicyError: no weights folder configured by the admin, a path instead of a name, or a
+            name that does not lead to a plain file in that folder.
+    """
+    if not policy.weights_dirs_set or not policy.weights_dirs:
+        raise PolicyError("no weights folder is configured on this server, so a calibrated "
+                          "checkpoint has nowhere to go: ask its admin to set "
+                          f"{ENV_PREFIX}WEIGHTS_DIRS (it is written into the first folder)")
+    raw = str(name)
+    text = raw.strip(" ")
+    stem = text[:-4] if text.lower().endswith(".pth") else text
+    if not _FILE_NAME.fullmatch(stem) or ".." in stem or not raw.isprintable():
+        raise PolicyError(f"checkpoint name {_short(text)!r}: give a plain file name (letters, "
+                          "digits, '.', '_', '-', spaces), not a path; it is saved as .pth in "
+                          "the server's weights folder")
+    root = _real_folder(policy.weights_dirs[0])
+    if root is None:
+        raise PolicyError("the server's weights folder does not exist: ask its admin to "
+                          f"create the first folder of {ENV_PREFIX}WEIGHTS_DIRS")
+    path = root / CALIBRATED_FOLDER / (stem + ".pth")
+    # Resolve what exists: a planted symlink (folder or file) must not lead outside the root.
+    if not _is_within(path.resolve(), root) or path.is_symlink():
+        raise PolicyError(f"checkpoint name {_short(text)!r} cannot be used: it does not lead "
+                          "to a plain file in the server's weights folder")
     return path
 
 

@@ -23,9 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qualiclip_plugin.scoring.writing import FLAG_VIEW_MARK, FieldLayout, schema_conflicts
+from qualiclip_plugin.scoring.writing import (
+    FLAG_VIEW_MARK,
+    FRAMES,
+    FieldLayout,
+    count_values,
+    flat_schema,
+    schema_conflicts,
+)
 from qualiclip_plugin.trust import provenance
-from qualiclip_plugin.trust.policy import AppPolicy, output_file
+from qualiclip_plugin.trust.policy import AppPolicy, calibrated_checkpoint_file, output_file
 from qualiclip_plugin.trust.request import RequestError, ScoreRequest
 
 #: The "Image quality" panel's execution store (one per dataset): its saved thresholds, and the
@@ -59,6 +66,11 @@ def maps_run(field: str) -> str:
     return f"maps:{field}"
 
 
+def ratings_run(field: str) -> str:
+    """The :attr:`Owner.run` of the ratings the panel writes into ``field``."""
+    return f"ratings:{field}"
+
+
 # --- who made what ------------------------------------------------------------------------------
 def panel_store(dataset):
     """The panel's execution store for ``dataset`` (FiftyOne's ``ExecutionStore``)."""
@@ -83,10 +95,20 @@ def field_owners(dataset) -> dict[str, Owner]:
         options: dict[str, Any] = record.get("options") or {}
         owners[field] = Owner(run, f"the scores {of}")
         owners[f"{field}_error"] = Owner(run, f"the error messages {of}")
+        # A video run's attribute scores are frame fields; its frames and summaries are its own.
+        frames = FRAMES if options.get("video") else ""
         if options.get("pair_scores", True):
             for name in record.get("pair_names") or ():
-                owners[f"{field}_{name}"] = Owner(
+                owners[f"{frames}{field}_{name}"] = Owner(
                     run, f"the '{name.replace('_', ' ')}' attribute scores {of}")
+        if frames:
+            layout = FieldLayout.for_field(field, video=True)
+            owners[layout.frame_score] = Owner(run, f"the frame scores {of}")
+            owners[layout.frame_error] = Owner(run, f"the frame error messages {of}")
+            for name, what in ((layout.min, "lowest frame scores"),
+                               (layout.p10, "10th-percentile frame scores"),
+                               (layout.segments, "worst segments")):
+                owners[name] = Owner(run, f"the {what} {of}")
         if options.get("flag_field"):
             owners[options["flag_field"]] = Owner(run, f"the low-quality flags {of}")
     for record in provenance.all_maps_recorded(dataset):
@@ -97,6 +119,11 @@ def field_owners(dataset) -> dict[str, Owner]:
         owners[field] = Owner(run, f"the quality maps {of}")
         owners[record.get("error_field") or f"{field}_error"] = Owner(
             run, f"the error messages {of}")
+    for record in provenance.all_ratings_recorded(dataset):
+        field = record.get("field")
+        if field:
+            owners[field] = Owner(ratings_run(field),
+                                  "the ratings given in the Image quality panel")
     return owners
 
 
@@ -121,7 +148,7 @@ def check_fields(dataset, fields: dict[str, str], run: str) -> None:
         RequestError: names the field, whose it is and what to do.
     """
     owners = field_owners(dataset)
-    schema = dataset.get_field_schema(flat=True)
+    schema = flat_schema(dataset)  # frame fields of a video dataset as frames.<name>
     for name, role in fields.items():
         owner = owners.get(name)
         if owner is not None:
@@ -132,7 +159,7 @@ def check_fields(dataset, fields: dict[str, str], run: str) -> None:
             continue
         if name not in schema:
             continue
-        count = dataset.exists(name).count()
+        count = count_values(dataset, name)
         if count == 0:
             continue  # declared but empty: nothing to lose
         if role == "score field":
@@ -147,13 +174,18 @@ def check_fields(dataset, fields: dict[str, str], run: str) -> None:
 def _noun(role: str) -> str:
     """The form field that chooses a ``role`` field (what the user changes)."""
     return {"flag field": "flag field", "heatmap field": "heatmap field name",
-            "heatmap error field": "heatmap field name"}.get(role, "score field name")
+            "heatmap error field": "heatmap field name",
+            "ratings field": "ratings field name"}.get(role, "score field name")
 
 
 def score_fields(layout: FieldLayout) -> dict[str, str]:
     """The fields a scoring run writes, with what it puts there (for :func:`check_fields`)."""
     fields = {layout.score: "score field", layout.error: "error field"}
     fields.update({name: "attribute field" for name in layout.pairs.values()})
+    if layout.video:
+        fields.update({layout.min: "summary field", layout.p10: "summary field",
+                       layout.segments: "segments field", layout.frame_score: "frame score field",
+                       layout.frame_error: "frame error field"})
     if layout.flag:
         fields[layout.flag] = "flag field"
     return fields
@@ -193,6 +225,12 @@ def check_map_fields(dataset, field: str) -> None:
     another run or holds the user's values (their own heatmaps or notes)."""
     check_fields(dataset, {field: "heatmap field", f"{field}_error": "heatmap error field"},
                  maps_run(field))
+
+
+def check_ratings_field(dataset, field: str) -> None:
+    """Refuse rating into ``field`` when it belongs to a plugin run or holds the user's
+    values (the panel writes ratings only into a field it recorded, or a new one)."""
+    check_fields(dataset, {field: "ratings field"}, ratings_run(field))
 
 
 # --- tags ---------------------------------------------------------------------------------------
@@ -297,6 +335,61 @@ def check_saved_view(dataset, name: str) -> None:
     if taken is not None:
         raise RequestError(f"flag_view {name!r} would replace your saved view '{taken}'; "
                            "choose another name")
+
+
+# --- checkpoint files ---------------------------------------------------------------------------
+#: One document per checkpoint file the plugin wrote: ``{path, size, mtime_ns, ...}``. A file
+#: counts as the plugin's while it is still the file written (same size and time).
+WRITTEN_FILES_COLLECTION = "qualiclip_written_files"
+
+
+def _written_files():
+    import fiftyone.core.odm as foodm
+
+    collection = foodm.get_db_conn()[WRITTEN_FILES_COLLECTION]
+    collection.create_index("path", unique=True)
+    return collection
+
+
+def remember_written_file(path: Path, **details: Any) -> None:
+    """Record ``path`` (just written) as the plugin's, with ``details`` (its provenance)."""
+    stat = path.stat()
+    _written_files().replace_one(
+        {"path": str(path)}, {"path": str(path), "size": stat.st_size,
+                              "mtime_ns": stat.st_mtime_ns, **details}, upsert=True)
+
+
+def plugin_wrote_file(path: Path) -> bool:
+    """Whether ``path`` is a file this plugin wrote and nobody has replaced since."""
+    doc = _written_files().find_one({"path": str(path)})
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    return doc is not None and (doc.get("size"), doc.get("mtime_ns")) == (
+        stat.st_size, stat.st_mtime_ns)
+
+
+def calibrated_file(policy: AppPolicy, name: str, overwrite: bool) -> Path:
+    """Where the calibrated checkpoint ``name`` (from a form) is written: inside the server's
+    weights folder (:func:`~qualiclip_plugin.trust.policy.calibrated_checkpoint_file`), never
+    over a file the plugin did not write, nor over its own earlier checkpoint unless
+    ``overwrite``.
+
+    Raises:
+        RequestError: names the file or the name, and what to do.
+    """
+    path = calibrated_checkpoint_file(policy, name)
+    if not path.exists():
+        return path
+    if not plugin_wrote_file(path):
+        raise RequestError(f"a file named {path.name!r} that this plugin did not write is "
+                           "already in the weights folder; choose another checkpoint name")
+    if not overwrite:
+        raise RequestError(f"a calibrated checkpoint named {path.name!r} is already in the "
+                           "weights folder; choose another name, or turn on 'Replace my "
+                           "earlier checkpoint' to replace it")
+    return path
 
 
 # --- report files -------------------------------------------------------------------------------

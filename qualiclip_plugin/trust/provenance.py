@@ -186,6 +186,46 @@ def all_maps_recorded(dataset: fo.Dataset) -> list[dict[str, Any]]:
     return _run_records(dataset, MAPS_KEY_PREFIX)
 
 
+# --- ratings ----------------------------------------------------------------------------------
+#: Ratings fields (written from the "Image quality" panel) are recorded under their own prefix,
+#: which neither ``qualiclip_`` nor ``qualiclipmap_`` lists.
+RATINGS_KEY_PREFIX = "qualiclipratings_"
+#: What a rating is: stars 1-5, higher = better; the panel's quick labels are the ends.
+RATING_SCALE = "1-5 (higher = better; good = 5, bad = 1)"
+
+
+def ratings_run_key(field: str) -> str:
+    """The run key recording that the plugin owns the ratings in ``field``."""
+    return RATINGS_KEY_PREFIX + field
+
+
+def describe_ratings(field: str) -> dict[str, Any]:
+    """The record of a ratings field: what its values mean and when it was made."""
+    import qualiclip
+
+    return {"method": "qualiclip_ratings", "field": field, "scale": RATING_SCALE,
+            "qualiclip_version": qualiclip.__version__, "fiftyone_version": fo.__version__,
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def record_ratings(dataset: fo.Dataset, field: str) -> None:
+    """Register the ratings field ``field`` as the plugin's (kept if already recorded)."""
+    if dataset.has_run(ratings_run_key(field)):
+        return
+    config = dataset.init_run(**describe_ratings(field))
+    dataset.register_run(ratings_run_key(field), config)
+
+
+def ratings_recorded(dataset: fo.Dataset, field: str) -> dict[str, Any] | None:
+    """The record of the ratings field ``field``, or ``None``."""
+    return _run_record(dataset, ratings_run_key(field))
+
+
+def all_ratings_recorded(dataset: fo.Dataset) -> list[dict[str, Any]]:
+    """The records of every ratings field of this plugin on ``dataset``."""
+    return _run_records(dataset, RATINGS_KEY_PREFIX)
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}

@@ -15,11 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
 from qualiclip.calibrate import (
     CalibrationError,
@@ -30,7 +27,7 @@ from qualiclip.calibrate import (
     read_ratings,
     scores_from,
 )
-from tests.synthetic import smooth_image
+from tests.synthetic import degraded_set
 
 #: Steps per fit: enough for the noise taste to be learnt (held-out SRCC ~0.9) and keeps this
 #: module near a minute on 2 shared cores.
@@ -48,42 +45,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``(1, 3, H, W)``; ``sigma`` < 0.3 leaves it as is."""
-    if sigma < 0.3:
-        return x
-    r = int(3 * sigma) + 1
-    t = torch.arange(-r, r + 1).float()
-    k = torch.exp(-t ** 2 / (2 * sigma ** 2))
-    k = (k / k.sum()).repeat(3, 1, 1, 1)
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(3, 1, 1, -1), groups=3)
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(3, 1, -1, 1), groups=3)
-
-
-def _degraded_set(folder: Path, n: int, seed: int) -> list[tuple[Path, float, float]]:
-    """``n`` PNGs of 96x96 with independent noise (std 0..0.2) and blur (sigma 0..2.5):
-    ``(path, noise, blur)`` each."""
-    folder.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        noise = 0.2 * float(torch.rand(1, generator=g))
-        blur = 2.5 * float(torch.rand(1, generator=g))
-        x = _blur(smooth_image(seed * 1000 + i, 96), blur)
-        x = (x + noise * torch.randn(x.shape, generator=g)).clamp(0, 1)
-        path = folder / f"img_{i:03d}.png"
-        pixels = (x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(pixels).save(path)
-        out.append((path, noise, blur))
-    return out
-
-
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> dict[str, list[tuple[Path, float, float]]]:
     """50 photos to rate and 30 others the calibration never sees."""
     root = tmp_path_factory.mktemp("calibrate")
-    return {"rated": _degraded_set(root / "rated", 50, seed=7),
-            "unseen": _degraded_set(root / "unseen", 30, seed=8)}
+    return {"rated": degraded_set(root / "rated", 50, seed=7),
+            "unseen": degraded_set(root / "unseen", 30, seed=8)}
 
 
 def _srcc(a: list[float], b: list[float]) -> float:
