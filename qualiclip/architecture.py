@@ -184,3 +184,27 @@ def compute_prompt_features(clip: nn.Module, prompts: list[str]) -> torch.Tensor
     features = clip.encode_text(tokens, normalize=True).float()
     clip.train(was_training)
     return features
+
+
+def encode_embedded_text(clip: nn.Module, embedded: torch.Tensor,
+                         eos: torch.Tensor) -> torch.Tensor:
+    """Run ``clip``'s text tower from its word embeddings on: what ``encode_text`` does after
+    its token lookup, for prompts whose words are (partly) learned vectors (CoOp-style context,
+    pyiqa's QualiCLIP+ prompts).
+
+    Args:
+        embedded: ``(N, L, width)`` input embeddings, ``L <= context_length``, before the
+            positional embedding. The causal mask means rows may be cut after their end token.
+        eos: ``(N,)`` position of each row's end token, whose output is the text feature.
+
+    Returns:
+        ``(N, embed_dim)`` unnormalised text features (differentiable in ``embedded``).
+    """
+    length = embedded.shape[1]
+    x = embedded + clip.positional_embedding[:length]
+    mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
+    x = clip.transformer(x, attn_mask=mask)
+    x = clip.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), eos]
+    proj = clip.text_projection
+    return proj(x) if isinstance(proj, nn.Linear) else x @ proj

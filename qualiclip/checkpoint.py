@@ -118,24 +118,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             inf in a floating-point tensor; the message names the first such tensor).
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
-    try:
-        kind = _not_torch_file(path)
-    except OSError as exc:
-        raise CheckpointError(f"cannot read weights file {path}: {exc.strerror or exc}") from exc
-    if kind is not None:
-        raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint (neither a zip nor a pickle file; it looks like "
-            f"{kind}): give a .pth file written by torch.save, the official QualiCLIP release or "
-            "one written by qualiclip-train")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or foreign files
-        raise CheckpointError(
-            f"cannot read weights file {path}: {_load_failure(exc)}. Is it a complete QualiCLIP "
-            ".pth file? Delete it and download again if it was cut off."
-        ) from exc
+    raw = load_torch_file(path)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} is not a QualiCLIP checkpoint (found {type(raw).__name__})")
     refuse_non_finite(raw, path)
@@ -146,6 +129,11 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         checkpoint = _from_project_format(raw, path)
     elif any(isinstance(k, str) and k.startswith(_OFFICIAL_PREFIX) for k in raw):
         checkpoint = _from_official_format(raw, path)
+    elif _is_pyiqa_plus(raw):
+        raise CheckpointError(
+            f"{path} holds only pyiqa's QualiCLIP+ prompt weights, no image tower: convert it "
+            f"once with 'qualiclip convert-pyiqa {path} --weights BASE -o OUT.pth' "
+            "(docs/calibration.md, \"QualiCLIP+ variants\") and score with OUT.pth")
     else:
         raise CheckpointError(
             f"{path} is not a QualiCLIP checkpoint: expected the official format (clip_model.* "
@@ -156,6 +144,46 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     except ModelConfigError as exc:
         raise CheckpointError(str(exc)) from exc
     return checkpoint
+
+
+def load_torch_file(
+    path: Path,
+    expected: str = ("give a .pth file written by torch.save, the official QualiCLIP release or "
+                     "one written by qualiclip-train"),
+) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with one-line errors: a missing file,
+    one that is not a ``torch.save`` file at all (saying what it looks like, then ``expected``),
+    or one torch cannot read. Used for every weights file this library reads.
+
+    Raises:
+        CheckpointError: one line naming ``path`` and what to do.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        kind = _not_torch_file(path)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read weights file {path}: {exc.strerror or exc}") from exc
+    if kind is not None:
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint (neither a zip nor a pickle file; it looks like "
+            f"{kind}): {expected}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        raise CheckpointError(
+            f"cannot read weights file {path}: {_load_failure(exc)}. Is it a complete QualiCLIP "
+            ".pth file? Delete it and download again if it was cut off."
+        ) from exc
+
+
+def _is_pyiqa_plus(raw: dict[str, Any]) -> bool:
+    """A pyiqa QualiCLIP+ file: ``params`` holding ``prompt_learner.*`` keys (maybe behind a
+    DataParallel ``module.`` prefix)."""
+    params = raw.get("params")
+    return isinstance(params, dict) and any(
+        isinstance(k, str) and k.removeprefix("module.").startswith("prompt_learner.")
+        for k in params)
 
 
 def check_prompt_features(features: Any, what: str) -> None:

@@ -1,4 +1,5 @@
-"""The ``qualiclip`` command line: ``score``, ``download``, ``info``, ``calibrate``.
+"""The ``qualiclip`` command line: ``score``, ``download``, ``info``, ``calibrate``,
+``convert-pyiqa``.
 
 Other packages of this project add sub-commands (``eval``, ``sensitivity``, ``plugin``) through
 the ``qualiclip.commands`` entry-point group, so this module never imports them: dependencies
@@ -283,6 +284,8 @@ def score(paths, recursive, output, weights, device, batch_size, max_side, worke
     click.echo(f"weights {info['weights']} (SHA-256 {str(info['weights_sha256'])[:12]}...), "
                f"{info['resize']}, precision {info['precision']} on {info['device']} "
                f"({info['backend']})", err=True)
+    if model.weights_info.get("license"):  # weights under terms other than the official ones
+        click.echo(f"weights licence: {model.weights_info['license']}", err=True)
     if output is not None:  # the full record beside the table, for whoever reads it later
         meta = output.with_name(output.name + ".preprocessing.json")
         meta.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
@@ -566,6 +569,40 @@ def calibrate(ratings, weights, output, folds, steps, n_ctx, min_gain, force, ca
     click.echo(report.table())
     click.echo(report.verdict() if output is not None or not report.improved
                else report.verdict().split(";")[0] + "; give -o to write the checkpoint")
+
+
+@main.command("convert-pyiqa")
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--weights", default=None, metavar="NAME|PATH|URL",
+              help="The base QualiCLIP weights the prompts were learned on (with the text "
+                   "tower). [default: $QUALICLIP_WEIGHTS if set, else qualiclip (the official "
+                   "weights, which pyiqa's files were learned on)]")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the converted checkpoint.")
+def convert_pyiqa(source, weights, output) -> None:
+    """Convert pyiqa's QualiCLIP+ prompt weights (SOURCE: QualiCLIP+_koniq.pth, _clive, _flive
+    or _spaq) and the base weights into one checkpoint every entry point scores with, exactly
+    as pyiqa does. See docs/calibration.md, "QualiCLIP+ variants"."""
+    from qualiclip.checkpoint import CheckpointError
+    from qualiclip.pyiqa_plus import convert_pyiqa_plus
+    from qualiclip.weights import WeightsDownloadError
+
+    try:
+        result = convert_pyiqa_plus(source, weights, output)
+    except CheckpointError as exc:
+        raise click.ClickException(" ".join(str(exc).split())) from exc
+    except (WeightsDownloadError, OSError, ValueError) as exc:
+        raise click.ClickException(" ".join(f"cannot convert: {exc}".split())) from exc
+    click.echo(f"{result.variant} (prompts learned on {result.dataset}) written to "
+               f"{result.output}")
+    click.echo(f"source sha256: {result.source_sha256}")
+    click.echo(f"base sha256:   {result.base_sha256}")
+    for line in result.license_lines():
+        click.echo(f"licence: {line}")
+    if result.prefix_difference > 1e-3:
+        click.echo(f"warning: the file's start-token embedding differs from the base's by "
+                   f"{result.prefix_difference:.3g}: were these prompts learned on other base "
+                   "weights?", err=True)
 
 
 if __name__ == "__main__":

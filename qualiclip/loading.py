@@ -46,7 +46,8 @@ def load_model(
 
     Returns:
         ``model(x)`` maps ``(N, 3, H, W)`` RGB in [0, 1] to ``(N,)`` scores in [0, 1];
-        ``model.weights_info`` holds ``name``, ``path`` and ``sha256`` of the weights.
+        ``model.weights_info`` holds ``name``, ``path`` and ``sha256`` of the weights, and
+        ``license`` where the checkpoint states one (converted QualiCLIP+ variants).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
@@ -56,6 +57,8 @@ def load_model(
     model = model_from_checkpoint(checkpoint, source=str(path))
     model.weights_info = {"name": name, "path": str(path), "sha256": sha256_file(path),
                           "format": checkpoint.format}
+    if isinstance(checkpoint.metadata.get("license"), str):  # e.g. converted QualiCLIP+
+        model.weights_info["license"] = checkpoint.metadata["license"]
     model.requires_grad_(False)  # inference only; training code builds its own trainable copy
     model.backend = backend
     return model.to(device or default_device()).eval()
