@@ -17,6 +17,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from qualiclip_plugin import OPERATOR_URI
+from qualiclip_plugin.calibration.panel import RatingHandlers, count_ratings
 from qualiclip_plugin.panel import data as panel_data
 from qualiclip_plugin.panel import state as selection_state
 from qualiclip_plugin.panel.data import PanelError
@@ -34,8 +35,9 @@ PANEL_LABEL = "Image quality"
 ICON = "/assets/icon.svg"
 
 
-class ImageQualityPanel(foo.Panel):
-    """Histogram, counts, worst/best, threshold (save, reset, reviewed), tagging, scoring."""
+class ImageQualityPanel(RatingHandlers, foo.Panel):
+    """Histogram, counts, worst/best, threshold (save, reset, reviewed), tagging, scoring;
+    ratings for calibration (:class:`~qualiclip_plugin.calibration.panel.RatingHandlers`)."""
 
     @property
     def config(self) -> foo.PanelConfig:
@@ -192,6 +194,7 @@ class ImageQualityPanel(foo.Panel):
         attribute = current.attribute if attribute is _KEEP else attribute
         known = panel_data.sources(ctx.dataset)
         _put(state, {"selected_count": len(ctx.selected or []), "fields": sorted(known)})
+        count_ratings(ctx)  # ratings need no scores: counted before the early return below
         if not known:
             selection_state.save(ctx, Selection())
             state.total = ctx.view.count()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import fiftyone.operators.types as types
 
+from qualiclip_plugin.calibration.panel import rating_section
 from qualiclip_plugin.panel.state import Selection, input_name
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ def build_view(handlers: ImageQualityPanel, state, current: Selection) -> types.
         tags.btn("tag_below", label="Tag below threshold", on_click=handlers.tag_below,
                  variant="contained")
         tags.btn("untag", label="Untag", on_click=handlers.untag, variant="outlined")
+    rating_section(panel, handlers, state)
     actions = panel.h_stack("actions", align_x="left", gap=1)
     actions.btn("score_unscored", label="Score unscored samples",
                 on_click=handlers.score_unscored, variant="outlined")
