@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qualiclip.architecture import encode_embedded_text
 from qualiclip.constants import LOGIT_SCALE
 
 #: Fewest distinct rated images calibration accepts: with 5 folds that leaves 4 held-out images
@@ -243,13 +244,7 @@ class PromptContext(nn.Module):
         embedded = clip.token_embedding(self.tokens)
         ctx = self.context.unsqueeze(0).expand(embedded.shape[0], -1, -1)
         x = torch.cat([embedded[:, :1], ctx, embedded[:, 1 + self.n_ctx:]], dim=1)
-        x = x + clip.positional_embedding[:self.length]
-        mask = clip.attn_mask[:self.length, :self.length] if clip.attn_mask is not None else None
-        x = clip.transformer(x, attn_mask=mask)
-        x = clip.ln_final(x)
-        x = x[torch.arange(x.shape[0]), self.tokens.argmax(dim=-1)]
-        proj = clip.text_projection
-        x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+        x = encode_embedded_text(clip, x, self.tokens.argmax(dim=-1))
         return F.normalize(x.float(), dim=-1)
 
 
