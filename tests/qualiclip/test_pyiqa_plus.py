@@ -148,6 +148,19 @@ def test_converted_checkpoint_scores_as_pyiqa(tmp_path, base, photos, shared, mo
     assert max(abs(a.score - b.score) for a, b in zip(results, base_scores)) > 1e-3
 
 
+def test_onnx_backend_scores_the_converted_checkpoint_as_pyiqa(tmp_path, base, photos):
+    """The exported graph is the image tower alone, so the converted prompts serve it too."""
+    pytest.importorskip("onnxruntime")
+    clip, base_path = base
+    plus = write_plus_file(tmp_path / "QualiCLIP+_flive.pth", clip, seed=3)
+    out = convert_pyiqa_plus(plus, base_path, tmp_path / "flive.pth").output
+    paths, pixels = photos
+    expected, _ = pyiqa_reference(clip, plus, pixels)
+    results = score_images(paths, model=load_model(out, device="cpu"), precision="fp32",
+                           backend="onnxruntime", num_workers=0, progress=False)
+    assert (torch.tensor([r.score for r in results]) - expected).abs().max() < 1e-4
+
+
 def test_provenance_and_licences(tmp_path, base):
     clip, base_path = base
     plus = write_plus_file(tmp_path / "QualiCLIP+_spaq.pth", clip)
