@@ -22,7 +22,7 @@ from typing import Any
 from qualiclip.weights import which_weights
 from qualiclip_plugin.scoring import pipeline, plans
 from qualiclip_plugin.scoring.importing import import_scores  # noqa: F401 (public API)
-from qualiclip_plugin.scoring.runner import ScoringRun
+from qualiclip_plugin.scoring.runner import ScoringRun, scored_dataset
 from qualiclip_plugin.scoring.shards import queue_plan, queue_shards
 from qualiclip_plugin.trust.request import (
     DEFAULT_BATCH_SIZE,
@@ -41,6 +41,7 @@ def compute_image_quality(sample_collection, field: str = DEFAULT_FIELD,
                           flag_field: str | None = None, flag_tag: str | None = DEFAULT_FLAG_TAG,
                           flag_view: str | None = None, num_shards: int = 1,
                           delegate: bool = False, chunk_size: int | None = None,
+                          fps: float | str | None = None, segment_seconds: float | None = None,
                           ) -> dict[str, Any]:
     """Score ``sample_collection`` (dataset or view) and write ``field`` and its companions.
 
@@ -50,6 +51,12 @@ def compute_image_quality(sample_collection, field: str = DEFAULT_FIELD,
     summary (also stored with the field's run record); ``num_shards > 1`` queues that many
     delegated operations, ``delegate=True`` queues the whole run, for
     ``fiftyone delegated launch`` (both need a persistent dataset).
+
+    On a video dataset each video's frames are sampled at ``fps`` frames per second (default
+    1; ``"all"``: every frame) and scored into ``frames.<field>``, with a per-video summary
+    (``<field>`` the mean, ``<field>_min``, ``<field>_p10``, ``<field>_segments`` the worst
+    ``segment_seconds``-long segment, default 3 s): docs/plugin.md, "Video datasets". A frames
+    view (``to_frames``) is scored as images, into the frames dataset FiftyOne generated.
 
     Raises:
         RequestError: a refused request; nothing was written.
@@ -62,9 +69,10 @@ def compute_image_quality(sample_collection, field: str = DEFAULT_FIELD,
                   backend=backend, pair_scores=pair_scores, overwrite=overwrite,
                   flag_percent=flag_percent, flag_threshold=flag_threshold,
                   flag_field=flag_field, flag_tag=flag_tag,
-                  flag_view=flag_view, num_shards=num_shards, chunk_size=chunk_size)
+                  flag_view=flag_view, num_shards=num_shards, chunk_size=chunk_size,
+                  fps=fps, segment_seconds=segment_seconds)
     view = sample_collection.view()
-    dataset = view._root_dataset
+    dataset = scored_dataset(view)
     # The operator's request pipeline, without the App policy (trusted caller).
     request = pipeline.check(dataset, params, policy=None, delegating=delegate).request
     if delegate:

@@ -113,6 +113,11 @@ class QualiCLIPModel(fout.TorchImageModel):
         # the first prediction: the one moment a model can refuse a field it would corrupt.
         target = _apply_model_call()
         if target is not None:
+            if target[0].media_type == "video":
+                # FiftyOne would read every frame with the ffmpeg program and write one score
+                # per frame, no summary; the plugin's video path samples, summarises and
+                # records the run.
+                raise ValueError(VIDEO_APPLY_MODEL)
             self.check_label_field(*target)
         return super().__enter__()
 
@@ -306,13 +311,30 @@ def _apply_model_call() -> tuple[Any, str] | None:
         del frame
 
 
+#: Why a plain ``dataset.apply_model`` on a video collection is refused, and what to call.
+VIDEO_APPLY_MODEL = (
+    "QualiCLIP scores video datasets with its own decoder (sampled frames, a per-video "
+    "summary, a recorded run): call qualiclip_plugin.fo_model.apply_model(dataset, model, "
+    "label_field=...) or qualiclip_plugin.compute_image_quality(dataset, field=...) instead "
+    "of dataset.apply_model")
+
+
 def apply_model(samples, model: QualiCLIPModel, label_field: str, clear: bool = True,
-                **kwargs: Any) -> None:
+                fps: float | str | None = None, segment_seconds: float | None = None,
+                **kwargs: Any) -> dict[str, Any] | None:
     """``samples.apply_model(model, label_field=label_field, **kwargs)`` plus the checks that
     FiftyOne's own ``apply_model`` gives a model no chance to make.
 
+    On a video collection the plugin's scoring run does the work instead (the operator's:
+    docs/plugin.md, "Video datasets"), with the model's weights, device, ``max_side``,
+    precision, backend and ``pair_scores``: frames sampled at ``fps`` (default 1; ``"all"``:
+    every frame) into ``frames.<label_field>`` (``frames.<label_field>_<attribute>`` with
+    ``pair_scores``), the per-video mean into ``<label_field>`` with ``<label_field>_min``,
+    ``_p10`` and ``_segments``; ``clear`` rescores every video, else videos already scored
+    are skipped. Returns the run's summary then (``None`` for images).
+
     Args:
-        samples: a FiftyOne image collection (dataset or view).
+        samples: a FiftyOne image or video collection (dataset or view).
         model: from :func:`load_model`.
         label_field: the field (``pair_scores=False``) or field prefix to write.
         clear: first empty this model's fields on ``samples`` (:meth:`QualiCLIPModel.clear_outputs`)
@@ -324,8 +346,19 @@ def apply_model(samples, model: QualiCLIPModel, label_field: str, clear: bool = 
             into which FiftyOne would truncate every score to 0); raised before anything is
             written.
     """
+    if samples.media_type == "video":
+        from qualiclip_plugin.api import compute_image_quality
+
+        config = model.config
+        return compute_image_quality(
+            samples, field=label_field, weights=config.weights, device=str(model._device),
+            max_side=config.max_side, precision=config.precision, backend=config.backend,
+            pair_scores=config.pair_scores, overwrite=clear, fps=fps,
+            segment_seconds=segment_seconds, flag_tag=None,
+            **{k: v for k, v in kwargs.items() if k in ("batch_size", "chunk_size")})
     if clear:
         model.clear_outputs(samples, label_field)  # checks the fields first
     else:
         model.check_label_field(samples, label_field)
     samples.apply_model(model, label_field=label_field, **kwargs)
+    return None

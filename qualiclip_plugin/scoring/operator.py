@@ -21,7 +21,7 @@ from qualiclip_plugin import OPERATOR_NAME
 from qualiclip_plugin.api import compute_image_quality
 from qualiclip_plugin.scoring import claims, forms, pipeline
 from qualiclip_plugin.scoring.forms import ICON
-from qualiclip_plugin.scoring.runner import ScoringRun, first_sentence
+from qualiclip_plugin.scoring.runner import ScoringRun, first_sentence, scored_dataset
 from qualiclip_plugin.scoring.shards import queue_shards
 from qualiclip_plugin.trust import provenance
 from qualiclip_plugin.trust.policy import AppPolicy
@@ -30,6 +30,8 @@ from qualiclip_plugin.trust.request import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_FIELD,
     DEFAULT_FLAG_TAG,
+    DEFAULT_FPS,
+    DEFAULT_SEGMENT_SECONDS,
     FLAG_MODES,
     IMMEDIATE_MAX_SAMPLES,
     MAX_BATCH_SIZE,
@@ -193,7 +195,7 @@ def _checked_form(ctx) -> tuple[types.Property, pipeline.Checked | str]:
     if ctx.params.get("plan"):  # a queued run: the pipeline takes its stored request
         stage = ("worker" if ctx.delegated else
                  "queue" if ctx.requesting_delegated_execution else "run")
-        outcome = _outcome(ctx.dataset, ctx.params, policy, delegating=True, stage=stage,
+        outcome = _outcome(_dataset(ctx), ctx.params, policy, delegating=True, stage=stage,
                            operation_id=_operation_id(ctx))
         form = types.Property(inputs)
     else:
@@ -219,7 +221,8 @@ def _scoring_form(ctx, inputs: types.Object, policy: AppPolicy
     size = _target_size(ctx)
     params = given(ctx.params)
     field = params.get("field") or DEFAULT_FIELD
-    last = _recorded(ctx.dataset, field)
+    dataset = _dataset(ctx)
+    last = _recorded(dataset, field)
     options = last.get("options") or {}
 
     def chosen(name: str, recorded: Any, allowed: Any = None) -> Any:
@@ -259,13 +262,15 @@ def _scoring_form(ctx, inputs: types.Object, policy: AppPolicy
                             "noise-free, high quality, good picture")
     inputs.bool("overwrite", default=False, label="Overwrite existing scores",
                 description="Off: samples that already have a score are skipped (resume)")
+    if dataset.media_type == "video":
+        _video_inputs(inputs, field, options)
     _flag_inputs(inputs, ctx.params, field, options)
     delegating = _delegate_inputs(inputs, ctx, size)
 
     if not weights:
         outcome: pipeline.Checked | str = forms.NO_WEIGHTS
     else:
-        outcome = _outcome(ctx.dataset, _effective(inputs, ctx.params), policy,
+        outcome = _outcome(dataset, _effective(inputs, ctx.params), policy,
                            delegating=delegating or bool(ctx.delegated))
     if not isinstance(outcome, str):
         forms.weights_notice(inputs, weights)
@@ -320,18 +325,19 @@ def _start(ctx, checked: pipeline.Checked):
         RequestError: refused by the run's checks that need the model; nothing was written.
     """
     request, owner = checked.request, checked.claim_owner
+    dataset = _dataset(ctx)
     slices = _distributed_tasks(ctx)
     if slices > 1 and owner is None:
-        owner = claims.shared_owner(ctx.dataset, request.to_params(),
+        owner = claims.shared_owner(dataset, request.to_params(),
                                     ctx.request_params.get("parent_id")
                                     or ctx.request_params.get("delegated_operation_id"))
-    run = ScoringRun(ctx.dataset, ctx.target_view(), request, immediate=not ctx.delegated,
+    run = ScoringRun(dataset, ctx.target_view(), request, immediate=not ctx.delegated,
                      claim_owner=owner, slices=slices, checked=True)
     try:
         run.prepare()  # the checks that need the model, before any write
     except RequestError:
         if checked.plan is not None:
-            pipeline.release_part(ctx.dataset, checked.plan)
+            pipeline.release_part(dataset, checked.plan)
         raise
     if request.num_shards > 1 and request.shard_index is None:
         return None, queue_shards(run, ctx.target_view(), ctx.delegation_target)
@@ -399,6 +405,30 @@ def _recorded(dataset, field: str) -> dict[str, Any]:
         return provenance.recorded(dataset, field) or {}
     except Exception:  # a form must render even if a record cannot be read
         return {}
+
+
+def _dataset(ctx):
+    """The dataset the run writes into (:func:`~qualiclip_plugin.scoring.runner.scored_dataset`:
+    the frames dataset of a ``to_frames`` view, else the App's dataset)."""
+    try:
+        return scored_dataset(ctx.target_view())
+    except Exception:  # a form must render even when the view cannot be resolved yet
+        return ctx.dataset
+
+
+def _video_inputs(inputs: types.Object, field: str, options: dict) -> None:
+    """The options of video datasets: frames sampled per second, the worst segment's length."""
+    recorded_fps = options.get("fps", DEFAULT_FPS)
+    inputs.str("fps", default="all" if recorded_fps is None else f"{recorded_fps:g}",
+               label="Frames per second",
+               description="Frames of each video to score per second; 'all' = every frame. "
+                           f"Written: frames.{field} (and frames.{field}_<attribute>), and per "
+                           f"video {field} (mean), {field}_min, {field}_p10, {field}_segments")
+    inputs.float("segment_seconds",
+                 default=options.get("segment_seconds") or DEFAULT_SEGMENT_SECONDS, min=0,
+                 label="Worst segment (s)",
+                 description="Length of the worst segment each video reports "
+                             f"({field}_segments: the App's player jumps to it)")
 
 
 def _target_size(ctx) -> int:

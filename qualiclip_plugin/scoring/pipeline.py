@@ -75,7 +75,8 @@ def check(dataset, params: dict[str, Any], policy: AppPolicy | None, *, delegati
         # 3. ownership: which fields and tags the run may write
         last = _recorded(dataset, request.field)
         layout = writing.FieldLayout.for_field(
-            request.field, PAIR_NAMES if request.pair_scores else (), request.flag_field)
+            request.field, PAIR_NAMES if request.pair_scores else (), request.flag_field,
+            video=dataset.media_type == "video")
         # A shard's queuing run checked the whole target's ownership; shards check types only.
         protection.check_writable(dataset, layout, request,
                                   ownership=request.shard_index is None)

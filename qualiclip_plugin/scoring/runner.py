@@ -26,7 +26,7 @@ from fiftyone import ViewField as F
 
 from qualiclip.weights import WeightsDownloadError, cache_dir  # torch-free
 from qualiclip_plugin.model_cache import get_model
-from qualiclip_plugin.scoring import claims, writing
+from qualiclip_plugin.scoring import claims, videos, writing
 from qualiclip_plugin.trust import protection, provenance
 from qualiclip_plugin.trust.policy import remember_failed_download
 from qualiclip_plugin.trust.request import RequestError, ScoreRequest
@@ -72,15 +72,17 @@ class ScoringRun:
     def prepare(self) -> None:
         """Validate and load the model; raises :class:`RequestError` with a readable message."""
         req = self.request
-        if self.dataset.media_type not in ("image", None):
+        if self.dataset.media_type not in ("image", "video", None):
             raise RequestError(f"dataset '{self.dataset.name}' holds {self.dataset.media_type} "
-                               "samples; QualiCLIP scores images")
-        if getattr(self.target, "_is_generated", False):
-            # Patches, frames and clips have IDs of their own that match no sample of the
-            # dataset the scores are written to.
-            raise RequestError("the target is a generated view (patches, frames or clips); "
-                               "score the images themselves: run on the dataset or on a view "
-                               "of its samples")
+                               "samples; QualiCLIP scores images and videos")
+        if getattr(self.target, "_is_generated", False) and not _is_frames_of(self.target,
+                                                                             self.dataset):
+            # Patches and clips have IDs of their own that match no sample of the dataset the
+            # scores are written to. A frames view is scored as the image dataset FiftyOne
+            # generated for it (scored_dataset), whose samples are those frames.
+            raise RequestError("the target is a generated view (patches or clips); score the "
+                               "images or videos themselves: run on the dataset, on a view of "
+                               "its samples, or on its frames (to_frames)")
         total = self.target.count()
         if total == 0:
             raise RequestError("the target holds no samples: nothing to score (check the "
@@ -90,7 +92,9 @@ class ScoringRun:
         check_device(req.device)
         self.model = self._load_model()
         pair_names = list(self.model.PAIR_NAMES) if req.pair_scores else []
-        self.layout = writing.FieldLayout.for_field(req.field, pair_names, req.flag_field)
+        video = self.dataset.media_type == "video"
+        self.layout = writing.FieldLayout.for_field(req.field, pair_names, req.flag_field,
+                                                    video=video)
         if not self.checked:
             protection.check_writable(self.dataset, self.layout, req,
                                       ownership=req.shard_index is None)
@@ -102,7 +106,10 @@ class ScoringRun:
                      "flag_percent": req.flag_percent, "flag_threshold": req.flag_threshold,
                      "flag_field": req.flag_field, "flag_tag": req.flag_tag,
                      "backend": req.backend,
-                     "num_shards": req.num_shards})
+                     "num_shards": req.num_shards,
+                     # A video run's record says so: its frame and summary fields are its own.
+                     **({"video": True, "fps": req.fps,
+                         "segment_seconds": req.segment_seconds} if video else {})})
         if req.flag_view:
             protection.check_saved_view(self.dataset, req.flag_view)
         self._replace_all = self._check_comparable()
@@ -175,10 +182,10 @@ class ScoringRun:
         if not self._replace_all:
             return
         assert self.layout is not None
-        schema = self.dataset.get_field_schema(flat=True)
+        schema = writing.flat_schema(self.dataset)
         fields = [name for name in self.layout.score_fields() if name in schema]
         if fields:
-            self.target.clear_sample_fields(fields)  # only the target's samples
+            writing.clear_fields(self.target, fields)  # only the target's samples
         self._replace_all = False
 
     # --- 2. writes ---------------------------------------------------------------------------
@@ -252,6 +259,9 @@ class ScoringRun:
         from qualiclip.scoring import iter_scores
 
         req, layout = self.request, self.layout
+        assert layout is not None
+        if layout.video:
+            return (yield from videos.score_and_write(self))
         ids, paths = self._todo.values(["id", "filepath"])
         n = len(ids)
         # Inside the App server, decode in-process unless the caller asked for workers.
@@ -340,6 +350,19 @@ def first_sentence(exc: BaseException, hide: Sequence[str] = ()) -> str:
             text = text.replace(folder.rstrip(os.sep) + os.sep, "")
     end = text.find(". ")
     return (text[:end + 1] if end > 0 else text)[:300]
+
+
+def scored_dataset(collection: Any) -> fo.Dataset:
+    """The dataset a run on ``collection`` writes into: its root dataset, except for a frames
+    view (``to_frames``), whose frames FiftyOne generated as an image dataset of their own;
+    scores go there, into sample fields, as for any image dataset."""
+    if getattr(collection, "_is_frames", False):
+        return collection._dataset
+    return collection._root_dataset
+
+
+def _is_frames_of(target: Any, dataset: fo.Dataset) -> bool:
+    return bool(getattr(target, "_is_frames", False)) and target._dataset.name == dataset.name
 
 
 def _restrict_to_shard(target: Any, bounds: tuple[str, str | None] | None) -> Any:

@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any
 
 import fiftyone as fo
 from bson import ObjectId
@@ -23,31 +24,71 @@ from pymongo import UpdateOne
 _SCORE_TYPES = (fo.FloatField,)
 
 
+#: Frame fields of a video dataset are named ``frames.<name>`` in FiftyOne's paths.
+FRAMES = "frames."
+
+
 @dataclass(frozen=True)
 class FieldLayout:
     """The sample fields one scoring run writes.
 
     Attributes:
-        score: the quality score, float in [0, 1] (higher is better).
+        score: the quality score, float in [0, 1] (higher is better); on a video dataset the
+            mean of the video's sampled frames' scores.
         error: readable reason a sample has no score (``None`` when scored).
-        pairs: attribute name (``qualiclip.PAIR_NAMES``) -> field, empty unless asked for.
+        pairs: attribute name (``qualiclip.PAIR_NAMES``) -> field, empty unless asked for; on a
+            video dataset frame fields (``frames.<score>_<attribute>``).
         flag: boolean low-quality flag, ``None`` when no flagging was asked for.
+        video: a video dataset's layout: the frame fields and summary fields below exist.
     """
 
     score: str
     error: str
     pairs: dict[str, str] = field(default_factory=dict)
     flag: str | None = None
+    video: bool = False
 
     @classmethod
-    def for_field(cls, score: str, pair_names: Sequence[str] = (), flag: str | None = None
-                  ) -> FieldLayout:
+    def for_field(cls, score: str, pair_names: Sequence[str] = (), flag: str | None = None,
+                  video: bool = False) -> FieldLayout:
+        prefix = FRAMES if video else ""
         return cls(score=score, error=f"{score}_error",
-                   pairs={name: f"{score}_{name}" for name in pair_names}, flag=flag)
+                   pairs={name: f"{prefix}{score}_{name}" for name in pair_names}, flag=flag,
+                   video=video)
+
+    # --- video datasets: the frames' fields and the per-video summary -----------------------
+    @property
+    def frame_score(self) -> str:
+        """``frames.<score>``: each sampled frame's score (video layouts)."""
+        return f"{FRAMES}{self.score}"
+
+    @property
+    def frame_error(self) -> str:
+        """``frames.<score>_error``: why a frame has no score (video layouts)."""
+        return f"{FRAMES}{self.score}_error"
+
+    @property
+    def min(self) -> str:
+        """``<score>_min``: the lowest frame score of a video."""
+        return f"{self.score}_min"
+
+    @property
+    def p10(self) -> str:
+        """``<score>_p10``: the 10th percentile of a video's frame scores."""
+        return f"{self.score}_p10"
+
+    @property
+    def segments(self) -> str:
+        """``<score>_segments``: the worst segment(s), ``fo.TemporalDetections``."""
+        return f"{self.score}_segments"
 
     def score_fields(self) -> list[str]:
-        """The fields holding a score or its absence: score, error, attribute scores."""
-        return [self.score, self.error, *self.pairs.values()]
+        """The fields holding a score or its absence: score, error, attribute scores; on a
+        video dataset also the summary fields and the frames' score and error fields."""
+        if not self.video:
+            return [self.score, self.error, *self.pairs.values()]
+        return [self.score, self.error, self.min, self.p10, self.segments, self.frame_score,
+                self.frame_error, *self.pairs.values()]
 
     def all_fields(self) -> list[str]:
         """Every field the run writes: :meth:`score_fields` plus the flag field, if any."""
@@ -58,32 +99,79 @@ class FieldLayout:
         types: dict[str, tuple[type, ...]] = {self.score: _SCORE_TYPES,
                                               self.error: (fo.StringField,)}
         types.update({name: _SCORE_TYPES for name in self.pairs.values()})
+        if self.video:
+            types.update({self.min: _SCORE_TYPES, self.p10: _SCORE_TYPES,
+                          self.segments: (fo.EmbeddedDocumentField,),
+                          self.frame_score: _SCORE_TYPES, self.frame_error: (fo.StringField,)})
         if self.flag:
             types[self.flag] = (fo.BooleanField,)
         return types
 
 
+def flat_schema(dataset: fo.Dataset) -> dict[str, fo.Field]:
+    """Every field of ``dataset`` by path: sample fields, and on a video dataset its frame
+    fields as ``frames.<name>`` (FiftyOne keeps the two schemas apart)."""
+    schema = dict(dataset.get_field_schema(flat=True))
+    if dataset.media_type == "video":
+        schema.update({FRAMES + name: value for name, value
+                       in dataset.get_frame_field_schema(flat=True).items()})
+    return schema
+
+
+def count_values(collection: Any, name: str) -> int:
+    """How many samples (or, for ``frames.<name>``, frames) of ``collection`` hold a value in
+    ``name``."""
+    if name.startswith(FRAMES):
+        return int(collection.count(name))  # counts the frames whose value is not None
+    return collection.exists(name).count()
+
+
+def clear_fields(collection: Any, names: Sequence[str]) -> None:
+    """Set the fields ``names`` (sample fields or ``frames.<name>``) to ``None`` on the
+    samples (and frames) of ``collection``."""
+    frames = [name[len(FRAMES):] for name in names if name.startswith(FRAMES)]
+    samples = [name for name in names if not name.startswith(FRAMES)]
+    if samples:
+        collection.clear_sample_fields(samples)
+    if frames:
+        collection.clear_frame_fields(frames)
+
+
 def schema_conflicts(dataset: fo.Dataset, layout: FieldLayout) -> list[str]:
     """Fields of ``layout`` that exist with a type the run could not write; readable lines."""
-    schema = dataset.get_field_schema(flat=True)
+    schema = flat_schema(dataset)
     problems = []
     for name, allowed in layout.expected_types().items():
         existing = schema.get(name)
         if existing is not None and not isinstance(existing, allowed):
             wanted = " or ".join(t.__name__ for t in allowed)
             problems.append(f"field '{name}' exists as {type(existing).__name__}, not {wanted}")
+        elif (isinstance(existing, fo.EmbeddedDocumentField) and name == layout.segments
+              and existing.document_type is not fo.TemporalDetections):
+            problems.append(f"field '{name}' holds {existing.document_type.__name__}, not "
+                            "TemporalDetections")
     return problems
 
 
 def declare_fields(dataset: fo.Dataset, layout: FieldLayout) -> None:
     """Add missing fields with their types, so ``None`` writes never guess a type."""
-    schema = dataset.get_field_schema(flat=True)
+    schema = flat_schema(dataset)
     wanted = {layout.score: fo.FloatField, layout.error: fo.StringField,
               **{name: fo.FloatField for name in layout.pairs.values()}}
     if layout.flag:
         wanted[layout.flag] = fo.BooleanField
+    if layout.video:
+        wanted.update({layout.min: fo.FloatField, layout.p10: fo.FloatField,
+                       layout.frame_score: fo.FloatField, layout.frame_error: fo.StringField})
+        if layout.segments not in schema:
+            dataset.add_sample_field(layout.segments, fo.EmbeddedDocumentField,
+                                     embedded_doc_type=fo.TemporalDetections)
     for name, ftype in wanted.items():
-        if name not in schema:
+        if name in schema:
+            continue
+        if name.startswith(FRAMES):
+            dataset.add_frame_field(name[len(FRAMES):], ftype)
+        else:
             dataset.add_sample_field(name, ftype)
 
 

@@ -30,6 +30,12 @@ DEFAULT_CHUNK_SIZE = 1000
 DEFAULT_FIELD = "quality"
 DEFAULT_WEIGHTS = "qualiclip"
 DEFAULT_FLAG_TAG = "low_quality"
+#: Video datasets: frames sampled per second by default (the library's default too).
+DEFAULT_FPS = 1.0
+#: Video datasets: the worst segment's length (``qualiclip.video.DEFAULT_SEGMENT_SECONDS``).
+DEFAULT_SEGMENT_SECONDS = 3.0
+#: Sample-level fields a video run writes beside ``<field>`` (the mean): ``<field>_<suffix>``.
+VIDEO_SUMMARY_SUFFIXES = ("min", "p10", "segments")
 FLAG_MODES = ("none", "percent", "threshold")
 #: The library's own values (qualiclip.constants imports no torch, so the App starts fast).
 MIN_MAX_SIDE = MIN_SIDE
@@ -67,6 +73,10 @@ class ScoreRequest:
     flag_view: str | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
     num_shards: int = 1
+    #: Video datasets only: frames sampled per second (``None``: every frame) and the length
+    #: in seconds of the worst segment each video's summary reports.
+    fps: float | None = DEFAULT_FPS
+    segment_seconds: float = DEFAULT_SEGMENT_SECONDS
     shard_index: int | None = None
     shard_bounds: tuple[str, str | None] | None = None
 
@@ -94,6 +104,10 @@ INTERNAL_PARAMS = ("shard_index", "shard_bounds")
 MAX_BATCH_SIZE = 1024
 MAX_CHUNK_SIZE = 100_000
 MAX_SHARDS = 256
+#: Bounds of the video options: more than 1000 frames/s is no video; a segment longer than a
+#: day would only ever be the whole video.
+MAX_FPS = 1000.0
+MAX_SEGMENT_SECONDS = 86_400.0
 _DEVICE = re.compile(r"cpu|mps|cuda(:[0-9]{1,2})?")  # fullmatch
 
 
@@ -190,6 +204,12 @@ def parse_request(params: dict[str, Any], policy: AppPolicy | None = None) -> Sc
     chunk_size = parse_int(p.get("chunk_size"), "chunk_size", DEFAULT_CHUNK_SIZE, minimum=1,
                            maximum=MAX_CHUNK_SIZE)
     num_shards = parse_int(p.get("num_shards"), "num_shards", 1, minimum=1, maximum=MAX_SHARDS)
+    fps = parse_fps(p.get("fps"))
+    segment = parse_float(p.get("segment_seconds"), "segment_seconds")
+    segment = DEFAULT_SEGMENT_SECONDS if segment is None else segment
+    if not 0 < segment <= MAX_SEGMENT_SECONDS:
+        raise RequestError(f"segment_seconds must be in (0, {MAX_SEGMENT_SECONDS:g}] seconds, "
+                           f"got {segment:g}")
 
     percent = parse_float(p.get("flag_percent"), "flag_percent")
     threshold = parse_float(p.get("flag_threshold"), "flag_threshold")
@@ -231,8 +251,23 @@ def parse_request(params: dict[str, Any], policy: AppPolicy | None = None) -> Sc
         flag_percent=percent, flag_threshold=threshold,
         flag_field=flag_field if flagging else None, flag_tag=tag if flagging else None,
         flag_view=(view_name or None) if flagging else None, chunk_size=chunk_size,
-        num_shards=num_shards,
+        num_shards=num_shards, fps=fps, segment_seconds=segment,
     )
+
+
+def parse_fps(value: Any) -> float | None:
+    """The video ``fps`` option: empty = :data:`DEFAULT_FPS`, ``"all"`` = every frame
+    (``None``), else a number of frames per second in (0, :data:`MAX_FPS`]; raises
+    :class:`RequestError`."""
+    if value is None or value == "":
+        return DEFAULT_FPS
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return None
+    fps = parse_float(value, "fps")
+    if not 0 < fps <= MAX_FPS:
+        raise RequestError(f"fps must be a number of frames per second in (0, {MAX_FPS:g}], "
+                           f"or 'all' for every frame; got {_quote(value)}")
+    return fps
 
 
 def given(params: dict[str, Any] | None) -> dict[str, Any]:
@@ -254,7 +289,9 @@ def check_field_name(name: str, what: str) -> None:
 
 
 def _score_fields(field: str) -> set[str]:
-    return {field, f"{field}_error", *(f"{field}_{name}" for name in PAIR_NAMES)}
+    # The summary fields of video datasets too: a flag field may not take their names either.
+    return {field, f"{field}_error", *(f"{field}_{name}" for name in PAIR_NAMES),
+            *(f"{field}_{name}" for name in VIDEO_SUMMARY_SUFFIXES)}
 
 
 #: A saved view's name from a form. FiftyOne accepts any name that has a slug ("../../etc" is
