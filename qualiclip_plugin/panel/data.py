@@ -6,6 +6,13 @@ Values coming from the App (field, attribute, range, threshold) are checked here
 the plugin's run records say exists: the panel only reads score fields the plugin wrote and only
 writes a tag the plugin owns.
 
+On a video dataset the panel works on the videos: a scoring run writes each sampled frame's
+score into ``frames.<field>`` and the per-video summaries beside it (``<field>``: the mean of the
+sampled frames, ``<field>_p10``, ``<field>_min``, and the worst segments as
+``<field>_segments`` TemporalDetections), so every aggregation here runs on those sample-level
+summaries unchanged, the attribute choice becomes the summary choice (mean / p10 / min), and
+"worst segments" shows the segments as clips (:func:`segments_view`).
+
 Saved thresholds live in the panel's execution store of the dataset
 (:func:`~qualiclip_plugin.trust.protection.panel_store`; one entry per score path), tied to the
 field's run by the weights SHA-256 of its record: a threshold saved for scores made with other
@@ -27,8 +34,14 @@ DEFAULT_BINS = 25
 #: lowest fall below it), so it always sits among the scores.
 DEFAULT_QUANTILE = 0.1
 MAX_EXTREMES = 1000
-#: The attribute choice meaning the overall score (``<field>`` itself).
+#: The attribute choice meaning the overall score (``<field>`` itself; on videos the mean of
+#: the sampled frames).
 OVERALL = "overall"
+#: The other per-video summaries a video scoring run writes (``<field>_<summary>``), offered in
+#: place of the attribute scores, which a video run writes per frame only.
+VIDEO_SUMMARIES = ("p10", "min")
+#: The label of a video's worst segments, and the field suffix holding them.
+SEGMENTS_SUFFIX = "_segments"
 
 
 class PanelError(ValueError):
@@ -43,6 +56,18 @@ class ScoreSource:
     attributes: tuple[str, ...]
     flag_tag: str | None
     weights_sha256: str | None
+    #: Scores of videos: ``attributes`` are per-video summaries, the samples are videos.
+    video: bool = False
+
+    @property
+    def unit(self) -> str:
+        """What the samples are, for the panel's texts: ``"videos"`` or ``"samples"``."""
+        return "videos" if self.video else "samples"
+
+    @property
+    def segments(self) -> str:
+        """The field holding the worst segments of the videos (``<field>_segments``)."""
+        return self.field + SEGMENTS_SUFFIX
 
     def path(self, attribute: str | None) -> str:
         """The field holding ``attribute``'s scores (``OVERALL``/``None``: the score)."""
@@ -67,6 +92,8 @@ class Counts:
 def sources(dataset) -> dict[str, ScoreSource]:
     """The score fields the plugin's runs recorded on ``dataset``, by field name."""
     found = {}
+    video = dataset.media_type == "video"
+    schema = dataset.get_field_schema() if video else {}
     for record in provenance.all_recorded(dataset):
         field = record.get("field")
         if not field:
@@ -74,9 +101,14 @@ def sources(dataset) -> dict[str, ScoreSource]:
         options = record.get("options") or {}
         attributes = tuple(record.get("pair_names") or ()) if options.get("pair_scores", True) \
             else ()
+        if video:
+            # Attribute scores of a video run are per frame (frames.<field>_<attr>): the
+            # choices on videos are the summaries the run wrote per video.
+            attributes = tuple(s for s in VIDEO_SUMMARIES if f"{field}_{s}" in schema) + \
+                tuple(a for a in attributes if f"{field}_{a}" in schema)
         found[field] = ScoreSource(field=field, attributes=attributes,
                                    flag_tag=options.get("flag_tag"),
-                                   weights_sha256=record.get("weights_sha256"))
+                                   weights_sha256=record.get("weights_sha256"), video=video)
     return found
 
 
@@ -175,6 +207,23 @@ def extremes(view, path: str, n: Any, worst: bool):
     return view.exists(path).sort_by(path, reverse=not worst).limit(n)
 
 
+def segments_view(view, src: ScoreSource, n: Any):
+    """The ``n`` worst segments of the videos of ``view`` as clips (FiftyOne's clips view of
+    ``<field>_segments``), lowest segment mean first: opening one in the App plays that
+    segment."""
+    if not src.video:
+        raise PanelError("worst segments exist for videos only; this dataset holds images")
+    n = int(_number(n, "N"))
+    if not 1 <= n <= MAX_EXTREMES:
+        raise PanelError(f"N must be between 1 and {MAX_EXTREMES}")
+    segments = src.segments
+    if segments not in view.get_field_schema():
+        raise PanelError(f"'{src.field}' has no worst segments ('{segments}'): score the videos "
+                         "again with this version of the plugin")
+    clips = view.exists(segments).to_clips(segments)
+    return clips.sort_by(f"{segments}.confidence", create_index=False).limit(n)
+
+
 def below(view, path: str, threshold: Any):
     """Samples of ``view`` scored below ``threshold`` (unscored samples are not below)."""
     from fiftyone import ViewField as F
@@ -244,9 +293,18 @@ def panel_tag(dataset, src: ScoreSource) -> str:
     return tag
 
 
+def check_taggable(target) -> None:
+    """Refuse tagging in a generated view (clips, frames, patches: e.g. the panel's worst
+    segments): its samples are not the dataset's, so a tag would land nowhere."""
+    if getattr(target, "_is_generated", False):
+        raise PanelError("the grid shows clips, frames or patches, not the dataset's samples: "
+                         "press 'Back to my view', then tag")
+
+
 def tag_below(dataset, target, path: str, threshold: Any, tag: str) -> int:
     """Tag the samples of ``target`` below ``threshold`` with the plugin's ``tag``; returns
     how many are below. Samples that had the tag already keep it as the user's."""
+    check_taggable(target)
     matched = below(target, path, threshold)
     protection.add_tag(dataset, matched, tag)
     return matched.count()
@@ -255,6 +313,7 @@ def tag_below(dataset, target, path: str, threshold: Any, tag: str) -> int:
 def untag(target, tag: str) -> int:
     """Remove the plugin's ``tag`` from the samples of ``target`` it tagged (a user's own
     ``tag`` stays); returns how many lost it."""
+    check_taggable(target)
     return protection.remove_tag(target._dataset, target, tag)
 
 

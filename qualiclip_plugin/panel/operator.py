@@ -108,6 +108,9 @@ class ImageQualityPanel(RatingHandlers, foo.Panel):
     def show_best(self, ctx) -> None:
         self._guarded(ctx, self._show_extremes, worst=False)
 
+    def show_segments(self, ctx) -> None:
+        self._guarded(ctx, self._show_segments)
+
     def back_to_view(self, ctx) -> None:
         self._guarded(ctx, self._restore_view)
 
@@ -143,7 +146,7 @@ class ImageQualityPanel(RatingHandlers, foo.Panel):
             threshold = panel_data.check_threshold(self._threshold(ctx))
             count = panel_data.tag_below(ctx.dataset, self._scope(ctx), path, threshold, tag)
             ctx.ops.reload_dataset()
-            self._say(ctx, f"Tagged {count} samples below {threshold:.6g} with '{tag}'")
+            self._say(ctx, f"Tagged {count} {src.unit} below {threshold:.6g} with '{tag}'")
         self._guarded(ctx, tag)
 
     def untag(self, ctx) -> None:
@@ -152,7 +155,7 @@ class ImageQualityPanel(RatingHandlers, foo.Panel):
             tag = panel_data.panel_tag(ctx.dataset, src)
             count = panel_data.untag(self._scope(ctx), tag)
             ctx.ops.reload_dataset()
-            self._say(ctx, f"Removed '{tag}' from {count} samples")
+            self._say(ctx, f"Removed '{tag}' from {count} {src.unit}")
         self._guarded(ctx, remove)
 
     def score_unscored(self, ctx) -> None:
@@ -207,7 +210,10 @@ class ImageQualityPanel(RatingHandlers, foo.Panel):
             field = DEFAULT_FIELD if DEFAULT_FIELD in known else sorted(known)[0]
             reload_threshold = True
         src = known[field]
-        _put(state, {"attributes": [panel_data.OVERALL, *src.attributes]})
+        # The panel's own worst-segments view holds clips of the videos (same summaries).
+        unit = "clips" if getattr(ctx.view, "_is_clips", False) else src.unit
+        _put(state, {"attributes": [panel_data.OVERALL, *src.attributes], "unit": unit,
+                     "video": src.video})
         if attribute not in state.attributes:
             attribute = panel_data.OVERALL
         path = src.path(attribute)
@@ -234,23 +240,23 @@ class ImageQualityPanel(RatingHandlers, foo.Panel):
                      "unscored": counts.unscored, "edges": hist["edges"] if hist else [],
                      "below": None if threshold is None else
                      panel_data.below(ctx.view, path, threshold).count()})
-        ctx.panel.data.histogram = histogram_bars(hist) if hist else []
+        ctx.panel.data.histogram = histogram_bars(hist, unit) if hist else []
 
     def _show_range(self, ctx, low: Any, high: Any) -> None:
-        _, path = self._source(ctx)
+        src, path = self._source(ctx)
         edges = ctx.panel.state.edges or []
         last = bool(edges) and _close(high, edges[-1])
         base = self._base_view(ctx)
         view = panel_data.range_view(base, path, low, high, include_high=last)
         self._set_view(ctx, view)
         self._say(ctx, f"Showing {path} in [{float(low):.6g}, {float(high):.6g}"
-                       f"{']' if last else ')'}: {view.count()} samples")
+                       f"{']' if last else ')'}: {view.count()} {src.unit}")
 
     def _show_count(self, ctx, which: str) -> None:
         src, _ = self._source(ctx)
         view = panel_data.counts_view(self._base_view(ctx), src.field, which)
         self._set_view(ctx, view)
-        self._say(ctx, f"Showing the {which.replace('errors', 'failed')} samples")
+        self._say(ctx, f"Showing the {which.replace('errors', 'failed')} {src.unit}")
 
     def _show_extremes(self, ctx, worst: bool) -> None:
         _, path = self._source(ctx)
@@ -259,6 +265,16 @@ class ImageQualityPanel(RatingHandlers, foo.Panel):
         self._set_view(ctx, view)
         self._say(ctx, f"Showing the {int(float(n))} {'lowest' if worst else 'highest'} "
                        f"'{path}' scores")
+
+    def _show_segments(self, ctx) -> None:
+        """The worst segments of the videos as clips, lowest segment mean first (opening one
+        in the App plays that segment)."""
+        src, _ = self._source(ctx)
+        n = ctx.panel.state.n or DEFAULT_N
+        view = panel_data.segments_view(self._base_view(ctx), src, n)
+        self._set_view(ctx, view)
+        self._say(ctx, f"Showing the {view.count()} worst segments ('{src.segments}'), lowest "
+                       "mean first: open one to play it")
 
     def _set_view(self, ctx, view) -> None:
         """Show ``view`` in the grid and remember it was the panel's (see

@@ -40,7 +40,9 @@ def build_view(handlers: ImageQualityPanel, state, current: Selection) -> types.
                    on_change=handlers.on_change_field)
         panel.enum(input_name(current, "attribute"), state.attributes or [],
                    default=current.attribute,
-                   label="Score (overall or one attribute)", view=types.DropdownView(),
+                   label="Per-video score (overall: mean of the scored frames; p10; min)"
+                   if state.video else "Score (overall or one attribute)",
+                   view=types.DropdownView(),
                    on_change=handlers.on_change_attribute)
         panel.plot("histogram", layout=_layout(state, current), config={"displayModeBar": False},
                    on_click=handlers.on_bar_click, on_selected=handlers.on_bars_selected,
@@ -57,6 +59,9 @@ def build_view(handlers: ImageQualityPanel, state, current: Selection) -> types.
         ranks = panel.h_stack("ranks", align_x="left", gap=1)
         ranks.btn("worst", label="Worst N", on_click=handlers.show_worst, variant="outlined")
         ranks.btn("best", label="Best N", on_click=handlers.show_best, variant="outlined")
+        if state.video:
+            ranks.btn("segments", label="Worst segments", on_click=handlers.show_segments,
+                      variant="outlined")
         ranks.btn("back", label="Back to my view", on_click=handlers.back_to_view,
                   variant="outlined")
         if current.threshold is not None:
@@ -75,7 +80,8 @@ def build_view(handlers: ImageQualityPanel, state, current: Selection) -> types.
         scope = types.RadioGroup(orientation="horizontal")
         scope.add_choice("view", label="Current view")
         scope.add_choice("selected",
-                         label=f"Selected samples ({state.selected_count or 0})")
+                         label=f"Selected {state.unit or 'samples'} "
+                               f"({state.selected_count or 0})")
         panel.enum("scope", list(SCOPES), default=state.scope or "view", view=scope,
                    label="Tag or untag")
         tags = panel.h_stack("tags", align_x="left", gap=1)
@@ -105,18 +111,19 @@ def _threshold_slider(panel: types.Object, handlers: ImageQualityPanel, state,
                 view=types.SliderView(data=threshold, step=_slider_step(edges, low, high)),
                 on_change=handlers.on_change_threshold)
     below = "?" if state.below is None else state.below
-    panel.md(f"{below} of {state.scored or 0} scored samples in the view are below "
+    panel.md(f"{below} of {state.scored or 0} scored {state.unit or 'samples'} in the view are "
+             "below "
              f"{threshold:.6g}", name="below_text")
 
 
-def histogram_bars(hist: dict[str, list]) -> list[dict[str, Any]]:
+def histogram_bars(hist: dict[str, list], unit: str = "samples") -> list[dict[str, Any]]:
     """The Plotly bar trace of :func:`.panel_data.histogram`'s ``{"edges", "counts"}``: one bar
-    per bin, as wide as the bin."""
+    per bin, as wide as the bin; ``unit`` names what is counted (``"samples"``, ``"videos"``)."""
     edges, counts = hist["edges"], hist["counts"]
     widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
     return [{"type": "bar", "name": "scores", "x": edges[:-1], "y": counts, "width": widths,
              "offset": 0, "marker": {"color": "rgb(255, 109, 5)"},
-             "hovertemplate": "%{x:.4g}: %{y} samples<extra></extra>"}]
+             "hovertemplate": f"%{{x:.4g}}: %{{y}} {unit}<extra></extra>"}]
 
 
 def _layout(state, current: Selection) -> dict[str, Any]:
@@ -127,7 +134,8 @@ def _layout(state, current: Selection) -> dict[str, Any]:
         {"type": "line", "x0": threshold, "x1": threshold, "y0": 0, "y1": 1, "yref": "paper",
          "line": {"color": "#d62728", "width": 2}}]
     xaxis: dict[str, Any] = {
-        "title": {"text": f"{path} ({state.total or 0} samples in the view)", "standoff": 4},
+        "title": {"text": f"{path} ({state.total or 0} {state.unit or 'samples'} in the view)",
+                  "standoff": 4},
         "automargin": True}
     edges = state.edges or []
     if edges:
@@ -139,7 +147,8 @@ def _layout(state, current: Selection) -> dict[str, Any]:
         xaxis["autorange"] = False
     # Bottom margin for the tick labels and the axis title, so the title never reaches the
     # count buttons drawn under the plot.
-    return {"xaxis": xaxis, "yaxis": {"title": {"text": "samples"}, "automargin": True},
+    return {"xaxis": xaxis,
+            "yaxis": {"title": {"text": state.unit or "samples"}, "automargin": True},
             "bargap": 0.05, "dragmode": "select",
             "margin": {"t": 8, "l": 48, "b": 64, "r": 8}, "shapes": shapes}
 

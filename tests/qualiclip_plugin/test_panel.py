@@ -210,3 +210,171 @@ def test_panel_state_has_one_update_path(scored, tiny_checkpoint):
     dataset.add_sample(fo.Sample(filepath=dataset.first().filepath))
     ctx = panel_event(dataset, "refresh", state)
     assert ctx.panel.state.total == len(dataset) and ctx.panel.state.unscored == 1
+
+
+# --- video datasets ---------------------------------------------------------------------------
+#: Frames per second and length of the test videos; frames are sampled at 1 fps (frame numbers
+#: 1, 11, 21, 31: FiftyOne's are 1-based).
+VIDEO_RATE, VIDEO_FRAMES = 10, 40
+
+
+def ramp_video(path, offset: int = 0):
+    """A real H.264 file of ``VIDEO_FRAMES`` flat frames whose brightness tells the frame:
+    frame number ``n`` (1-based) is ``offset + 20 + 5 (n - 1)``."""
+    import numpy as np
+
+    from tests.qualiclip.test_video import write_video
+
+    frames = [np.full((48, 64, 3), offset + 20 + 5 * i, np.uint8) for i in range(VIDEO_FRAMES)]
+    return write_video(path, frames, VIDEO_RATE)
+
+
+def write_video_scores(sample, field: str, frame_scores: dict[int, float]) -> None:
+    """The fields a video scoring run writes (the plugin's video layout): ``frames.<field>``
+    per sampled frame, the per-video mean / p10 / min and the worst one-second segment as
+    ``TemporalDetections`` (support: first and last frame, confidence: its mean)."""
+    import fiftyone as fo
+
+    for number, score in frame_scores.items():
+        sample.frames[number][field] = score
+    values = np.array(list(frame_scores.values()))
+    worst = min(frame_scores, key=frame_scores.get)
+    sample[field] = float(values.mean())
+    sample[f"{field}_p10"] = float(np.percentile(values, 10))
+    sample[f"{field}_min"] = float(values.min())
+    sample[f"{field}_segments"] = fo.TemporalDetections(detections=[fo.TemporalDetection(
+        label="low quality", support=[worst, worst + VIDEO_RATE - 1],
+        confidence=frame_scores[worst])])
+
+
+def scored_video_dataset(folder, frame_scores: list[dict[int, float]], field: str = "quality"):
+    """A persistent video dataset: one real video per entry of ``frame_scores`` scored with
+    those frame scores, plus a file that is no video (``<field>_error``), and the run record a
+    scoring run leaves."""
+    import uuid
+
+    import fiftyone as fo
+
+    from qualiclip.prompts import PAIR_NAMES
+    from qualiclip_plugin.trust import provenance
+
+    dataset = fo.Dataset(f"qualiclip-video-{uuid.uuid4().hex[:10]}", persistent=True)
+    samples = []
+    for i, scores in enumerate(frame_scores):
+        sample = fo.Sample(filepath=str(ramp_video(folder / f"clip_{i}.mp4", offset=i)))
+        write_video_scores(sample, field, scores)
+        samples.append(sample)
+    broken = folder / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    samples.append(fo.Sample(filepath=str(broken), **{f"{field}_error": "broken.mp4: cannot "
+                                                      "open as a video"}))
+    dataset.add_samples(samples)
+    provenance.record(dataset, provenance.describe_run(
+        field, {"name": "tiny.pth", "sha256": "c" * 64}, {"max_side": None, "precision": "fp32"},
+        list(PAIR_NAMES), {"pair_scores": True, "fps": 1}))
+    return dataset
+
+
+#: Frame scores of the panel's test videos: means 0.6, 0.4, 0.55, 0.3; the worst frames differ.
+VIDEO_SCORES = [{1: 0.7, 11: 0.7, 21: 0.3, 31: 0.7}, {1: 0.5, 11: 0.2, 21: 0.45, 31: 0.45},
+                {1: 0.55, 11: 0.55, 21: 0.55, 31: 0.55}, {1: 0.1, 11: 0.5, 21: 0.3, 31: 0.3}]
+
+
+@pytest.fixture()
+def scored_videos(tmp_path):
+    import fiftyone as fo
+
+    dataset = scored_video_dataset(tmp_path, VIDEO_SCORES)
+    yield dataset
+    if fo.dataset_exists(dataset.name):
+        fo.delete_dataset(dataset.name)
+
+
+def test_videos_are_the_panels_samples(scored_videos):
+    """On a video dataset the panel aggregates the per-video summaries: the summary choice is
+    mean / p10 / min (the attribute scores are per frame), counts and histograms are of
+    videos, worst N are videos, and the worst segments open as clips, lowest mean first."""
+    from qualiclip_plugin.panel import data as panel_data
+
+    dataset = scored_videos
+    src = panel_data.source(dataset, "quality")
+    assert src.video and src.unit == "videos"
+    assert src.attributes == ("p10", "min")
+    assert src.path("overall") == "quality" and src.path("p10") == "quality_p10"
+    with pytest.raises(panel_data.PanelError):
+        src.path("sharp_image")  # per frame only: no such video field to draw
+
+    counts = panel_data.counts(dataset.view(), "quality")
+    assert (counts.total, counts.scored, counts.errors) == (5, 4, 1)
+    for summary, aggregate in (("overall", np.mean), ("min", np.min),
+                               ("p10", lambda v: np.percentile(v, 10))):
+        values = np.array([aggregate(list(s.values())) for s in VIDEO_SCORES])
+        hist = panel_data.histogram(dataset.view(), src.path(summary), bins=4)
+        expected, edges = np.histogram(values, bins=4, range=(values.min(), values.max()))
+        assert hist["counts"] == expected.tolist(), summary
+        assert hist["edges"] == pytest.approx(edges.tolist())
+
+    worst = panel_data.extremes(dataset.view(), "quality", 2, worst=True)
+    assert [p.rsplit("/", 1)[1] for p in worst.values("filepath")] == ["clip_3.mp4",
+                                                                        "clip_1.mp4"]
+    clips = panel_data.segments_view(dataset.view(), src, 3)
+    assert clips.count() == 3
+    assert clips.values("quality_segments.confidence") == [0.1, 0.2, 0.3]
+    assert clips.values("support") == [[1, 10], [11, 20], [21, 30]]
+    assert [p.rsplit("/", 1)[1] for p in clips.values("filepath")] == \
+        ["clip_3.mp4", "clip_1.mp4", "clip_0.mp4"]
+    image_source = panel_data.ScoreSource("quality", (), None, None)
+    with pytest.raises(panel_data.PanelError, match="videos only"):
+        panel_data.segments_view(dataset.view(), image_source, 3)
+
+
+def test_panel_events_on_a_video_dataset(scored_videos):
+    """The panel's handlers on videos: settle on the video summaries, show worst videos and
+    worst segments, tag videos below the threshold (never clips)."""
+    from qualiclip_plugin.panel import data as panel_data
+    from qualiclip_plugin.panel.operator import ImageQualityPanel
+    from qualiclip_plugin.panel.state import Selection, input_name
+    from tests.qualiclip_plugin.security.test_views import panel_event, shown_views
+
+    dataset = scored_videos
+    ctx = panel_event(dataset, "on_load", {})
+    state = ctx.panel.state._data
+    assert state["attributes"] == ["overall", "p10", "min"] and state["unit"] == "videos"
+    assert (state["total"], state["scored"], state["errors"]) == (5, 4, 1)
+    rendered = ImageQualityPanel().render(ctx).to_json()["type"]["properties"]
+    assert "videos in the view" in str(rendered["histogram"]["view"]["layout"]["xaxis"])
+    assert "segments" in rendered["ranks"]["type"]["properties"]
+
+    current = Selection.of(ctx.panel.state)
+    ctx = panel_event(dataset, "on_change_attribute", state, value="min",
+                      path=input_name(current, "attribute"))
+    state = ctx.panel.state._data
+    assert Selection.of(ctx.panel.state).attribute == "min"
+    assert state["edges"][0] == pytest.approx(0.1) and state["edges"][-1] == \
+        pytest.approx(0.55, abs=1e-5)
+
+    ctx = panel_event(dataset, "show_worst", {**state, "n": 2})
+    (view,) = shown_views(ctx)
+    assert "quality_min" in str(view) and "2 lowest 'quality_min'" in ctx.panel.state.message
+
+    ctx = panel_event(dataset, "show_segments", {**state, "n": 2})
+    (view,) = shown_views(ctx)
+    assert "ToClips" in str(view) and "worst segments" in ctx.panel.state.message
+
+    # tag the videos whose min is below 0.25: clip_3 (0.1) and clip_1 (0.2)
+    ctx = panel_event(dataset, "on_change_threshold", state, value=0.25,
+                      path=input_name(Selection.of(ctx.panel.state), "threshold"))
+    state = ctx.panel.state._data
+    ctx = panel_event(dataset, "tag_below", state)
+    assert ctx.panel.state.message == "Tagged 2 videos below 0.25 with 'low_quality'"
+    tagged = dataset.match_tags("low_quality").values("filepath")
+    assert sorted(p.rsplit("/", 1)[1] for p in tagged) == ["clip_1.mp4", "clip_3.mp4"]
+
+    # in the clips view the panel showed, tagging is refused and nothing changes
+    src = panel_data.source(dataset, "quality")
+    clips = panel_data.segments_view(dataset.view(), src, 4)
+    with pytest.raises(panel_data.PanelError, match="Back to my view"):
+        panel_data.tag_below(dataset, clips, "quality", 0.9, "low_quality")
+    with pytest.raises(panel_data.PanelError, match="Back to my view"):
+        panel_data.untag(clips, "low_quality")
+    assert dataset.count_sample_tags() == {"low_quality": 2}
