@@ -306,9 +306,9 @@ def convert_pyiqa_plus(source: str | os.PathLike, weights: str | os.PathLike | N
 
     name, dataset = variant_of(source)
     licenses = [
-        {"what": "QualiCLIP+ prompt weights (released with pyiqa)", "license": PYIQA_LICENSE,
+        {"what": "QualiCLIP+ prompt weights, released with pyiqa", "license": PYIQA_LICENSE,
          "url": PYIQA_LICENSE_URL},
-        {"what": "QualiCLIP weights (image and text towers)", "license": OFFICIAL.license,
+        {"what": "QualiCLIP weights, image and text towers", "license": OFFICIAL.license,
          "url": OFFICIAL.license_url},
     ]
     source_sha = sha256_file(source)
