@@ -143,6 +143,12 @@ def import_scores(sample_collection, results: str, field: str = DEFAULT_FIELD,
                   flag_view=flag_view, chunk_size=chunk_size)
     view = sample_collection.view()
     dataset = view._root_dataset
+    if dataset.media_type == "video":
+        # The Ray engine's rows are one per image; a video run's frames and summaries are
+        # written by the video path, which decodes the videos itself.
+        raise RequestError(f"dataset '{dataset.name}' holds videos, and import_scores writes "
+                           "one score per image: score it with compute_image_quality (or the "
+                           "operator) instead")
     # "weights" above only passes parsing: an import loads none; its record takes the weights
     # from the results.
     request = pipeline.check(dataset, params, policy=None, delegating=False).request

@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 SUMMARY_LABELS = (
     ("field", "Score field"),
     ("scored", "Scored in this run"),
+    ("frames_scored", "Video frames scored in this run"),
     ("skipped", "Skipped (already scored)"),
     ("failed", "Failed (see the error field)"),
     ("mean", "Mean score over the target"),

@@ -183,15 +183,16 @@ def test_delegated_and_sharded_runs(video_dataset, operator, probe_checkpoint):
     immediate run does."""
     from tests.qualiclip_plugin.test_delegated import _ops, _run_queue
 
+    # At 2 fps, so a queued run that lost its options (and sampled at the default 1) shows.
     reference = video_dataset(("ramp", "degraded"))
-    operator(reference, **_params(probe_checkpoint))
+    operator(reference, **_params(probe_checkpoint, fps="2"))
     expected = {s.filepath: (s["quality"], _frames(s, "quality")) for s in reference}
 
     delegated = video_dataset(("ramp", "degraded"))
-    queued = operator(delegated, **_params(probe_checkpoint), delegate=True)
+    queued = operator(delegated, **_params(probe_checkpoint, fps="2"), delegate=True)
     assert queued["run_state"] == "queued"
     sharded = video_dataset(("ramp", "degraded", "ramp", "corrupt"))
-    summary = operator(sharded, **_params(probe_checkpoint, num_shards=2))
+    summary = operator(sharded, **_params(probe_checkpoint, fps="2", num_shards=2))
     assert summary["queued_shards"] == 2
     for dataset in (delegated, sharded):
         _run_queue(dataset)
@@ -207,7 +208,7 @@ def test_delegated_and_sharded_runs(video_dataset, operator, probe_checkpoint):
             assert _frames(sample, "quality") == pytest.approx(frames, abs=TOL)
     per_shard = sorted(op.result.result["to_score"] for op in _ops(sharded))
     assert per_shard == [2, 2]
-    assert sum(op.result.result["frames_scored"] for op in _ops(sharded)) == 4 + 10 + 4
+    assert sum(op.result.result["frames_scored"] for op in _ops(sharded)) == 7 + 20 + 7
 
 
 _KILLED_RUN = textwrap.dedent("""
@@ -347,6 +348,11 @@ def test_bad_video_options_are_refused(video_dataset, probe_checkpoint, fps, mes
         compute_image_quality(dataset, fps=fps, **_params(probe_checkpoint))
     with pytest.raises(RequestError, match="segment_seconds must be"):
         compute_image_quality(dataset, segment_seconds=0, **_params(probe_checkpoint))
+    # Ray results are one row per image: not written into a video dataset's fields.
+    from qualiclip_plugin.api import import_scores
+
+    with pytest.raises(RequestError, match="holds videos, and import_scores writes one score"):
+        import_scores(dataset, str(probe_checkpoint.parent))
     assert not dataset.has_sample_field("quality")
 
 
