@@ -14,6 +14,14 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -
         (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) ||
         echo "warning: could not install chromium; the browser tests will be skipped (fail with CI=true)" >&2
 fi
+# The App shows video datasets only with FFmpeg's ffprobe on the PATH (the video browser test).
+if ! command -v ffprobe >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "==> installing ffmpeg (ffprobe) for the App's video test"
+    (apt-get install -y -q --no-install-recommends ffmpeg >/dev/null 2>&1 ||
+        (apt-get update -q >/dev/null 2>&1 &&
+            apt-get install -y -q --no-install-recommends ffmpeg >/dev/null 2>&1)) ||
+        echo "warning: could not install ffmpeg; the App video test will be skipped (fail with CI=true)" >&2
+fi
 export FIFTYONE_DO_NOT_TRACK=true
 .venv/bin/python -m ruff check .
 .venv/bin/python -m pytest "$@"

@@ -247,10 +247,11 @@ def write_video_scores(sample, field: str, frame_scores: dict[int, float]) -> No
         confidence=frame_scores[worst])])
 
 
-def scored_video_dataset(folder, frame_scores: list[dict[int, float]], field: str = "quality"):
+def scored_video_dataset(folder, frame_scores: list[dict[int, float]], field: str = "quality",
+                         broken: bool = True):
     """A persistent video dataset: one real video per entry of ``frame_scores`` scored with
-    those frame scores, plus a file that is no video (``<field>_error``), and the run record a
-    scoring run leaves."""
+    those frame scores, plus (``broken``) a file that is no video (``<field>_error``), and the
+    run record a scoring run leaves."""
     import uuid
 
     import fiftyone as fo
@@ -264,10 +265,11 @@ def scored_video_dataset(folder, frame_scores: list[dict[int, float]], field: st
         sample = fo.Sample(filepath=str(ramp_video(folder / f"clip_{i}.mp4", offset=i)))
         write_video_scores(sample, field, scores)
         samples.append(sample)
-    broken = folder / "broken.mp4"
-    broken.write_bytes(b"not a video")
-    samples.append(fo.Sample(filepath=str(broken), **{f"{field}_error": "broken.mp4: cannot "
-                                                      "open as a video"}))
+    if broken:
+        path = folder / "broken.mp4"
+        path.write_bytes(b"not a video")
+        samples.append(fo.Sample(filepath=str(path), **{f"{field}_error": "broken.mp4: cannot "
+                                                        "open as a video"}))
     dataset.add_samples(samples)
     provenance.record(dataset, provenance.describe_run(
         field, {"name": "tiny.pth", "sha256": "c" * 64}, {"max_side": None, "precision": "fp32"},
