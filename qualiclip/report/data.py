@@ -24,8 +24,27 @@ NO_GROUP = "(none)"
 
 
 @dataclass(frozen=True)
+class FrameRow:
+    """One scored frame of a video in a report (a video's worst frames).
+
+    Attributes:
+        frame: the frame number as the caller shows it (FiftyOne's are 1-based).
+        index: the frame's position in presentation order, 0-based: the frame the report
+            decodes for the thumbnail (``qualiclip.video`` numbers frames the same way).
+        score: the frame's quality in [0, 1].
+        timestamp: when the frame is shown, in seconds; ``None`` when unknown (the report
+            then takes it from the decoded frame).
+    """
+
+    frame: int
+    index: int
+    score: float
+    timestamp: float | None = None
+
+
+@dataclass(frozen=True)
 class ReportRow:
-    """One image in a report.
+    """One image (or video) in a report.
 
     Attributes:
         path: image file path (used for the thumbnail and as the name shown).
@@ -34,6 +53,11 @@ class ReportRow:
         groups: breakdown keys -> the values this row belongs to, e.g.
             ``{"split": ("train",), "tags": ("a", "b")}``; a row may be in several groups.
         error: why the image was not scored, else ``None``.
+        frames: for a video, its worst scored frames, lowest score first (``score`` is then
+            the video's summary, e.g. the mean of its sampled frames); empty for an image.
+        summaries: for a video, other per-video numbers shown beside it (e.g. ``{"p10": ..,
+            "min": ..}``), each in [0, 1].
+        segment: for a video, its worst segment ``(first frame, last frame, mean score)``.
     """
 
     path: str
@@ -41,6 +65,9 @@ class ReportRow:
     pair_scores: dict[str, float] = field(default_factory=dict)
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     error: str | None = None
+    frames: tuple[FrameRow, ...] = ()
+    summaries: dict[str, float] = field(default_factory=dict)
+    segment: tuple[int, int, float] | None = None
 
 
 def _float_or_none(text: str | None) -> float | None:

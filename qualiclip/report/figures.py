@@ -39,8 +39,10 @@ def _hboxplot(ax, data: list[list[float]], labels: list[str]) -> None:
     ax.invert_yaxis()
 
 
-def histogram_png(counts: np.ndarray, edges: np.ndarray, threshold: float | None) -> bytes:
-    """Bar chart of precomputed histogram ``counts`` over ``edges`` (so figure and table agree)."""
+def histogram_png(counts: np.ndarray, edges: np.ndarray, threshold: float | None,
+                  unit: str = "images") -> bytes:
+    """Bar chart of precomputed histogram ``counts`` over ``edges`` (so figure and table agree);
+    ``unit`` labels the counts (``"images"``, ``"videos"``)."""
     fig = _figure(6.4, 3.2)
     ax = fig.add_subplot()
     ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4c72b0",
@@ -51,7 +53,7 @@ def histogram_png(counts: np.ndarray, edges: np.ndarray, threshold: float | None
         ax.legend(loc="upper left")
     ax.set_xlim(0, 1)
     ax.set_xlabel("QualiCLIP score (higher is better)")
-    ax.set_ylabel("images")
+    ax.set_ylabel(unit)
     return _png(fig)
 
 

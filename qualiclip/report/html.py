@@ -10,6 +10,10 @@ through :func:`escape`, line breaks included: no line of the file begins with te
 Sections: summary counts (incl. flagged images), score histogram (figure plus its bin counts),
 per-pair score distribution, the worst and best ``n`` images as thumbnail grids with their pair
 scores, and a breakdown per group key (label, tag, split, ...) when rows carry groups.
+
+Rows of videos (:attr:`~qualiclip.report.data.ReportRow.frames` set) show their worst frames:
+frame number, timestamp and score, each with a thumbnail of that frame decoded from the video
+(:mod:`qualiclip.report.frames`), and the video's other summaries and worst segment.
 """
 
 from __future__ import annotations
@@ -76,6 +80,9 @@ class ReportConfig:
         bins: histogram bins over [0, 1].
         thumb_size: longest thumbnail side in px.
         source: a line saying where the scores came from (CSV path, dataset field, weights).
+        unit: what the rows are, in the page's texts (``"images"``, ``"videos"``).
+        worst_frames: how many worst frames a video shows (for the callers that fill
+            :attr:`~qualiclip.report.data.ReportRow.frames`).
     """
 
     title: str = "QualiCLIP quality report"
@@ -84,6 +91,8 @@ class ReportConfig:
     bins: int = 20
     thumb_size: int = 160
     source: str = ""
+    unit: str = "images"
+    worst_frames: int = 3
 
 
 _CSS = """
@@ -98,6 +107,7 @@ figure.thumb .path{word-break:break-all;font-weight:600}
 figure.thumb table{width:100%;margin:2px 0} figure.thumb td{padding:0 .3em}
 figure.thumb .missing{height:80px;background:#eee;display:flex;align-items:center;
 justify-content:center;color:#888}
+figure.thumb table.frames img{width:48px;display:block}
 img.figure{max-width:100%} details{margin:.5em 0}
 """
 
@@ -124,6 +134,37 @@ def _thumbnail(path: str, size: int) -> str | None:
     return _data_uri(buffer.getvalue(), "image/jpeg")
 
 
+def _jpeg_uri(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=82)
+    return _data_uri(buffer.getvalue(), "image/jpeg")
+
+
+def _frames_html(row: ReportRow, size: int) -> tuple[str | None, str]:
+    """A video row's picture (its worst frame) and its worst-frames table: frame number,
+    timestamp, score, each with a small thumbnail of the decoded frame."""
+    from qualiclip.report.frames import frame_pictures
+
+    pictures = frame_pictures(row.path, [f.index for f in row.frames], size)
+    lines = []
+    for f in row.frames:
+        picture, decoded_time = pictures.get(f.index, (None, None))
+        when = f.timestamp if f.timestamp is not None else decoded_time
+        image = (f'<img alt="frame {f.frame}" src="{_jpeg_uri(picture)}">' if picture
+                 else "not readable")
+        lines.append(f'<tr class="frame" data-frame="{f.frame}" '
+                     f'data-timestamp="{"" if when is None else f"{when:.3f}"}" '
+                     f'data-score="{f.score:.6f}"><td>{image}</td>'
+                     f"<td class=name>frame {f.frame}<br>"
+                     f"{'' if when is None else f'{when:.2f} s'}</td>"
+                     f"<td>{f.score:.3f}</td></tr>")
+    worst = pictures.get(row.frames[0].index) if row.frames else None
+    main = _jpeg_uri(worst[0]) if worst else None
+    table = (f'<div>worst {len(row.frames)} frames</div><table class="frames">{"".join(lines)}'
+             "</table>") if lines else ""
+    return main, table
+
+
 def _figure_img(png: bytes, alt: str, fig_id: str) -> str:
     uri = _data_uri(png, "image/png")
     return f'<img class="figure" id="{fig_id}" alt="{escape(alt)}" src="{uri}">'
@@ -133,18 +174,31 @@ def _thumb_grid(rows: Sequence[ReportRow], grid_id: str, config: ReportConfig,
                 pair_names: Sequence[str]) -> str:
     items = []
     for rank, row in enumerate(rows, start=1):
-        uri = _thumbnail(row.path, config.thumb_size)
+        frames = ""
+        if row.frames:  # a video: its worst frame is its picture
+            uri, frames = _frames_html(row, config.thumb_size)
+        else:
+            uri = _thumbnail(row.path, config.thumb_size)
         picture = (f'<img alt="{escape(os.path.basename(row.path))}" src="{uri}">' if uri
-                   else '<div class="missing">image not readable</div>')
+                   else f'<div class="missing">{"video" if row.frames else "image"} not '
+                        "readable</div>")
         pairs = "".join(
             f"<tr><td class=name>{escape(p)}</td><td>{row.pair_scores[p]:.3f}</td></tr>"
             for p in pair_names if p in row.pair_scores
+        ) + "".join(
+            f"<tr><td class=name>{escape(name)}</td><td>{value:.3f}</td></tr>"
+            for name, value in row.summaries.items()
         )
+        segment = "" if row.segment is None else (
+            f'<div class="segment" data-first="{row.segment[0]}" data-last="{row.segment[1]}">'
+            f"worst segment: frames {row.segment[0]}&ndash;{row.segment[1]}, mean "
+            f"{row.segment[2]:.3f}</div>")
+        label = "mean score" if row.frames else "score"
         items.append(
             f'<figure class="thumb" data-rank="{rank}" data-path="{escape(row.path)}" '
             f'data-score="{row.score:.6f}">{picture}<figcaption>'
             f'<div class="path">{escape(row.path)}</div>'
-            f"<div>score <b>{row.score:.3f}</b></div><table>{pairs}</table>"
+            f"<div>{label} <b>{row.score:.3f}</b></div><table>{pairs}</table>{segment}{frames}"
             f"</figcaption></figure>"
         )
     return f'<div class="grid" id="{grid_id}">{"".join(items)}</div>'
@@ -173,9 +227,11 @@ def render_report(rows: Sequence[ReportRow], config: ReportConfig = ReportConfig
         f'<p class="meta">{escape(config.source)} &middot; generated '
         f"{_dt.datetime.now().isoformat(timespec='seconds')} &middot; scores in [0, 1], "
         "higher is better</p>",
-        '<h2>Summary</h2><table id="flag-counts"><tr><th>what</th><th>images</th></tr>',
+        f'<h2>Summary</h2><table id="flag-counts"><tr><th>what</th><th>{escape(config.unit)}'
+        "</th></tr>",
     ]
-    labels = {"images": "images", "scored": "scored", "failed": "not scored (errors)",
+    labels = {"images": escape(config.unit), "scored": "scored",
+              "failed": "not scored (errors)",
               "flagged": f"flagged: score &lt; {config.threshold:g}"}
     for key, value in flags.items():
         label = labels.get(key) or f"{escape(key[4:])} &lt; {config.threshold:g}"
@@ -189,10 +245,10 @@ def render_report(rows: Sequence[ReportRow], config: ReportConfig = ReportConfig
                      f"max {max(scores):.3f}</p>")
 
     parts.append("<h2>Score histogram</h2>")
-    parts.append(_figure_img(histogram_png(counts, edges, config.threshold),
+    parts.append(_figure_img(histogram_png(counts, edges, config.threshold, config.unit),
                              "histogram of scores", "fig-histogram"))
     parts.append('<details><summary>bin counts</summary><table id="histogram-counts">'
-                 "<tr><th>from</th><th>to</th><th>images</th></tr>")
+                 f"<tr><th>from</th><th>to</th><th>{escape(config.unit)}</th></tr>")
     for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True):
         parts.append(f'<tr><td>{lo:.2f}</td><td>{hi:.2f}</td><td class="count">{int(c)}</td></tr>')
     parts.append("</table></details>")
@@ -201,9 +257,9 @@ def render_report(rows: Sequence[ReportRow], config: ReportConfig = ReportConfig
         parts.append("<h2>Scores per prompt pair</h2>")
         parts.append(_figure_img(pair_scores_png(ok, pair_names), "pair scores", "fig-pairs"))
 
-    parts.append(f"<h2>Worst {len(worst)} images</h2>")
+    parts.append(f"<h2>Worst {len(worst)} {escape(config.unit)}</h2>")
     parts.append(_thumb_grid(worst, "worst", config, pair_names))
-    parts.append(f"<h2>Best {len(best)} images</h2>")
+    parts.append(f"<h2>Best {len(best)} {escape(config.unit)}</h2>")
     parts.append(_thumb_grid(best, "best", config, pair_names))
 
     if groups:
@@ -213,7 +269,7 @@ def render_report(rows: Sequence[ReportRow], config: ReportConfig = ReportConfig
         parts.append(_figure_img(groups_png(key, stats, rows), f"scores by {key}",
                                  f"fig-group-{escape(key)}"))
         parts.append(f'<table class="breakdown" data-key="{escape(key)}"><tr><th>{escape(key)}</th>'
-                     "<th>images</th><th>mean</th><th>median</th><th>min</th>"
+                     f"<th>{escape(config.unit)}</th><th>mean</th><th>median</th><th>min</th>"
                      f"<th>&lt; {config.threshold:g}</th></tr>")
         for s in stats:
             parts.append(

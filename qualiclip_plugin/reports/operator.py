@@ -46,7 +46,8 @@ class WriteQualityReport(foo.Operator):
         return foo.OperatorConfig(
             name=REPORT_OPERATOR,
             label="Write quality report (QualiCLIP)",
-            description="HTML report: histogram, worst/best images, breakdown, flag counts",
+            description="HTML report: histogram, worst/best images (videos: with their worst "
+                        "frames), breakdown, flag counts",
             icon=ICON,
             dynamic=True,
             allow_immediate_execution=True,
@@ -65,7 +66,8 @@ class WriteQualityReport(foo.Operator):
                                "server; a link to open it in a new tab follows the run")
         inputs.bool("overwrite", default=False, label="Replace an existing report",
                     description="Off: a report name already used for this dataset is refused")
-        inputs.int("n", default=DEFAULT_N, min=1, max=MAX_N, label="Worst / best images to show")
+        inputs.int("n", default=DEFAULT_N, min=1, max=MAX_N,
+                   label="Worst / best images (or videos) to show")
         saved = _saved_threshold(ctx.dataset, field)
         if saved is None:
             default = DEFAULT_THRESHOLD

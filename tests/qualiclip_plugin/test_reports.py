@@ -329,3 +329,65 @@ def test_cli_scores_then_reports(tiny_checkpoint, image_folder, tmp_path):
 
     usage = runner.invoke(main, ["report", "-o", str(out)])
     assert usage.exit_code != 0 and "either SCORES_CSV or --dataset" in usage.output
+
+
+@pytest.mark.parametrize("metadata", [True, False], ids=["frame_rate", "decoded_times"])
+def test_report_of_a_video_dataset_shows_the_worst_frames(metadata, tmp_path):
+    """A report of a scored video dataset (the scoring run's video layout) through the
+    operator: one entry per video, the worst videos by mean first, each with its worst frames
+    (number, timestamp, score) and thumbnails decoded from the video: the frame shown is the
+    frame named (the test videos' brightness tells the frame). Timestamps come from the frame
+    rate in the metadata, else from the decoded frames; they agree."""
+    import base64
+    import io
+
+    import fiftyone as fo
+    import fiftyone.operators as foo
+    from PIL import Image
+
+    from tests.qualiclip_plugin.test_panel import (
+        VIDEO_RATE,
+        VIDEO_SCORES,
+        scored_video_dataset,
+    )
+
+    dataset = scored_video_dataset(tmp_path, VIDEO_SCORES)
+    try:
+        if metadata:
+            dataset.compute_metadata()
+        result = foo.execute_operator(f"{PLUGIN}/write_quality_report", ctx=dict(
+            view=dataset.view(), params=dict(field="quality", name="videos", n=2,
+                                             threshold=0.5)))
+        assert result.error is None, result.error
+        page = (_report_folder(dataset) / "videos.html").read_text()
+        assert "<h2>Worst 2 videos</h2>" in page
+        assert re.search(r'data-key="images"><td class=name>videos</td><td>5</td>', page)
+        assert re.search(r'data-key="flagged">.*?<td>2</td>', page)  # means 0.4 and 0.3
+
+        means = [float(np.mean(list(s.values()))) for s in VIDEO_SCORES]
+        order = sorted(range(len(means)), key=means.__getitem__)[:2]
+        worst = section(page, 'id="worst"', 'id="best"')
+        figures = re.findall(r'<figure class="thumb".*?</figure>', worst)
+        assert [re.search(r'data-path="[^"]*/(clip_\d)\.mp4"', f)[1] for f in figures] == \
+            [f"clip_{i}" for i in order]
+        for video, figure in zip(order, figures, strict=True):
+            scores = VIDEO_SCORES[video]
+            expected = sorted(scores, key=lambda n: (scores[n], n))[:3]
+            rows = re.findall(r'<tr class="frame" data-frame="(\d+)" data-timestamp="([\d.]+)" '
+                              r'data-score="([\d.]+)"><td><img alt="frame \d+" '
+                              r'src="data:image/jpeg;base64,([^"]+)">', figure)
+            assert [int(r[0]) for r in rows] == expected, figure[:300]
+            for number, timestamp, score, jpeg in rows:
+                number = int(number)
+                assert float(timestamp) == pytest.approx((number - 1) / VIDEO_RATE, abs=1e-3)
+                assert float(score) == pytest.approx(scores[number])
+                pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(jpeg))).convert("L"))
+                # frame n of clip_<v> is a flat grey of v + 20 + 5 (n - 1)
+                assert abs(float(np.median(pixels)) - (video + 20 + 5 * (number - 1))) <= 3
+            p10 = np.percentile(list(scores.values()), 10)
+            assert f"<td class=name>p10</td><td>{p10:.3f}</td>" in figure
+            first = expected[0]
+            assert f'data-first="{first}" data-last="{first + VIDEO_RATE - 1}"' in figure
+        assert "broken.mp4: cannot open as a video" in section(page, 'id="failed"', "</table>")
+    finally:
+        fo.delete_dataset(dataset.name)
