@@ -247,3 +247,29 @@ def test_refusals_are_one_sentence_before_any_work(photo_dataset, photos, weight
     assert refused(weights="qualiclip").startswith(
         "no weights folder is configured on this server")
     assert not (weights_dir / "calibrated" / f"{dataset.name}-quality_rating.pth").exists()
+
+
+def test_many_ratings_run_in_the_background(photo_dataset, photos, weights_dir):
+    """Above 100 ratings the run is delegated by default; the worker checks the request again
+    and writes the checkpoint (an image rated twice counts once, with its mean rating)."""
+    import fiftyone as fo
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    dataset = photo_dataset
+    dataset.add_samples([fo.Sample(filepath=str(p)) for p, _, _ in [*photos, photos[0]]])
+    stars = stars_by_noise(photos)
+    rate_all(dataset, [*stars, *stars, stars[0]])
+    assert len(dataset.exists("quality_rating")) == 101
+    queued = calibrate(dataset, weights=str(weights_dir / "tiny.pth"), name="background",
+                       steps=STEPS)
+    assert queued.delegated and queued.error is None, queued.error
+    written = weights_dir / "calibrated" / "background.pth"
+    assert not written.exists()  # nothing happens until a worker runs it
+    service = DelegatedOperationService()
+    service.execute_queued_operations(dataset_name=dataset.name)
+    [op] = service.list_operations(dataset_name=dataset.name)
+    assert op.run_state == "completed", op.result.error
+    assert op.result.result["checkpoint"] == "calibrated/background.pth"
+    assert op.result.result["n_ratings"] == 101
+    meta = torch.load(written, weights_only=True)["metadata"]["calibration"]
+    assert (meta["n_ratings"], meta["n_images"]) == (101, 50)
