@@ -91,7 +91,7 @@ def check(dataset, params: dict[str, Any], policy: AppPolicy) -> Checked:
         raise RequestError(why)
     # 3. ownership: the ratings must be the plugin's; never over a file the plugin did not write
     field = request.ratings_field
-    if provenance.ratings_recorded(dataset, field) is None:
+    if provenance.ratings_recorded(dataset, field) is None or dataset.get_field(field) is None:
         protection.check_ratings_field(dataset, field)  # a user's own field: its one reason
         raise RequestError(f"no ratings in '{field}' on this dataset yet: rate samples in the "
                            "Image quality panel first (good / bad or 1-5)")

@@ -2,11 +2,13 @@
 
 Every writer asks this module before its first write: scores, attribute scores, error fields,
 flag fields, flag tags (scoring runs and the "Image quality" panel), saved flag views, quality
-maps and their error fields, report files.
+maps and their error fields, ratings (the panel), report files and calibrated checkpoint files.
 
 What the plugin made is read from its run records (:mod:`qualiclip_plugin.trust.provenance`):
 a scoring run records its score field, attribute fields, flag field and flag tag; a maps run its
-heatmap field and error field; the panel records the tags it writes in its own store. Each field
+heatmap field and error field; the panel records its ratings field (a run record too) and the
+tags it writes in its own store; files the plugin writes outside reports (calibrated
+checkpoints) are recorded in :data:`WRITTEN_FILES_COLLECTION`. Each field
 belongs to one run: another run (of either kind) may not write it, whatever ``overwrite`` says.
 Anything else that already holds values belongs to the user, and a run that would write it is
 refused before its first write.
