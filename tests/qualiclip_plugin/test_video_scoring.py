@@ -398,3 +398,29 @@ def test_apply_model_on_a_video_dataset(video_dataset, probe_checkpoint):
         assert _frames(got, "quality_sharp_image") == pytest.approx(
             _frames(want, "quality_sharp_image"), abs=TOL)
     assert dataset.get_run_info("qualiclip_quality").config.options["fps"] == 2
+
+
+def test_app_execution_on_a_video_dataset(video_dataset, tiny_checkpoint):
+    """Through ``foo.execute_operator`` (the App's path, under its policy): a bad ``fps`` is the
+    form's one-sentence refusal; a run on the selected video at every frame scores all of its
+    frames, and flags and tags it by its mean."""
+    import fiftyone.operators as foo
+
+    from qualiclip_plugin import OPERATOR_URI
+    from tests.conftest import refusal
+
+    dataset = video_dataset(("ramp", "degraded"))
+    message = refusal(lambda: foo.execute_operator(OPERATOR_URI, ctx=dict(
+        view=dataset.view(), params={**_params(tiny_checkpoint), "fps": "0"})))
+    assert message.endswith("Reason: fps must be a number of frames per second in (0, 1000], "
+                            "or 'all' for every frame; got '0'"), message
+    selected = dataset.values("id")[1:]
+    foo.execute_operator(OPERATOR_URI, ctx=dict(view=dataset.view(), selected=selected, params={
+        **_params(tiny_checkpoint), "fps": "all", "view_target": "SELECTED_SAMPLES",
+        "flag_mode": "percent", "flag_percent": 100}))
+    dataset.reload()
+    assert dataset.exists("quality").values("id") == selected
+    video = dataset[selected[0]]
+    assert sorted(_frames(video, "quality")) == list(range(1, 51))  # every frame, from 1
+    assert video["quality_flagged"] is True and video.tags == ["low_quality"]
+    assert dataset.get_run_info("qualiclip_quality").config.options["fps"] is None
