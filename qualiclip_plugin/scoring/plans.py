@@ -120,6 +120,11 @@ def _plan(doc: dict[str, Any]) -> Plan:
 
 def check_persistent(dataset) -> None:
     """Delegated work runs in another process, which can only open persistent datasets."""
+    if dataset is not None and getattr(dataset, "_is_frames", False):
+        raise RequestError(
+            "a frames view is scored in the frames dataset FiftyOne generated for it, which a "
+            "background worker cannot open: run immediately (delegate off, 1 shard), or score "
+            "the video dataset itself in the background")
     if dataset is not None and not dataset.persistent:
         raise RequestError(
             f"dataset '{dataset.name}' is not persistent, so a background worker cannot open "

@@ -332,6 +332,18 @@ def test_frames_view_is_scored_as_images(video_dataset, videos, probe_checkpoint
     # Resume works there as on any image dataset; clips still have no images to score.
     assert compute_image_quality(frames, **_params(probe_checkpoint, pair_scores=False)
                                  )["skipped"] == 16
+    with pytest.raises(RequestError, match="^a frames view is scored in the frames dataset "
+                                           "FiftyOne generated for it, which a background"):
+        compute_image_quality(frames, field="q2", delegate=True, **_params(probe_checkpoint))
+
+    # The video dataset's own frame scores reach the frames dataset as plain values: a run of
+    # the frames view into that name is refused (they are not its to replace).
+    compute_image_quality(dataset, field="vq", **_params(probe_checkpoint))
+    regenerated = dataset.to_frames(sample_frames=True, output_dir=str(out),
+                                    frames_patt="%06d.png", max_fps=5)
+    assert regenerated.count("vq") == 4
+    with pytest.raises(RequestError, match="^field 'vq' holds 4 values with no record"):
+        compute_image_quality(regenerated, field="vq", **_params(probe_checkpoint))
     clips = dataset.to_clips([[(1, 10)]])
     with pytest.raises(RequestError, match="generated view"):
         compute_image_quality(clips, **_params(probe_checkpoint))
