@@ -92,7 +92,8 @@ class CalibrateToRatings(foo.Operator):
             return
         yield ctx.trigger("set_progress", dict(
             progress=0.0, label=f"Calibrating to {len(outcome.ratings)} ratings: embedding the "
-                                "images, then 5 cross-validation fits and a final one"))
+                                f"images, then {outcome.request.folds} cross-validation fits "
+                                "and a final one"))
         try:
             result = run_calibration(ctx.dataset, outcome)
         except RequestError as exc:
@@ -188,7 +189,7 @@ def _result_outputs(results: dict[str, Any]) -> types.Object:
         if results.get(key):
             outputs.str(key, label=label)
     if results.get("table"):
-        outputs.str("table", label="5-fold cross-validation (held-out images only)",
+        outputs.str("table", label="Cross-validation (held-out images only)",
                     view=types.MarkdownView(read_only=True))
     for key, label in RESULT_LABELS[1:]:
         if results.get(key):
@@ -258,8 +259,8 @@ def _checked_form(ctx) -> tuple[types.Property, Checked | str]:
     inputs.bool("overwrite", default=False, label="Replace my earlier checkpoint",
                 description="Only a checkpoint this plugin wrote can be replaced")
     inputs.int("steps", default=DEFAULT_STEPS, min=1, max=MAX_STEPS, label="Steps per fit",
-               description="Optimisation steps of each of the 6 fits (5 folds and the final "
-                           "one); fewer is faster")
+               description="Optimisation steps of each fit (one per fold, and a final one "
+                           "on all ratings); fewer is faster")
     inputs.int("folds", default=DEFAULT_FOLDS, min=2, max=MAX_FOLDS,
                label="Cross-validation folds")
     inputs.bool("delegate", default=count > IMMEDIATE_MAX_RATINGS,

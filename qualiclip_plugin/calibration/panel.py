@@ -40,7 +40,8 @@ class RatingHandlers:
                                   value)
             count_ratings(ctx)
             ctx.ops.reload_dataset()
-            self._say(ctx, f"Rated {count} samples {value} in '{DEFAULT_RATINGS_FIELD}'")
+            self._say(ctx, f"Rated {count} samples {_described(value)} in "
+                           f"'{DEFAULT_RATINGS_FIELD}'")
         self._guarded(ctx, work)
 
     def clear_rating(self, ctx) -> None:
@@ -98,6 +99,12 @@ def _rating_scope(ctx):
     if scope != "view":
         raise PanelError(f"unknown rating scope {str(scope)[:20]!r}")
     return ctx.view
+
+
+def _described(value: Any) -> str:
+    """``"bad (1 of 5)"``, ``"4 of 5"``: what a rating button wrote (checked by the write)."""
+    stars = f"{ratings.rating_value(value):g} of 5"
+    return f"{value} ({stars})" if str(value) in ("good", "bad") else stars
 
 
 def _ratings_call(function, *args: Any) -> int:

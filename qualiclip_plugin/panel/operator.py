@@ -44,7 +44,8 @@ class ImageQualityPanel(RatingHandlers, foo.Panel):
         return foo.PanelConfig(
             name=PANEL_NAME, label=PANEL_LABEL, icon=ICON,
             help_markdown="QualiCLIP scores of the current view: click a bar to show its "
-                          "samples, save a threshold, tag the samples below it")
+                          "samples, save a threshold, tag the samples below it; rate samples "
+                          "and calibrate QualiCLIP to your ratings")
 
     # --- events ---------------------------------------------------------------------------------
     def on_load(self, ctx) -> None:
