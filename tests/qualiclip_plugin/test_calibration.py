@@ -193,6 +193,10 @@ def test_calibrate_operator_writes_a_checkpoint_the_scoring_form_offers(
     # the same name again: only with "replace", and only because the plugin wrote the file
     assert "already in the weights folder" in refusal(
         lambda: calibrate(dataset, weights=base, name="noise taste", steps=STEPS))
+    before = written.stat().st_mtime_ns
+    again = calibrate(dataset, weights=base, name="noise taste", steps=STEPS, overwrite=True)
+    assert again.error is None and shown(again)["checkpoint"] == "calibrated/noise taste.pth"
+    assert written.stat().st_mtime_ns != before and plugin_wrote_file(written)
 
 
 def test_no_gain_writes_nothing(photo_dataset, weights_dir):
