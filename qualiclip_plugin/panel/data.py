@@ -220,7 +220,9 @@ def segments_view(view, src: ScoreSource, n: Any):
     if segments not in view.get_field_schema():
         raise PanelError(f"'{src.field}' has no worst segments ('{segments}'): score the videos "
                          "again with this version of the plugin")
-    clips = view.exists(segments).to_clips(segments)
+    # The other sample fields come along (FiftyOne's clips hold only the clip field by
+    # default): the panel keeps drawing the videos' summaries while the clips are shown.
+    clips = view.exists(segments).to_clips(segments, other_fields=True)
     return clips.sort_by(f"{segments}.confidence", create_index=False).limit(n)
 
 

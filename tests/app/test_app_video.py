@@ -3,9 +3,10 @@ their worst segments as clips, and the worst clip opens in the modal's player on
 (the player's time and the frame it shows are inside the segment's support).
 
 The videos are real H.264 files whose frame brightness tells the frame number
-(:func:`tests.qualiclip_plugin.test_panel.ramp_video`), so the frame on screen can be checked
-against the segment from a screenshot. Every expectation is read from the dataset (the worst
-video, its worst segment), not from the scores chosen here.
+(:func:`tests.qualiclip_plugin.test_panel.ramp_video`), scored by the plugin's Python API with
+the tiny test checkpoint, so the frame on screen can be checked against the segment from a
+screenshot. Every expectation is read from the dataset the run wrote (the videos' means, the
+worst segment), not chosen here.
 """
 
 from __future__ import annotations
@@ -19,17 +20,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.qualiclip_plugin.test_panel import VIDEO_RATE, scored_video_dataset
+from tests.qualiclip_plugin.test_panel import VIDEO_RATE, ramp_video
 
-#: Frame scores at 1 fps: the videos' means are not in insertion order (so ranking reorders
-#: the grid), and the worst video holds the worst segment.
-SCORES = [{1: 0.7, 11: 0.7, 21: 0.3, 31: 0.7}, {1: 0.5, 11: 0.5, 21: 0.45, 31: 0.5},
-          {1: 0.4, 11: 0.1, 21: 0.4, 31: 0.4}]
+#: Brightness offsets of the three test videos (frame n of a video: offset + 20 + 5 (n - 1)).
+OFFSETS = (0, 15, 30)
 
 
 @pytest.fixture()
-def video_dataset(tmp_path):
+def video_dataset(tmp_path, tiny_checkpoint):
+    """Three ramp videos, added in an order that is not their order by mean score (so ranking
+    reorders the grid), scored at 1 fps with 1-second segments by the plugin's Python API;
+    returns the dataset and ``{file name: brightness offset}``."""
+    import uuid
+
     import fiftyone as fo
+
+    from qualiclip.video import score_video
+    from qualiclip_plugin.api import compute_image_quality
 
     # The App server reads video metadata with FFmpeg's ffprobe and refuses video datasets
     # without it (scripts/test.sh installs Debian's ffmpeg).
@@ -38,9 +45,16 @@ def video_dataset(tmp_path):
             pytest.fail("the App cannot show video datasets in CI: ffprobe (ffmpeg) is missing")
         pytest.skip("ffprobe is not installed (apt-get install ffmpeg): the App shows no videos")
 
-    dataset = scored_video_dataset(tmp_path, SCORES, broken=False)
+    paths = [ramp_video(tmp_path / f"clip_{i}.mp4", offset=o) for i, o in enumerate(OFFSETS)]
+    settings = dict(weights=str(tiny_checkpoint), device="cpu", precision="fp32")
+    means = {p: score_video(p, fps=1, **settings).summary.mean for p in paths}
+    ranked = sorted(paths, key=means.get)
+    dataset = fo.Dataset(f"qualiclip-app-video-{uuid.uuid4().hex[:8]}", persistent=True)
+    dataset.add_samples([fo.Sample(filepath=str(p)) for p in (ranked[1], ranked[0], ranked[2])])
     dataset.compute_metadata()  # frame rate and size, as the App reads them
-    yield dataset
+    summary = compute_image_quality(dataset, fps=1, segment_seconds=1, **settings)
+    assert summary and dataset.exists("quality_segments").count() == len(paths), summary
+    yield dataset, {p.name: o for p, o in zip(paths, OFFSETS, strict=True)}
     if fo.dataset_exists(dataset.name):
         fo.delete_dataset(dataset.name)
 
@@ -62,7 +76,7 @@ def _brightness(png: bytes) -> float:
 def test_rank_videos_and_open_the_worst_segment(app, video_dataset):
     from playwright.sync_api import expect
 
-    dataset = video_dataset
+    dataset, offsets = video_dataset
     names = {s.id: Path(s.filepath).name for s in dataset}
     by_mean = [names[i] for i in dataset.sort_by("quality").values("id")]
     inserted = [names[i] for i in dataset.values("id")]
@@ -94,7 +108,9 @@ def test_rank_videos_and_open_the_worst_segment(app, video_dataset):
     with app.step("'Worst segments' shows the segments as clips, the worst first"):
         app.panel_button("Worst segments").click()
         expect(panel).to_contain_text("worst segments", timeout=30_000)
-        expect(app.page.get_by_text(f"{len(segments)} clips")).to_be_visible(timeout=30_000)
+        expect(app.page.get_by_text(f"{len(segments)} clips", exact=True)).to_be_visible(
+            timeout=30_000)
+        expect(panel).to_contain_text(f"quality ({len(segments)} clips in the view)")
         tag = app.grid_tiles().first.locator("[data-cy=tag-quality_segments]")
         expect(tag).to_have_attribute("title", "quality_segments: low quality")
         _wait(lambda: _clip_names(app.grid_texts())[:1] == [worst_name],
@@ -113,8 +129,7 @@ def test_rank_videos_and_open_the_worst_segment(app, video_dataset):
               lambda: f"no time in {clock.inner_text()!r}")
         assert int(start) <= _seconds(clock.inner_text()) <= end, clock.inner_text()
         # The frame on screen: its brightness is 20 + offset + 5 (n - 1) for frame n.
-        offset = sorted(names.values()).index(worst_name)
-        low, high = (offset + 20 + 5 * (n - 1) for n in (first, last))
+        low, high = (offsets[worst_name] + 20 + 5 * (n - 1) for n in (first, last))
         player = modal.locator("[data-cy=modal-looker-container]")
         shown = _brightness(player.screenshot())
         assert low - 4 <= shown <= high + 4, (

@@ -362,6 +362,11 @@ def test_panel_events_on_a_video_dataset(scored_videos):
     ctx = panel_event(dataset, "show_segments", {**state, "n": 2})
     (view,) = shown_views(ctx)
     assert "ToClips" in str(view) and "worst segments" in ctx.panel.state.message
+    # the App then reports the clips view: the panel keeps drawing the videos' summaries
+    ctx = panel_event(dataset, "on_change_view", ctx.panel.state._data, view=view)
+    assert "⚠" not in (ctx.panel.state.message or "")
+    assert (ctx.panel.state.unit, ctx.panel.state.total, ctx.panel.state.scored) == \
+        ("clips", 2, 2)
 
     # tag the videos whose min is below 0.25: clip_3 (0.1) and clip_1 (0.2)
     ctx = panel_event(dataset, "on_change_threshold", state, value=0.25,
