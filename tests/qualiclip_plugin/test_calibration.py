@@ -277,3 +277,24 @@ def test_many_ratings_run_in_the_background(photo_dataset, photos, weights_dir):
     assert op.result.result["n_ratings"] == 101
     meta = torch.load(written, weights_only=True)["metadata"]["calibration"]
     assert (meta["n_ratings"], meta["n_images"]) == (101, 50)
+
+
+def test_worker_checks_the_request_again(photo_dataset, photos, weights_dir):
+    """A file put at the checkpoint's place after the run was queued: the worker refuses in one
+    sentence (the operation fails with it) and leaves the file alone."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    dataset = photo_dataset
+    rate_all(dataset, stars_by_noise(photos))
+    queued = calibrate(dataset, weights=str(weights_dir / "tiny.pth"), name="late",
+                       steps=STEPS, delegate=True)
+    assert queued.delegated and queued.error is None, queued.error
+    (weights_dir / "calibrated").mkdir()
+    late = weights_dir / "calibrated" / "late.pth"
+    late.write_bytes(b"a colleague's file")
+    service = DelegatedOperationService()
+    service.execute_queued_operations(dataset_name=dataset.name)
+    [op] = service.list_operations(dataset_name=dataset.name)
+    assert op.run_state == "failed"
+    assert op.result.error.startswith("a file named 'late.pth' that this plugin did not write")
+    assert "\n" not in op.result.error and late.read_bytes() == b"a colleague's file"
