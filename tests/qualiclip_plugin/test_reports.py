@@ -391,3 +391,64 @@ def test_report_of_a_video_dataset_shows_the_worst_frames(metadata, tmp_path):
         assert "broken.mp4: cannot open as a video" in section(page, 'id="failed"', "</table>")
     finally:
         fo.delete_dataset(dataset.name)
+
+
+def test_panel_and_report_on_videos_scored_by_the_plugin(tmp_path, tiny_checkpoint):
+    """The real path: videos scored by the plugin's Python API (2 fps, 1 s segments). The
+    panel offers the summaries the run wrote and opens its worst segments as clips, and the
+    report's worst frames are the run's lowest frame scores, at the library's own timestamps,
+    showing the frames named (brightness)."""
+    import fiftyone as fo
+
+    from qualiclip.video import iter_video_scores
+    from qualiclip_plugin.api import compute_image_quality
+    from qualiclip_plugin.panel import data as panel_data
+    from qualiclip_plugin.reports.rows import rows_from_collection
+    from tests.qualiclip_plugin.security.test_views import panel_event, shown_views
+    from tests.qualiclip_plugin.test_panel import ramp_video
+
+    paths = [ramp_video(tmp_path / f"clip_{i}.mp4", offset=15 * i) for i in range(2)]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video " * 50)
+    dataset = fo.Dataset(f"qualiclip-video-report-{uuid.uuid4().hex[:8]}", persistent=True)
+    try:
+        dataset.add_samples([fo.Sample(filepath=str(p)) for p in [*paths, broken]])
+        settings = dict(weights=str(tiny_checkpoint), device="cpu", precision="fp32")
+        compute_image_quality(dataset, fps=2, segment_seconds=1, **settings)
+
+        src = panel_data.source(dataset, "quality")
+        assert src.video and src.attributes == ("p10", "min")
+        state = panel_event(dataset, "on_load", {}).panel.state._data
+        assert (state["scored"], state["errors"], state["unit"]) == (2, 1, "videos")
+        ctx = panel_event(dataset, "show_segments", state)
+        (view,) = shown_views(ctx)
+        ctx = panel_event(dataset, "on_change_view", ctx.panel.state._data, view=view)
+        assert "⚠" not in (ctx.panel.state.message or "") and ctx.panel.state.total == 2
+
+        rows = {Path(r.path).name: r for r in rows_from_collection(dataset, worst_frames=3)}
+        assert rows["broken.mp4"].score is None and rows["broken.mp4"].error
+        for path in paths:
+            row = rows[path.name]
+            sample = dataset.one(fo.ViewField("filepath") == str(path))
+            stored = {n: f["quality"] for n, f in sample.frames.items()
+                      if f.has_field("quality") and f["quality"] is not None}
+            lowest = sorted(stored, key=lambda n: (stored[n], n))[:3]
+            assert [f.frame for f in row.frames] == lowest
+            library = {r.frame + 1: r.timestamp
+                       for r in iter_video_scores([path], fps=2, **settings)}
+            # no metadata computed: the report takes the times from the decoded frames
+            assert all(f.timestamp is None for f in row.frames)
+            page = _render(row)
+            for number in lowest:
+                match = re.search(rf'data-frame="{number}" data-timestamp="([\d.]+)"', page)
+                assert float(match[1]) == pytest.approx(library[number], abs=1e-3)
+            support = sample["quality_segments"].detections[0].support
+            assert row.segment[:2] == tuple(support)
+    finally:
+        fo.delete_dataset(dataset.name)
+
+
+def _render(row) -> str:
+    from qualiclip.report.html import ReportConfig, render_report
+
+    return render_report([row], ReportConfig(n=1, unit="videos"))
