@@ -421,12 +421,30 @@ def _score_with_ray(paths, recursive, output, weights, device, batch_size, max_s
     if (not qray.is_uri(output) and Path(output).exists() and not Path(output).is_dir()):
         raise click.BadParameter(f"{output} is a file; --engine ray writes a folder",
                                  param_hint="--output")
+    import torch
+
+    from qualiclip.backends import BackendUnavailableError
+    from qualiclip.backends.selection import resolve_backend
+    from qualiclip.precision import PrecisionEnvError
+
+    try:  # as the actors will resolve them (a GPU actor without --device gets CUDA)
+        target = torch.device(device or ("cuda" if num_gpus_per_worker else "cpu"))
+        resolved_backend, resolved_precision = resolve_backend(backend, precision, target)
+    except BackendUnavailableError as exc:
+        raise click.BadParameter(str(exc), param_hint="--backend") from exc
+    except PrecisionEnvError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except (ValueError, RuntimeError) as exc:
+        hint = "--backend" if "backend" in str(exc) else "--precision"
+        raise click.BadParameter(" ".join(str(exc).split()), param_hint=hint) from exc
     weights = which_weights(weights)
-    # Loaded here once (on the CPU) for one-line errors and the SHA-256 the resume check needs;
-    # the actors load their own copy.
+    # Loaded here once (on the CPU) for one-line errors and the SHA-256 and attribute columns
+    # the resume check needs; the actors load their own copy.
     model = load_model_or_fail(weights, "cpu", expected_sha256=expected_sha256,
                                progress=not no_progress)
     sha = model.weights_info.get("sha256")
+    wanted = qray.settings_of({"max_side": max_side, "precision": resolved_precision,
+                               "backend": resolved_backend}, model.PAIR_NAMES)
     del model
     done, shas = qray.written(output)
     other = shas - {sha}
@@ -435,6 +453,15 @@ def _score_with_ray(paths, recursive, output, weights, device, batch_size, max_s
             f"{output} holds scores made with other weights (SHA-256 "
             f"{sorted(other)[0][:12]}...); resume only with the same weights, or write to a "
             "new folder")
+    held = qray.folder_settings(output)
+    for settings in held:
+        # Scores made another way are not comparable: mixing them would make one column of
+        # two scales (the importer refuses such a folder too).
+        conflict = qray.settings_conflict(settings, wanted)
+        if conflict is not None:
+            raise click.ClickException(
+                f"{output} holds scores made with {conflict}; resume with the same settings, "
+                "or write to a new folder")
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False,
                  log_to_driver=not no_progress)
@@ -443,15 +470,18 @@ def _score_with_ray(paths, recursive, output, weights, device, batch_size, max_s
                f"{len(done)} already in {output}", err=True)
     scored = failed = 0
     total = 0.0
-    for part in qray.score_to_parquet(
-            inputs, output, weights=weights, device=device, precision=precision,
-            backend=backend, max_side=max_side, batch_size=batch_size,
-            rows_per_block=rows_per_block, actors=pool,
-            num_gpus_per_worker=num_gpus_per_worker, num_cpus_per_worker=cpus_per_worker,
-            progress=not no_progress, skip=frozenset(done)):
-        scored += part.rows - part.failed
-        failed += part.failed
-        total += part.score_sum
+    parts = qray.score_to_parquet(
+        inputs, output, weights=weights, device=device, precision=precision, backend=backend,
+        max_side=max_side, batch_size=batch_size, rows_per_block=rows_per_block, actors=pool,
+        num_gpus_per_worker=num_gpus_per_worker, num_cpus_per_worker=cpus_per_worker,
+        progress=not no_progress, skip=frozenset(done), settings=held[0] if held else None)
+    try:
+        for part in parts:
+            scored += part.rows - part.failed
+            failed += part.failed
+            total += part.score_sum
+    except qray.SettingsMismatch as exc:  # an actor resolved 'auto' otherwise than the driver
+        raise click.ClickException(str(exc)) from exc
     mean = f"{total / scored:.4f}" if scored else "n/a"
     click.echo(f"scored {scored}, failed {failed}, mean {mean}, {len(done)} already written "
                f"-> {output}", err=True)

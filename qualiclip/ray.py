@@ -43,7 +43,10 @@ if TYPE_CHECKING:
 
 #: Columns of every result row, in order: the input's path or key, the overall score in [0, 1]
 #: (null on error), the 7 attribute scores, the image's own size, the error text (else null).
+#: A checkpoint with its own prompt pairs has its own attribute columns instead of the 7.
 RESULT_COLUMNS = ("path", "score", *PAIR_NAMES, "width", "height", "error")
+#: The columns of a result row that are not attribute scores.
+FIXED_COLUMNS = ("path", "score", "width", "height", "error")
 #: Added by ``provenance=True`` (the CLI): the weights' SHA-256 and the preprocessing record
 #: (JSON of :meth:`qualiclip.inference.Preprocessing.describe`), the same in every row of a run.
 PROVENANCE_COLUMNS = ("weights_sha256", "preprocessing")
@@ -59,15 +62,26 @@ SHARD_SEP = "::"
 #: CPU reserved by a read task (listing a shard, fetching an object): reads wait on I/O, and an
 #: actor given every core (``--cpus-per-worker`` = the machine's count) must not starve them.
 READ_CPUS = 0
+#: What a score depends on besides the weights and the pixels, as keys of the preprocessing
+#: record, with the ``qualiclip score`` option that sets each: a resume must match them all
+#: (and the attribute columns, which come with the weights' prompt pairs).
+SETTING_OPTIONS = {"max_side": "--max-side", "precision": "--precision",
+                   "backend": "--backend", "attributes": "--weights"}
 
 
-def result_schema(provenance: bool = False) -> pa.Schema:
-    """The Arrow schema of result rows (:data:`RESULT_COLUMNS`, plus
-    :data:`PROVENANCE_COLUMNS` with ``provenance``)."""
+class SettingsMismatch(ValueError):
+    """Scores about to be written into a folder that holds scores made with other settings
+    (the message is one line, naming the option)."""
+
+
+def result_schema(provenance: bool = False,
+                  pair_names: Sequence[str] = PAIR_NAMES) -> pa.Schema:
+    """The Arrow schema of result rows (:data:`RESULT_COLUMNS`, with ``pair_names`` as the
+    attribute columns, plus :data:`PROVENANCE_COLUMNS` with ``provenance``)."""
     import pyarrow as pa
 
     fields = [pa.field("path", pa.string()), pa.field("score", pa.float64())]
-    fields += [pa.field(name, pa.float64()) for name in PAIR_NAMES]
+    fields += [pa.field(name, pa.float64()) for name in pair_names]
     fields += [pa.field("width", pa.int64()), pa.field("height", pa.int64()),
                pa.field("error", pa.string())]
     if provenance:
@@ -110,19 +124,29 @@ class QualiCLIPScorer:
             bounds it. Independent of the Ray batch size, which only sets how many rows one
             call gets.
         provenance: add :data:`PROVENANCE_COLUMNS` to every row.
+        threads: torch's intra-op threads in this actor (default: the CPUs Ray reserved for
+            it, at least 1, whatever ``$OMP_NUM_THREADS`` the worker inherited; outside a Ray
+            worker, torch's own default). In fp32 the thread count, like the batch
+            composition, moves scores by float rounding (docs/scale.md, "Exactness").
     """
 
     def __init__(self, weights: str | os.PathLike | None = None, device: str | None = None,
                  precision: str = "auto", backend: str = "auto", max_side: int | None = None,
                  batch_size: int | None = None, max_batch_pixels: int | None = None,
                  key_column: str | None = None, image_column: str | None = None,
-                 provenance: bool = False) -> None:
+                 provenance: bool = False, threads: int | None = None) -> None:
+        import torch
+
         from qualiclip.inference import make_scorer
         from qualiclip.loading import load_model
 
+        threads = threads or _reserved_cpus()
+        if threads:
+            torch.set_num_threads(threads)
         model = load_model(weights, device=device, progress=False)
         model.eval()
         self.scorer = make_scorer(model, precision=precision, backend=backend, progress=False)
+        self.pair_names = tuple(self.scorer.pair_names)
         self.max_side = max_side
         self.batch_size = batch_size
         self.max_batch_pixels = max_batch_pixels
@@ -141,9 +165,9 @@ class QualiCLIPScorer:
         decoded = [self._decode(i, keys[i], batch) for i in range(n)]
         results = list(score_decoded(decoded, self.scorer, self.batch_size,
                                      self.max_batch_pixels))
-        return results_table([r.to_row(PAIR_NAMES) for r in results],
+        return results_table([r.to_row(self.pair_names) for r in results],
                              (self.weights_sha256, self.preprocessing) if self.provenance
-                             else None)
+                             else None, self.pair_names)
 
     def _keys(self, batch: dict[str, np.ndarray], n: int) -> list[str]:
         column = self.key_column or next((c for c in KEY_COLUMNS if c in batch), None)
@@ -198,6 +222,25 @@ class QualiCLIPScorer:
         return DecodedImage(index, key, image.tensor, image.width, image.height)
 
 
+def _reserved_cpus() -> int | None:
+    """The CPUs Ray reserved for the calling actor or task (at least 1), ``None`` outside a Ray
+    worker. Ray sets ``$OMP_NUM_THREADS`` to this only when the driver had not set it, so an
+    actor would otherwise inherit any thread count."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return None
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    if context.worker.mode != ray.WORKER_MODE:
+        return None
+    cpus = context.get_assigned_resources().get("CPU")
+    return max(1, int(cpus)) if cpus is not None else None
+
+
 def _as_array(value: Any) -> np.ndarray:
     import numpy as np
 
@@ -205,17 +248,18 @@ def _as_array(value: Any) -> np.ndarray:
 
 
 def results_table(rows: Sequence[dict[str, Any]],
-                  provenance: tuple[str | None, str] | None = None) -> pa.Table:
+                  provenance: tuple[str | None, str] | None = None,
+                  pair_names: Sequence[str] = PAIR_NAMES) -> pa.Table:
     """Result rows (``ScoreResult.to_row``) -> a table of :func:`result_schema`; non-finite
     numbers become nulls (none is a score)."""
     import math
 
     import pyarrow as pa
 
-    schema = result_schema(provenance is not None)
+    schema = result_schema(provenance is not None, pair_names)
     columns: dict[str, list] = {name: [] for name in schema.names}
     for row in rows:
-        for name in RESULT_COLUMNS:
+        for name in ("path", "score", *pair_names, "width", "height", "error"):
             value = row.get(name)
             if isinstance(value, float) and not math.isfinite(value):
                 value = None
@@ -417,6 +461,53 @@ def written(out_dir: str) -> tuple[set[str], set[str]]:
             {s for s in table.column("weights_sha256").to_pylist() if s})
 
 
+def settings_of(preprocessing: dict[str, Any], pair_names: Sequence[str]) -> dict[str, Any]:
+    """The :data:`SETTING_OPTIONS` of a run: from its preprocessing record (resolved
+    precision and backend, ``max_side``) and its attribute columns."""
+    settings = {key: preprocessing.get(key) for key in SETTING_OPTIONS if key != "attributes"}
+    return settings | {"attributes": list(pair_names)}
+
+
+def _table_settings(table: pa.Table, names: Sequence[str] | None = None
+                    ) -> list[dict[str, Any]]:
+    """The distinct settings in ``table`` (result rows with provenance; ``names``: the
+    columns of the file it was read from, default its own)."""
+    names = table.schema.names if names is None else names
+    pairs = [n for n in names if n not in FIXED_COLUMNS + PROVENANCE_COLUMNS]
+    records = sorted(r for r in table.column("preprocessing").unique().to_pylist() if r)
+    return [settings_of(json.loads(r), pairs) for r in records]
+
+
+def folder_settings(out_dir: str) -> list[dict[str, Any]]:
+    """The distinct settings (:func:`settings_of`) of the scores already in ``out_dir``."""
+    import pyarrow.parquet as pq
+
+    filesystem, _ = _output_fs(out_dir)
+    found: list[dict[str, Any]] = []
+    for path in part_files(out_dir):
+        names = pq.read_schema(path, filesystem=filesystem).names
+        table = pq.read_table(path, columns=["preprocessing"], filesystem=filesystem)
+        found += [s for s in _table_settings(table, names) if s not in found]
+    return found
+
+
+def _shown(key: str, value: Any) -> str:
+    if key == "max_side":
+        return "native resolution" if value is None else f"--max-side {value}"
+    if key == "attributes":
+        return f"attribute columns {', '.join(value)}"
+    return f"{SETTING_OPTIONS[key]} {value}"
+
+
+def settings_conflict(held: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    """``None`` when scores made with ``wanted`` settings may join ``held`` ones, else a
+    phrase naming the first difference: ``"--max-side 512 (this run: native resolution)"``."""
+    for key in SETTING_OPTIONS:
+        if held.get(key) != wanted.get(key):
+            return f"{_shown(key, held.get(key))} (this run: {_shown(key, wanted.get(key))})"
+    return None
+
+
 @dataclass
 class PartWritten:
     """One Parquet part written by :func:`score_to_parquet`: its path, rows and failures."""
@@ -446,7 +537,8 @@ def score_to_parquet(inputs: Inputs, out_dir: str, weights: str | None = None,
                      batch_size: int | None = None, rows_per_block: int = 256,
                      actors: int | tuple[int, int] = 1, num_gpus_per_worker: float = 0,
                      num_cpus_per_worker: float = 1, progress: bool = True,
-                     skip: frozenset[str] = frozenset()) -> Iterator[PartWritten]:
+                     skip: frozenset[str] = frozenset(),
+                     settings: dict[str, Any] | None = None) -> Iterator[PartWritten]:
     """Score ``inputs`` on the current Ray cluster (``ray.init`` first) into ``out_dir``, one
     Parquet part per finished block, yielding each part as it is written.
 
@@ -457,7 +549,14 @@ def score_to_parquet(inputs: Inputs, out_dir: str, weights: str | None = None,
         actors: scoring actors, a fixed count or ``(min, max)`` for an autoscaling pool.
         num_gpus_per_worker: GPUs per actor (0: CPU; fractions share a GPU).
         num_cpus_per_worker: CPU cores reserved per actor (torch's threads follow it).
+        settings: the :func:`settings_of` every part must have (those already in
+            ``out_dir`` on a resume; default: those of this run's first part), so that actors
+            resolving ``auto`` differently (nodes with and without native bf16) never mix
+            scores in one folder.
     The other arguments are :class:`QualiCLIPScorer`'s.
+
+    Raises:
+        SettingsMismatch: a block's scores were made with other settings; it is not written.
     """
     import pyarrow as pa
     import ray
@@ -493,6 +592,13 @@ def score_to_parquet(inputs: Inputs, out_dir: str, weights: str | None = None,
                                                        batch_format="pyarrow")):
         if table.num_rows == 0:
             continue
+        for made in _table_settings(table):
+            settings = settings or made
+            conflict = settings_conflict(settings, made)
+            if conflict is not None:
+                raise SettingsMismatch(f"{out_dir} holds scores made with {conflict}; "
+                                       "resume with the same settings, or write to a new "
+                                       "folder")
         path = _write_part(table, out_dir, f"part-{run}-{number:06d}.parquet")
         errors = table.column("error").to_pylist()
         scores = [s for s in table.column("score").to_pylist() if s is not None]

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -74,9 +75,18 @@ def reference(photos, tiny_checkpoint):
     return {r.path: r for r in results}
 
 
-def _check_rows(rows: list[dict], reference: dict, key=lambda row: row["path"]) -> None:
-    """Every row equals the reference's result for its file (score within 1e-6 in fp32), and every
-    reference file has exactly one row."""
+#: How far one attribute score may move when the images share their model batches with other
+#: images, or torch runs on another number of threads, than in the reference (fp32 on the CPU):
+#: the image tower's embedding moves by a few float32 ulps (~4e-8), which CLIP's logit scale
+#: of 100 amplifies; measured up to 2.1e-6 with this tiny model and 1.4e-6 with a full RN50
+#: (docs/scale.md, "Exactness"). Another image's score or another preprocessing is >= 1e-3 away.
+PAIR_TOLERANCE = 5e-6
+
+
+def _check_rows(rows: list[dict], reference: dict, key=lambda row: row["path"],
+                pair_tolerance: float = PAIR_TOLERANCE) -> None:
+    """Every row equals the reference's result for its file (score within 1e-6 in fp32, each
+    attribute within ``pair_tolerance``), and every reference file has exactly one row."""
     keys = [key(row) for row in rows]
     assert sorted(keys) == sorted(reference), "one row per input, no more, no fewer"
     for row, name in zip(rows, keys):
@@ -88,12 +98,54 @@ def _check_rows(rows: list[dict], reference: dict, key=lambda row: row["path"]) 
             continue
         assert row["error"] is None, (name, row["error"])
         assert row["score"] == pytest.approx(ref.score, abs=1e-6)
-        # One attribute score alone moves by float rounding up to ~1e-6 (Ray's batches group
-        # other images together, and an actor runs torch on one thread): 1e-5 still catches any
-        # real difference (another image's score, another preprocessing).
         for pair in PAIR_NAMES:
-            assert row[pair] == pytest.approx(ref.pair_scores[pair], abs=1e-5)
+            assert row[pair] == pytest.approx(ref.pair_scores[pair], abs=pair_tolerance), pair
         assert (row["width"], row["height"]) == (ref.width, ref.height)
+
+
+@contextmanager
+def _torch_threads(n: int):
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_same_batches_and_threads_give_score_images_scores(local_ray, photos, tiny_checkpoint,
+                                                           tmp_path):
+    """``qualiclip score --engine ray`` with every input in one block and a one-CPU actor batches
+    exactly as ``score_images`` does over the same sorted files with the same batch size, on one
+    torch thread: then every column, each attribute score included, is within 1e-6."""
+    files = sorted(str(p) for p in photos.iterdir())
+    with _torch_threads(1):
+        reference = {r.path: r for r in score_images(
+            files, weights=str(tiny_checkpoint), device="cpu", precision="fp32",
+            backend="torch", num_workers=0, progress=False, batch_size=8)}
+    out = tmp_path / "out"
+    err = _cli([str(photos), "-o", str(out), "--rows-per-block", "64", "--cpus-per-worker", "1"],
+               tiny_checkpoint)
+    assert "scored 56, failed 4" in err
+    rows = read_results(str(out)).to_pylist()
+    assert len(read_results(str(out)).column("preprocessing").unique()) == 1  # one actor
+    _check_rows(rows, reference, pair_tolerance=1e-6)
+
+
+def test_actor_threads_follow_its_reserved_cpus(local_ray, tiny_checkpoint):
+    """An actor's torch threads are the CPUs Ray reserved for it, even when the worker inherited
+    another $OMP_NUM_THREADS (Ray sets it only where the driver had not)."""
+    @ray.remote(num_cpus=1, runtime_env={"env_vars": {"OMP_NUM_THREADS": "2"}})
+    def threads_in_actor() -> tuple[str, int]:
+        import torch
+
+        QualiCLIPScorer(weights=str(tiny_checkpoint), device="cpu", precision="fp32",
+                        backend="torch")
+        return os.environ["OMP_NUM_THREADS"], torch.get_num_threads()
+
+    assert ray.get(threads_in_actor.remote()) == ("2", 1)
 
 
 def test_binary_files_score_as_score_images(local_ray, photos, reference, tiny_checkpoint):
@@ -225,20 +277,78 @@ def test_killed_job_rerun_scores_each_input_exactly_once(local_ray, photos, refe
     _check_rows(rows, reference)  # each of the 60 inputs exactly once, with its score
 
 
-def test_resume_refuses_other_weights(local_ray, photos, tiny_checkpoint, tiny_clip,
-                                      tiny_prompt_features, tmp_path):
-    """Resuming into an OUT_DIR written with other weights would mix scores: one line, no
-    scoring."""
+def _refused(args: list[str], out: Path, env: dict | None = None) -> str:
+    """A rerun into ``out`` that must be refused before anything is scored: its one line."""
+    result = CliRunner().invoke(main, ["score", "--engine", "ray", *args, "-o", str(out),
+                                       "--no-progress"], env=env)
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert read_results(str(out)).num_rows == 1, "nothing was written"
+    return lines[0]
+
+
+def test_resume_refuses_other_weights_and_settings(local_ray, photos, tiny_checkpoint, tiny_clip,
+                                                   tiny_prompt_features, tmp_path):
+    """Resuming into an OUT_DIR whose scores were made with other weights, --max-side,
+    (resolved) --precision, --backend or attribute columns would mix scores of two scales in
+    one column: one line naming the option, nothing scored. The same settings resume."""
+    import pyarrow.parquet as pq
+
     from qualiclip.architecture import TINY_TEST_CONFIG
     from qualiclip.checkpoint import write_checkpoint
+    from qualiclip.ray import SettingsMismatch, part_files, score_to_parquet
 
     out = tmp_path / "out"
-    _cli([str(photos / "img_00.png"), "-o", str(out)], tiny_checkpoint)
+    image = str(photos / "img_00.png")
+    _cli([image, "-o", str(out)], tiny_checkpoint)  # fp32, torch, native resolution
+    same = ["--weights", str(tiny_checkpoint), "--device", "cpu", "--batch-size", "8"]
     other = write_checkpoint(tmp_path / "other.pth", model_config=TINY_TEST_CONFIG,
                              state_dict=tiny_clip.state_dict(),
                              prompt_features=-tiny_prompt_features)
-    result = CliRunner().invoke(main, ["score", "--engine", "ray", str(photos), "-o", str(out),
-                                       "--weights", str(other), "--no-progress"])
-    assert result.exit_code == 1
-    assert "holds scores made with other weights" in result.output
-    assert read_results(str(out)).num_rows == 1
+    line = _refused([image, "--weights", str(other)], out)
+    assert "holds scores made with other weights" in line
+    fp32 = ["--precision", "fp32", "--backend", "torch"]
+    line = _refused([image, *same, *fp32, "--max-side", "64"], out)
+    assert "holds scores made with native resolution (this run: --max-side 64)" in line
+    line = _refused([image, *same, "--precision", "bf16", "--backend", "torch"], out)
+    assert "--precision fp32 (this run: --precision bf16)" in line
+    # 'auto' is compared as it resolves: bf16 on a CPU with native bf16 (forced here).
+    line = _refused([image, *same, "--precision", "auto", "--backend", "torch"], out,
+                    env={"QUALICLIP_CPU_BF16": "1"})
+    assert "--precision fp32 (this run: --precision bf16)" in line
+    pytest.importorskip("onnxruntime")
+    line = _refused([image, *same, "--precision", "fp32", "--backend", "onnxruntime"], out)
+    assert "--backend torch (this run: --backend onnxruntime)" in line
+    # ... and as fp32 where the CPU has no native bf16: the same settings, so it resumes.
+    result = CliRunner().invoke(main, ["score", "--engine", "ray", image, *same, "--precision",
+                                       "auto", "--backend", "torch", "-o", str(out),
+                                       "--no-progress"], env={"QUALICLIP_CPU_BF16": "0"})
+    assert result.exit_code == 0 and "1 already written" in result.stderr, result.output
+
+    # A folder whose attribute columns differ (a checkpoint with its own prompt pairs).
+    (part,) = part_files(str(out))
+    table = pq.read_table(part)
+    pq.write_table(table.rename_columns([f"my_{n}" if n == "good_photo" else n
+                                         for n in table.column_names]), part)
+    line = _refused([image, *same, *fp32], out)
+    assert "attribute columns my_good_photo" in line and "(this run: attribute columns " \
+        "good_photo" in line
+
+    # Actors resolving settings otherwise than the folder holds (nodes with and without native
+    # bf16): the block is refused before it is written.
+    fresh = tmp_path / "fresh"
+    inputs = qray_inputs([image])
+    held = {"max_side": None, "precision": "bf16", "backend": "torch",
+            "attributes": list(PAIR_NAMES)}
+    with pytest.raises(SettingsMismatch, match="--precision bf16 .this run: --precision fp32"):
+        list(score_to_parquet(inputs, str(fresh), weights=str(tiny_checkpoint), device="cpu",
+                              precision="fp32", backend="torch", progress=False,
+                              settings=held))
+    assert part_files(str(fresh)) == []
+
+
+def qray_inputs(paths: list[str]):
+    from qualiclip.ray import list_inputs
+
+    return list_inputs(paths, recursive=False)
