@@ -22,7 +22,7 @@ weights is not shown once the field was re-scored with new weights.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from qualiclip_plugin.trust import protection, provenance
@@ -58,11 +58,16 @@ class ScoreSource:
     weights_sha256: str | None
     #: Scores of videos: ``attributes`` are per-video summaries, the samples are videos.
     video: bool = False
+    #: A video run's attribute scores, written per frame (``frames.<field>_<attribute>``).
+    frame_attributes: tuple[str, ...] = ()
+    #: Read in a frames view (``to_frames``) of the videos: the samples are frames.
+    frames_view: bool = False
 
     @property
     def unit(self) -> str:
-        """What the samples are, for the panel's texts: ``"videos"`` or ``"samples"``."""
-        return "videos" if self.video else "samples"
+        """What the samples are, for the panel's texts: ``"frames"``, ``"videos"`` or
+        ``"samples"``."""
+        return "frames" if self.frames_view else "videos" if self.video else "samples"
 
     @property
     def segments(self) -> str:
@@ -101,6 +106,7 @@ def sources(dataset) -> dict[str, ScoreSource]:
         options = record.get("options") or {}
         attributes = tuple(record.get("pair_names") or ()) if options.get("pair_scores", True) \
             else ()
+        frame_attributes = attributes if video else ()
         if video:
             # Attribute scores of a video run are per frame (frames.<field>_<attr>): the
             # choices on videos are the summaries the run wrote per video.
@@ -108,8 +114,20 @@ def sources(dataset) -> dict[str, ScoreSource]:
                 tuple(a for a in attributes if f"{field}_{a}" in schema)
         found[field] = ScoreSource(field=field, attributes=attributes,
                                    flag_tag=options.get("flag_tag"),
-                                   weights_sha256=record.get("weights_sha256"), video=video)
+                                   weights_sha256=record.get("weights_sha256"), video=video,
+                                   frame_attributes=frame_attributes)
     return found
+
+
+def for_view(src: ScoreSource, view) -> ScoreSource:
+    """``src`` as ``view`` holds it: in a frames view (``to_frames``) of a video dataset the
+    samples are frames, ``<field>`` is each frame's score and the choices are the attribute
+    scores of the frames (the per-video summaries are not there); elsewhere ``src`` itself."""
+    if not (src.video and getattr(view, "_is_frames", False)):
+        return src
+    schema = view.get_field_schema()
+    return replace(src, video=False, frames_view=True, attributes=tuple(
+        a for a in src.frame_attributes if f"{src.field}_{a}" in schema))
 
 
 def source(dataset, field: Any) -> ScoreSource:

@@ -210,7 +210,7 @@ class ImageQualityPanel(RatingHandlers, foo.Panel):
         if field not in known:
             field = DEFAULT_FIELD if DEFAULT_FIELD in known else sorted(known)[0]
             reload_threshold = True
-        src = known[field]
+        src = panel_data.for_view(known[field], ctx.view)  # a frames view holds frames
         # The panel's own worst-segments view holds clips of the videos (same summaries).
         unit = "clips" if getattr(ctx.view, "_is_clips", False) else src.unit
         _put(state, {"attributes": [panel_data.OVERALL, *src.attributes], "unit": unit,
@@ -325,7 +325,7 @@ class ImageQualityPanel(RatingHandlers, foo.Panel):
 
     def _source(self, ctx):
         current = selection_state.load(ctx)
-        src = panel_data.source(ctx.dataset, current.field)
+        src = panel_data.for_view(panel_data.source(ctx.dataset, current.field), ctx.view)
         return src, src.path(current.attribute)
 
     def _scope(self, ctx):

@@ -330,7 +330,7 @@ def test_videos_are_the_panels_samples(scored_videos):
         panel_data.segments_view(dataset.view(), image_source, 3)
 
 
-def test_panel_events_on_a_video_dataset(scored_videos):
+def test_panel_events_on_a_video_dataset(scored_videos, tmp_path):
     """The panel's handlers on videos: settle on the video summaries, show worst videos and
     worst segments, tag videos below the threshold (never clips)."""
     from qualiclip_plugin.panel import data as panel_data
@@ -385,3 +385,13 @@ def test_panel_events_on_a_video_dataset(scored_videos):
     with pytest.raises(panel_data.PanelError, match="Back to my view"):
         panel_data.untag(clips, "low_quality")
     assert dataset.count_sample_tags() == {"low_quality": 2}
+    # a frames view (to_frames, 1 fps: the scored frames) counts and draws frames, and
+    # offers the frames' attribute scores (the summary chosen before is not there)
+    frames = dataset.exists("quality").to_frames(sample_frames=True, fps=1,
+                                                 output_dir=str(tmp_path / "frames"))
+    ctx = panel_event(dataset, "on_load", {}, view=frames._serialize())
+    assert "⚠" not in (ctx.panel.state.message or "")
+    assert (ctx.panel.state.unit, ctx.panel.state.total, ctx.panel.state.scored) == \
+        ("frames", 16, 16)
+    assert Selection.of(ctx.panel.state).attribute == "overall"
+    assert ctx.panel.state.attributes == ["overall"]  # these frames hold no attribute scores

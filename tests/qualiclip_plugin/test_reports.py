@@ -444,6 +444,14 @@ def test_panel_and_report_on_videos_scored_by_the_plugin(tmp_path, tiny_checkpoi
                 assert float(match[1]) == pytest.approx(library[number], abs=1e-3)
             support = sample["quality_segments"].detections[0].support
             assert row.segment[:2] == tuple(support)
+
+        # a frames view of the scored frames (to_frames also computes the videos' metadata):
+        # the frames' own attribute scores are offered
+        frames = dataset.exists("quality").to_frames(sample_frames=True, fps=2,
+                                                     output_dir=str(tmp_path / "frames"))
+        state = panel_event(dataset, "on_load", {}, view=frames._serialize()).panel.state
+        assert (state.unit, state.attributes) == ("frames", ["overall", *PAIR_NAMES])
+        assert state.scored == dataset.count("frames.quality")
     finally:
         fo.delete_dataset(dataset.name)
 
