@@ -444,14 +444,31 @@ def test_panel_and_report_on_videos_scored_by_the_plugin(tmp_path, tiny_checkpoi
                 assert float(match[1]) == pytest.approx(library[number], abs=1e-3)
             support = sample["quality_segments"].detections[0].support
             assert row.segment[:2] == tuple(support)
+    finally:
+        fo.delete_dataset(dataset.name)
 
-        # a frames view of the scored frames (to_frames also computes the videos' metadata):
-        # the frames' own attribute scores are offered
+
+def test_frames_view_of_plugin_scored_videos_offers_the_frames_attributes(tmp_path,
+                                                                          tiny_checkpoint):
+    """A frames view of videos the plugin scored: the panel offers the frames' own attribute
+    scores (frames.<field>_<attribute>) and counts the scored frames."""
+    import fiftyone as fo
+
+    from qualiclip_plugin.api import compute_image_quality
+    from tests.qualiclip_plugin.security.test_views import panel_event
+    from tests.qualiclip_plugin.test_panel import ramp_video, require_ffmpeg
+
+    require_ffmpeg()
+    dataset = fo.Dataset(f"qualiclip-video-frames-{uuid.uuid4().hex[:8]}", persistent=True)
+    try:
+        dataset.add_sample(fo.Sample(filepath=str(ramp_video(tmp_path / "clip.mp4"))))
+        compute_image_quality(dataset, fps=2, weights=str(tiny_checkpoint), device="cpu",
+                              precision="fp32")
         frames = dataset.exists("quality").to_frames(sample_frames=True, fps=2,
                                                      output_dir=str(tmp_path / "frames"))
         state = panel_event(dataset, "on_load", {}, view=frames._serialize()).panel.state
         assert (state.unit, state.attributes) == ("frames", ["overall", *PAIR_NAMES])
-        assert state.scored == dataset.count("frames.quality")
+        assert state.scored == dataset.count("frames.quality") == 8
     finally:
         fo.delete_dataset(dataset.name)
 
