@@ -264,7 +264,8 @@ def _scoring_form(ctx, inputs: types.Object, policy: AppPolicy
     inputs.bool("overwrite", default=False, label="Overwrite existing scores",
                 description="Off: samples that already have a score are skipped (resume)")
     if dataset.media_type == "video":
-        _video_inputs(inputs, field, options)
+        _video_inputs(inputs, field, {**last, **{k: params[k] for k in ("fps", "segment_seconds")
+                                                 if k in params}})
     _flag_inputs(inputs, ctx.params, field, options)
     delegating = _delegate_inputs(inputs, ctx, size)
 
@@ -417,16 +418,18 @@ def _dataset(ctx):
         return ctx.dataset
 
 
-def _video_inputs(inputs: types.Object, field: str, options: dict) -> None:
-    """The options of video datasets: frames sampled per second, the worst segment's length."""
-    recorded_fps = options.get("fps", DEFAULT_FPS)
-    inputs.str("fps", default="all" if recorded_fps is None else f"{recorded_fps:g}",
+def _video_inputs(inputs: types.Object, field: str, last: dict) -> None:
+    """The options of video datasets: frames sampled per second, the worst segment's length
+    (defaults: the values given, else the field's last run's)."""
+    fps = last.get("fps", DEFAULT_FPS)  # a number recorded, or the text a form holds
+    inputs.str("fps", default="all" if fps is None else fps if isinstance(fps, str) else
+               f"{fps:g}",
                label="Frames per second",
                description="Frames of each video to score per second; 'all' = every frame. "
                            f"Written: frames.{field} (and frames.{field}_<attribute>), and per "
                            f"video {field} (mean), {field}_min, {field}_p10, {field}_segments")
     inputs.float("segment_seconds",
-                 default=options.get("segment_seconds") or DEFAULT_SEGMENT_SECONDS, min=0,
+                 default=last.get("segment_seconds") or DEFAULT_SEGMENT_SECONDS, min=0,
                  label="Worst segment (s)",
                  description="Length of the worst segment each video reports "
                              f"({field}_segments: the App's player jumps to it)")

@@ -108,8 +108,10 @@ class ScoringRun:
                      "backend": req.backend,
                      "num_shards": req.num_shards,
                      # A video run's record says so: its frame and summary fields are its own.
-                     **({"video": True, "fps": req.fps,
-                         "segment_seconds": req.segment_seconds} if video else {})})
+                     **({"video": True} if video else {})})
+        # Compared like the weights (provenance.COMPARABLE_KEYS); None for images.
+        self.description.update(fps=req.fps if video else None,
+                                segment_seconds=req.segment_seconds if video else None)
         if req.flag_view:
             protection.check_saved_view(self.dataset, req.flag_view)
         self._replace_all = self._check_comparable()

@@ -18,7 +18,10 @@ from qualiclip_plugin.trust.errors import RequestError
 RUN_KEY_PREFIX = "qualiclip_"
 #: Config entries that must match for two scores to be comparable (device and library versions
 #: are recorded but not compared: they do not change the scores beyond float rounding).
-COMPARABLE_KEYS = ("weights_sha256", "max_side", "precision", "pair_names")
+#: ``fps`` and ``segment_seconds`` are recorded by video runs only (``None`` elsewhere): one
+#: field's per-video summaries all come from one sampling rate and one segment length.
+COMPARABLE_KEYS = ("weights_sha256", "max_side", "precision", "pair_names", "fps",
+                   "segment_seconds")
 
 
 def run_key(field: str) -> str:

@@ -409,7 +409,7 @@ def test_apply_model_on_a_video_dataset(video_dataset, tiny_checkpoint):
         assert got["quality"] == pytest.approx(want["quality"], abs=TOL)
         assert _frames(got, "quality_sharp_image") == pytest.approx(
             _frames(want, "quality_sharp_image"), abs=TOL)
-    assert dataset.get_run_info("qualiclip_quality").config.options["fps"] == 2
+    assert dataset.get_run_info("qualiclip_quality").config.fps == 2
 
 
 def test_app_execution_on_a_video_dataset(video_dataset, tiny_checkpoint):
@@ -435,4 +435,19 @@ def test_app_execution_on_a_video_dataset(video_dataset, tiny_checkpoint):
     video = dataset[selected[0]]
     assert sorted(_frames(video, "quality")) == list(range(1, 51))  # every frame, from 1
     assert video["quality_flagged"] is True and video.tags == ["low_quality"]
-    assert dataset.get_run_info("qualiclip_quality").config.options["fps"] is None
+    assert dataset.get_run_info("qualiclip_quality").config.fps is None
+
+
+def test_another_sampling_rate_is_not_mixed_into_a_field(video_dataset, tiny_checkpoint):
+    """Summaries made at 1 fps and at 2 fps do not share a field unless all are replaced."""
+    from qualiclip_plugin.api import compute_image_quality
+    from qualiclip_plugin.trust.request import RequestError
+
+    dataset = video_dataset(("ramp", "ramp"))
+    compute_image_quality(dataset.limit(1), **_params(tiny_checkpoint))
+    with pytest.raises(RequestError, match=r"^field 'quality' holds 1 scores made with other "
+                                           r"settings \(fps: 1\.0 -> 2\.0\)"):
+        compute_image_quality(dataset, fps=2, **_params(tiny_checkpoint))
+    assert dataset.count("frames.quality") == 4
+    summary = compute_image_quality(dataset, fps=2, overwrite=True, **_params(tiny_checkpoint))
+    assert summary["frames_scored"] == 7 + 7 and dataset.count("frames.quality") == 14
