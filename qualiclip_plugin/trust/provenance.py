@@ -109,6 +109,10 @@ def settings_mismatch(old: dict[str, Any], request: Any) -> str | None:
         diffs.append(f"max_side: {old.get('max_side')!r} -> {request.max_side!r}")
     if request.precision != "auto" and old.get("precision") != request.precision:
         diffs.append(f"precision: {old.get('precision')!r} -> {request.precision!r}")
+    if (old.get("options") or {}).get("video"):  # image runs record no sampling
+        diffs.extend(f"{key}: {old.get(key)!r} -> {getattr(request, key)!r}"
+                     for key in ("fps", "segment_seconds")
+                     if old.get(key) != getattr(request, key))
     return "; ".join(diffs) or None
 
 

@@ -451,3 +451,14 @@ def test_another_sampling_rate_is_not_mixed_into_a_field(video_dataset, tiny_che
     assert dataset.count("frames.quality") == 4
     summary = compute_image_quality(dataset, fps=2, overwrite=True, **_params(tiny_checkpoint))
     assert summary["frames_scored"] == 7 + 7 and dataset.count("frames.quality") == 14
+
+    # The App's form says so before any model is loaded (the request pipeline's early check).
+    import fiftyone.operators as foo
+
+    from qualiclip_plugin import OPERATOR_URI
+    from tests.conftest import refusal
+
+    message = refusal(lambda: foo.execute_operator(OPERATOR_URI, ctx=dict(
+        view=dataset.view(), params={**_params(tiny_checkpoint), "fps": "1"})))
+    assert "Reason: field 'quality' holds scores made with other settings (fps: 2.0 -> 1.0)" \
+        in message, message
