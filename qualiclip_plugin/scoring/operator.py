@@ -106,7 +106,7 @@ class ComputeImageQuality(foo.Operator):
         """
         delegate = ctx.params.get("delegate")
         if delegate is None:
-            return True if _target_size(ctx) > IMMEDIATE_MAX_SAMPLES else None
+            return True if _delegate_by_default(ctx, _target_size(ctx)) else None
         return bool(delegate)
 
     def resolve_execution_options(self, ctx) -> foo.ExecutionOptions:
@@ -389,11 +389,18 @@ def _flag_inputs(inputs: types.Object, params: dict, field: str, options: dict) 
         inputs.str("flag_view", default="", label="Save flagged samples as view (optional)")
 
 
+def _delegate_by_default(ctx, size: int) -> bool:
+    """Large targets run in the background, except frames views: their generated dataset
+    cannot be opened by a worker (:func:`~qualiclip_plugin.scoring.plans.check_persistent`)."""
+    return size > IMMEDIATE_MAX_SAMPLES and not getattr(_dataset(ctx), "_is_frames", False)
+
+
 def _delegate_inputs(inputs: types.Object, ctx, size: int) -> bool:
-    inputs.bool("delegate", default=size > IMMEDIATE_MAX_SAMPLES,
-                label="Run in the background (delegated)",
-                description=f"Default on above {IMMEDIATE_MAX_SAMPLES} samples")
-    delegating = bool(ctx.params.get("delegate", size > IMMEDIATE_MAX_SAMPLES))
+    default = _delegate_by_default(ctx, size)
+    inputs.bool("delegate", default=default, label="Run in the background (delegated)",
+                description=f"Default on above {IMMEDIATE_MAX_SAMPLES} samples (not for "
+                            "frames views)")
+    delegating = bool(ctx.params.get("delegate", default))
     if delegating:
         inputs.int("num_shards", default=1, min=1, max=MAX_SHARDS, label="Shards",
                    description="Split into N delegated operations so N workers score together")

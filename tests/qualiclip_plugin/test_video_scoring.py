@@ -288,7 +288,8 @@ def test_resume_after_a_killed_worker_scores_each_frame_once(video_dataset, tiny
     assert decoded == [] and again["frames_scored"] == 0 and again["skipped"] == 3
 
 
-def test_frames_view_is_scored_as_images(video_dataset, videos, tiny_checkpoint, tmp_path):
+def test_frames_view_is_scored_as_images(video_dataset, videos, tiny_checkpoint, tmp_path,
+                                         monkeypatch):
     """``to_frames(sample_frames=True)``: the frame images are scored as an image dataset, into
     the frames dataset FiftyOne generated (the images themselves, so the same scores as the
     library gives those files); the video dataset gets no field; a patches-like generated view
@@ -335,6 +336,17 @@ def test_frames_view_is_scored_as_images(video_dataset, videos, tiny_checkpoint,
     with pytest.raises(RequestError, match="^a frames view is scored in the frames dataset "
                                            "FiftyOne generated for it, which a background"):
         compute_image_quality(frames, field="q2", delegate=True, **_params(tiny_checkpoint))
+    # In the App, a frames view larger than what runs immediately by default still runs
+    # immediately (a background worker could not open it).
+    import fiftyone.operators as foo
+
+    from qualiclip_plugin import OPERATOR_URI
+    from qualiclip_plugin.scoring import operator as operator_module
+
+    monkeypatch.setattr(operator_module, "IMMEDIATE_MAX_SAMPLES", 10)
+    result = foo.execute_operator(OPERATOR_URI, ctx=dict(
+        view=frames, params={**_params(tiny_checkpoint), "field": "q3", "pair_scores": False}))
+    assert result.error is None and frames.count("q3") == 16
 
     # The video dataset's own frame scores reach the frames dataset as plain values: a run of
     # the frames view into that name is refused (they are not its to replace).
