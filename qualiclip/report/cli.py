@@ -51,6 +51,7 @@ def report(scores_csv: Path | None, dataset_name: str | None, field: str,
     Give either SCORES_CSV (written by `qualiclip score`) or --dataset.
     """
     # Imported here, not at the top: `qualiclip --help` loads this module to list the command.
+    from qualiclip.constants import VIDEO_EXTENSIONS
     from qualiclip.report.html import ReportConfig, write_report
 
     if (scores_csv is None) == (dataset_name is None):
@@ -61,8 +62,12 @@ def report(scores_csv: Path | None, dataset_name: str | None, field: str,
             from qualiclip.report.data import read_scores_csv
 
             rows = read_scores_csv(scores_csv, group_by=group_by)
-            path = write_report(rows, output,
-                                replace(config, source=f"{scores_csv}, {len(rows)} images"))
+            videos = sum(1 for r in rows if r.frames or  # a video's error row has no frames
+                         Path(r.path).suffix.lower() in VIDEO_EXTENSIONS)
+            unit = "videos" if videos and videos == len(rows) else \
+                "images and videos" if videos else "images"
+            path = write_report(rows, output, replace(
+                config, unit=unit, source=f"{scores_csv}, {len(rows)} {unit}"))
         else:
             write_dataset_report = _dataset_source()
             path = write_dataset_report(dataset_name, output, field=field,

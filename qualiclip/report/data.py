@@ -11,7 +11,7 @@ import csv
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -78,17 +78,21 @@ def _float_or_none(text: str | None) -> float | None:
 
 
 def read_scores_csv(
-    path: str | os.PathLike, group_by: Sequence[str] = (), separator: str = ";"
+    path: str | os.PathLike, group_by: Sequence[str] = (), separator: str = ";",
+    worst_frames: int = 3,
 ) -> list[ReportRow]:
-    """Read a ``qualiclip score`` CSV (columns ``path, score, <pairs>, width, height, error``).
+    """Read a ``qualiclip score`` CSV (columns ``path, score, <pairs>, width, height, error``,
+    and ``frame, timestamp`` when it scored videos).
 
     Args:
         path: the CSV file.
         group_by: extra columns to break scores down by (e.g. a ``split`` column you added).
         separator: splits a group cell into several values (``"a;b"`` -> ``a`` and ``b``).
+        worst_frames: how many of a video's lowest-scored frames its row keeps.
 
     Relative image paths are taken relative to the CSV's folder when they do not exist relative
-    to the working directory.
+    to the working directory. The frame rows of a video (a ``frame`` cell) become one row for
+    that video (:func:`video_rows`); a video that could not be opened is one error row.
     """
     path = Path(path)
     rows = []
@@ -99,6 +103,8 @@ def read_scores_csv(
         if missing:
             raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
         pair_columns = [c for c in columns if c in PAIR_NAMES]
+        frames: dict[str, list[tuple[dict, ReportRow]]] = {}
+        place: dict[str, int] = {}
         for record in reader:
             # Cells `qualiclip score` protected from spreadsheet formulas lose their quote.
             record = {k: from_spreadsheet_safe(v) if isinstance(v, str) else v
@@ -112,14 +118,47 @@ def read_scores_csv(
                 or (NO_GROUP,)
                 for key in group_by
             }
-            rows.append(ReportRow(
+            row = ReportRow(
                 path=str(image),
                 score=_float_or_none(record["score"]),
                 pair_scores={k: v for k, v in pairs.items() if v is not None},
                 groups=groups,
                 error=(record.get("error") or None),
-            ))
+            )
+            if (record.get("frame") or "").strip():
+                if str(image) not in frames:
+                    place[str(image)] = len(rows)
+                    rows.append(row)  # its place in the report's order; replaced below
+                frames.setdefault(str(image), []).append((record, row))
+            else:
+                rows.append(row)
+    for video, found in frames.items():
+        rows[place[video]] = video_rows(video, found, worst_frames)
     return rows
+
+
+def video_rows(video: str, frames: Sequence[tuple[dict, ReportRow]], worst_frames: int
+               ) -> ReportRow:
+    """One video's report row from its frame rows of a ``qualiclip score`` CSV (the CSV
+    ``record`` and the row read from it, in time order): the score is the mean of its scored
+    frames, ``summaries`` their p10 and min (computed as ``qualiclip.video.summarize`` does),
+    ``frames`` the ``worst_frames`` lowest (frame numbers 0-based, as the CSV has them)."""
+    scored = [(row.score, int(record["frame"]), _float_or_none(record.get("timestamp")))
+              for record, row in frames if row.score is not None]
+    errors = [row.error for _, row in frames if row.error]
+    first = frames[0][1]
+    if not scored:
+        return replace(first, score=None, pair_scores={},
+                       error=errors[0] if errors else "no frame could be scored")
+    values = sorted(score for score, _, _ in scored)
+    rank = 0.1 * (len(values) - 1)  # numpy.percentile's default ("linear")
+    low, high = math.floor(rank), min(math.floor(rank) + 1, len(values) - 1)
+    worst = sorted(scored, key=lambda s: (s[0], s[1]))[:worst_frames]
+    return replace(
+        first, score=math.fsum(values) / len(values), pair_scores={}, error=None,
+        summaries={"p10": values[low] + (values[high] - values[low]) * (rank - low),
+                   "min": values[0]},
+        frames=tuple(FrameRow(frame=n, index=n, score=s, timestamp=t) for s, n, t in worst))
 
 
 def scored(rows: Sequence[ReportRow]) -> list[ReportRow]:

@@ -280,3 +280,63 @@ def test_extremes_with_tied_scores_still_never_overlap():
     assert [r.path for r in best] == ["d.jpg", "e.jpg", "f.jpg"]
     worst, best = extremes(rows, 5)
     assert len(worst) == 3 and len(best) == 3 and not {*map(id, worst)} & {*map(id, best)}
+
+
+def test_report_of_a_scores_csv_with_videos(tmp_path, tiny_checkpoint):
+    """`qualiclip score` on videos (frame rows), an image and a file that is no video, then
+    `qualiclip report`: one entry per video scored by the mean of its frame rows, with its
+    lowest frames (0-based numbers and timestamps as in the CSV) whose thumbnails are the
+    frames named (the test videos' brightness tells the frame); the image stays an image and
+    the broken video is one failure."""
+    import base64
+    import csv
+    import io
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from qualiclip.cli import main
+    from tests.conftest import make_image
+    from tests.qualiclip.test_video import write_video
+
+    # flat frames whose grey tells the frame: offset + 20 + 5 n for frame n (0-based)
+    videos = [write_video(tmp_path / f"clip_{i}.mp4",
+                          [np.full((48, 64, 3), 15 * i + 20 + 5 * n, np.uint8)
+                           for n in range(40)], 10) for i in range(2)]
+    image = make_image(tmp_path / "photo.png")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video " * 50)
+    scores = tmp_path / "scores.csv"
+    run = CliRunner().invoke(main, ["score", str(image), *map(str, videos), str(broken),
+                                    "--fps", "2", "-o", str(scores), "--weights",
+                                    str(tiny_checkpoint), "--precision", "fp32",
+                                    "--no-progress"])
+    assert run.exit_code == 0, run.output
+    out = tmp_path / "report.html"
+    run = CliRunner().invoke(main, ["report", str(scores), "-o", str(out), "-n", "2"])
+    assert run.exit_code == 0, run.output
+    page = out.read_text()
+    with scores.open() as handle:
+        table = list(csv.DictReader(handle))
+    assert "4 images and videos" in page
+    assert re.search(r'data-key="images"><td class=name>images and videos</td><td>4</td>',
+                     page)
+    figures = re.findall(r'<figure class="thumb".*?</figure>', page)
+    for index, video in enumerate(videos):
+        frames = [r for r in table if r["path"] == str(video) and r["score"]]
+        mean = np.mean([float(r["score"]) for r in frames])
+        (figure,) = [f for f in figures if f'data-path="{html.escape(str(video))}"' in f]
+        assert float(re.search(r'data-score="([\d.]+)"', figure)[1]) == pytest.approx(mean)
+        lowest = sorted(frames, key=lambda r: (float(r["score"]), int(r["frame"])))[:3]
+        shown = re.findall(r'data-frame="(\d+)" data-timestamp="([\d.]+)" data-score="([\d.]+)"'
+                           r'><td><img alt="frame \d+" src="data:image/jpeg;base64,([^"]+)"',
+                           figure)
+        assert [(int(n), float(t)) for n, t, _, _ in shown] == \
+            [(int(r["frame"]), pytest.approx(float(r["timestamp"]), abs=1e-3)) for r in lowest]
+        for number, _, _, jpeg in shown:
+            grey = np.median(np.asarray(Image.open(io.BytesIO(base64.b64decode(jpeg)))
+                                        .convert("L")))
+            assert abs(grey - (15 * index + 20 + 5 * int(number))) <= 3
+    (photo,) = [f for f in figures if "photo.png" in f]
+    assert "worst" not in photo and "<img" in photo
+    assert "broken.mp4" in section(page, 'id="failed"', "</table>")
