@@ -129,7 +129,9 @@ def test_execution_options_carry_the_bounds(monkeypatch, operator, size, delegat
 
     monkeypatch.setattr(operators, "_target_size", lambda ctx: size)
     params = {} if delegate is None else {"delegate": delegate}
-    options = operator.resolve_execution_options(SimpleNamespace(params=params))
+    # No dataset: the form's size is patched above, and an image dataset is not a frames view.
+    context = SimpleNamespace(params=params, dataset=None, target_view=lambda: None)
+    options = operator.resolve_execution_options(context)
     assert options.default_choice_to_delegated is (delegate is not False)
     if distributed:
         assert (options.max_distributed_tasks, options.recommended_distributed_tasks) == (100, 10)
