@@ -25,6 +25,7 @@ from qualiclip_plugin.calibration.ratings import DEFAULT_RATINGS_FIELD
 from qualiclip_plugin.calibration.request import (
     DEFAULT_FOLDS,
     DEFAULT_STEPS,
+    IMMEDIATE_MAX_CPU_STEPS,
     IMMEDIATE_MAX_RATINGS,
     MAX_FOLDS,
     MAX_STEPS,
@@ -63,10 +64,12 @@ class CalibrateToRatings(foo.Operator):
         )
 
     def resolve_delegation(self, ctx) -> bool | None:
-        """The form's "delegate" (default: on above :data:`IMMEDIATE_MAX_RATINGS` ratings)."""
+        """The form's "delegate" (default:
+        :func:`~qualiclip_plugin.calibration.request.delegate_by_default`)."""
         delegate = ctx.params.get("delegate")
         if delegate is None:
-            return True if _rating_count(ctx) > IMMEDIATE_MAX_RATINGS else None
+            return True if calibration_request.delegate_by_default(ctx.dataset, ctx.params) \
+                else None
         return bool(delegate)
 
     def resolve_execution_options(self, ctx) -> foo.ExecutionOptions:
@@ -263,9 +266,13 @@ def _checked_form(ctx) -> tuple[types.Property, Checked | str]:
                            "on all ratings); fewer is faster")
     inputs.int("folds", default=DEFAULT_FOLDS, min=2, max=MAX_FOLDS,
                label="Cross-validation folds")
-    inputs.bool("delegate", default=count > IMMEDIATE_MAX_RATINGS,
+    inputs.bool("delegate",
+                default=calibration_request.delegate_by_default(ctx.dataset, ctx.params),
                 label="Run in the background (delegated)",
-                description=f"Default on above {IMMEDIATE_MAX_RATINGS} ratings")
+                description=f"Default on above {IMMEDIATE_MAX_RATINGS} ratings, and without a "
+                            f"GPU above {IMMEDIATE_MAX_CPU_STEPS} steps in all (steps x "
+                            "(folds + 1)): the App waits at most 10 minutes for a run in the "
+                            "App itself")
     forms.notice(inputs, "delegation_help", forms.DELEGATION_HELP)
     if not weights:
         outcome: Checked | str = forms.NO_WEIGHTS

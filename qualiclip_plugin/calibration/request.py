@@ -28,6 +28,11 @@ from qualiclip_plugin.trust.request import (
 #: at native resolution takes 0.15-0.5 s on a CPU with RN50 (docs/calibration.md), on top of
 #: the fits, and an immediate run is cut off by FIFTYONE_OPERATOR_TIMEOUT (600 s).
 IMMEDIATE_MAX_RATINGS = 100
+#: Without a GPU, more optimisation steps than this (steps per fit x (folds + 1) fits) default
+#: to a delegated run too: each step is a forward and backward pass of the RN50 text tower,
+#: 0.35-0.55 s on a 2-core CPU (benchmarks/RESULTS.md), so the default 200 x 6 steps take
+#: 7-11 minutes there, longer than the App waits for an immediate run.
+IMMEDIATE_MAX_CPU_STEPS = 600
 DEFAULT_STEPS = 200
 MAX_STEPS = 2000
 DEFAULT_FOLDS = 5
@@ -122,3 +127,23 @@ def rating_count(dataset, params: dict[str, Any]) -> int:
         return dataset.exists(field).count()
     except Exception:  # a form must render even when the field cannot be read
         return 0
+
+
+def delegate_by_default(dataset, params: dict[str, Any]) -> bool:
+    """The form's "delegate" default: above :data:`IMMEDIATE_MAX_RATINGS` ratings, or on a
+    server without a GPU above :data:`IMMEDIATE_MAX_CPU_STEPS` optimisation steps in all."""
+    if rating_count(dataset, params) > IMMEDIATE_MAX_RATINGS:
+        return True
+    p = given(params)
+    try:
+        steps = parse_int(p.get("steps"), "steps", DEFAULT_STEPS, minimum=1, maximum=MAX_STEPS)
+        folds = parse_int(p.get("folds"), "folds", DEFAULT_FOLDS, minimum=2, maximum=MAX_FOLDS)
+    except RequestError:  # the form shows the refusal; the default does not matter then
+        return False
+    return steps * (folds + 1) > IMMEDIATE_MAX_CPU_STEPS and not _has_gpu()
+
+
+def _has_gpu() -> bool:
+    import torch  # only here: the form of an App server that has not scored yet stays light
+
+    return torch.cuda.is_available()

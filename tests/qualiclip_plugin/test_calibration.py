@@ -298,3 +298,27 @@ def test_worker_checks_the_request_again(photo_dataset, photos, weights_dir):
     assert op.run_state == "failed"
     assert op.result.error.startswith("a file named 'late.pth' that this plugin did not write")
     assert "\n" not in op.result.error and late.read_bytes() == b"a colleague's file"
+
+
+def test_the_default_fits_run_in_the_background_without_a_gpu(photo_dataset, photos,
+                                                               weights_dir):
+    """Without a GPU the default fits (200 steps x 6) take longer than the App waits for an
+    immediate run, so they are queued by default even for few ratings; a small run (60 x 6
+    steps, as the browser test runs) is not."""
+    import fiftyone as fo
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU default: this machine has a GPU")
+    dataset = photo_dataset
+    dataset.add_samples([fo.Sample(filepath=str(p)) for p, _, _ in photos])
+    rate_all(dataset, stars_by_noise(photos))
+    weights = str(weights_dir / "tiny.pth")
+    assert calibrate(dataset, weights=weights, name="cpu-default").delegated
+    assert calibrate(dataset, weights=weights, name="cpu-few", steps=300, folds=3).delegated
+    assert not calibrate(dataset, weights=weights, name="cpu-small", steps=STEPS).delegated
+    service = DelegatedOperationService()
+    queued = service.list_operations(dataset_name=dataset.name)
+    assert len(queued) == 2
+    for op in queued:
+        service.delete_operation(op.id)
