@@ -82,11 +82,11 @@ def _frames(sample, field):
             if frame.has_field(field) and frame[field] is not None}
 
 
-def _library_scores(path, weights, fps):
+def _library_scores(path, weights, fps, max_side=None):
     from qualiclip.video import iter_video_scores
 
     return list(iter_video_scores([path], weights=str(weights), device="cpu", fps=fps,
-                                  precision="fp32", backend="torch"))
+                                  precision="fp32", backend="torch", max_side=max_side))
 
 
 def test_frames_summaries_and_worst_segment(video_dataset, videos, probe_checkpoint):
@@ -145,6 +145,15 @@ def test_frames_summaries_and_worst_segment(video_dataset, videos, probe_checkpo
         for suffix in ("", "_min", "_p10", "_segments"):
             assert corrupt[f"{field}{suffix}"] is None
         assert not _frames(corrupt, field) and not _frames(corrupt, f"{field}_error")
+
+    # max_side reaches the decoder: the frames are scored downscaled, as the library does.
+    ramp = dataset.select(by_name["ramp"].id)
+    compute_image_quality(ramp, field="q3", max_side=32, pair_scores=False,
+                          **_params(probe_checkpoint))
+    small = {r.frame + 1: r.score for r in _library_scores(videos["ramp"], probe_checkpoint, 1,
+                                                           max_side=32)}
+    assert _frames(ramp.first(), "q3") == pytest.approx(small, abs=TOL)
+    assert small != pytest.approx(_frames(by_name["ramp"], "quality"), abs=TOL)
 
     schema = dataset.get_frame_field_schema()
     assert isinstance(schema["quality"], fo.FloatField)
