@@ -7,8 +7,12 @@ user runs them (process start, weights load, scoring, writing), same weights and
         --actors 1 --gpus-per-actor 1 --cpus-per-actor 8        # the per-GPU figure
 
 Weights: a randomly initialised full-size RN50 QualiCLIP checkpoint (speed does not depend on
-weight values; the official weights cannot be downloaded everywhere). Prints one JSON line per
-run and a summary: images/s of each engine and the Ray engine's overhead in wall time.
+weight values; the official weights cannot be downloaded everywhere). The two engines alternate
+(local, Ray, local, Ray ...), so load from other processes on a shared machine falls on both.
+Prints one JSON line per run and a summary: images/s of each engine, the Ray engine's overhead
+in wall time, and the CPU seconds (user + system) of each command's whole process tree (Ray's
+own processes and workers included; sampled with psutil every 0.2 s), which other processes'
+load changes less than wall time.
 """
 
 from __future__ import annotations
@@ -29,15 +33,41 @@ from bench_scoring import make_jpegs, random_rn50_checkpoint  # noqa: E402
 QUALICLIP = [sys.executable, "-m", "qualiclip.cli"]
 
 
-def run(args: list[str]) -> float:
-    """Wall seconds of one command (it must succeed)."""
+def run(args: list[str]) -> tuple[float, float]:
+    """``(wall seconds, CPU seconds of its process tree)`` of one command (it must succeed);
+    the CPU seconds are NaN without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
     started = time.perf_counter()
-    done = subprocess.run(args, capture_output=True, text=True,
-                          env={**os.environ, "FIFTYONE_DO_NOT_TRACK": "true"})
+    errors = tempfile.TemporaryFile("w+")  # a pipe could fill up and stall the command
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=errors, text=True,
+                            env={**os.environ, "FIFTYONE_DO_NOT_TRACK": "true"})
+    cpu: dict[int, float] = {}  # last reading per process: Ray's workers are not waited for
+    if psutil is None:
+        cpu[proc.pid] = float("nan")
+        proc.wait()
+    else:
+        root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for process in tree:
+            try:
+                times = process.cpu_times()
+                cpu[process.pid] = times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        time.sleep(0.2)
     seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(args[:6])}... failed:\n{done.stderr[-2000:]}")
-    return seconds
+    errors.seek(0)
+    stderr = errors.read()
+    if proc.wait() != 0:
+        raise SystemExit(f"{' '.join(args[:6])}... failed:\n{stderr[-2000:]}")
+    return seconds, sum(cpu.values())
 
 
 def main() -> None:
@@ -65,18 +95,25 @@ def main() -> None:
         common = ["--weights", weights, "--precision", args.precision, "--device", args.device,
                   "--no-progress"]
         cpus = args.cpus_per_actor or float(len(os.sched_getaffinity(0)))
-        local_s, ray_s = [], []
+        local_s, ray_s, local_cpu, ray_cpu = [], [], [], []
         for repeat in range(args.repeats):
-            local_s.append(run([*QUALICLIP, "score", str(work / "images"), "-o",
-                                str(work / "local.csv"), *common]))
+            wall, cpu_s = run([*QUALICLIP, "score", str(work / "images"), "-o",
+                               str(work / "local.csv"), *common])
+            local_s.append(wall)
+            local_cpu.append(cpu_s)
             out = work / f"ray_{repeat}"
-            ray_s.append(run([*QUALICLIP, "score", "--engine", "ray", str(work / "images"),
-                              "-o", str(out), *common, "--actors", args.actors,
-                              "--num-gpus-per-worker", str(args.gpus_per_actor),
-                              "--cpus-per-worker", str(cpus),
-                              "--rows-per-block", str(args.rows_per_block)]))
+            wall, cpu_s = run([*QUALICLIP, "score", "--engine", "ray", str(work / "images"),
+                               "-o", str(out), *common, "--actors", args.actors,
+                               "--num-gpus-per-worker", str(args.gpus_per_actor),
+                               "--cpus-per-worker", str(cpus),
+                               "--rows-per-block", str(args.rows_per_block)])
+            ray_s.append(wall)
+            ray_cpu.append(cpu_s)
             print(json.dumps({"repeat": repeat, "local_s": round(local_s[-1], 2),
-                              "ray_s": round(ray_s[-1], 2)}), flush=True)
+                              "ray_s": round(ray_s[-1], 2),
+                              "local_cpu_s": round(local_cpu[-1], 1),
+                              "ray_cpu_s": round(ray_cpu[-1], 1),
+                              "load_average": round(os.getloadavg()[0], 1)}), flush=True)
         n = len(images)
         best_local, best_ray = min(local_s), min(ray_s)
         print(json.dumps({
@@ -87,6 +124,9 @@ def main() -> None:
             "ray_images_per_s": round(n / best_ray, 2),
             "ray_overhead_percent": round(100 * (best_ray / best_local - 1), 1),
             "local_s": [round(s, 2) for s in local_s], "ray_s": [round(s, 2) for s in ray_s],
+            "local_cpu_s": [round(s, 1) for s in local_cpu],
+            "ray_cpu_s": [round(s, 1) for s in ray_cpu],
+            "ray_cpu_overhead_percent": round(100 * (min(ray_cpu) / min(local_cpu) - 1), 1),
         }))
     finally:
         shutil.rmtree(work, ignore_errors=True)

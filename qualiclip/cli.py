@@ -439,9 +439,17 @@ def _score_with_ray(paths, recursive, output, weights, device, batch_size, max_s
         raise click.BadParameter(" ".join(str(exc).split()), param_hint=hint) from exc
     weights = which_weights(weights)
     # Loaded here once (on the CPU) for one-line errors and the SHA-256 and attribute columns
-    # the resume check needs; the actors load their own copy.
-    model = load_model_or_fail(weights, "cpu", expected_sha256=expected_sha256,
-                               progress=not no_progress)
+    # the resume check needs, in a thread while Ray starts: both take seconds, mostly in other
+    # processes for Ray, so together they end sooner. The actors load their own copy.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as thread:
+        loading = thread.submit(load_model_or_fail, weights, "cpu",
+                              expected_sha256=expected_sha256, progress=not no_progress)
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False,
+                     log_to_driver=not no_progress)
+        model = loading.result()
     sha = model.weights_info.get("sha256")
     wanted = qray.settings_of({"max_side": max_side, "precision": resolved_precision,
                                "backend": resolved_backend}, model.PAIR_NAMES)
@@ -462,9 +470,6 @@ def _score_with_ray(paths, recursive, output, weights, device, batch_size, max_s
             raise click.ClickException(
                 f"{output} holds scores made with {conflict}; resume with the same settings, "
                 "or write to a new folder")
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False,
-                 log_to_driver=not no_progress)
     click.echo(f"weights {weights} (SHA-256 {str(sha)[:12]}...), "
                f"{len(inputs.files)} files and {len(inputs.shards)} WebDataset shards, "
                f"{len(done)} already in {output}", err=True)

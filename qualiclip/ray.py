@@ -570,8 +570,13 @@ def score_to_parquet(inputs: Inputs, out_dir: str, weights: str | None = None,
     if files:
         blocks = [pa.table({"path": files[i:i + rows_per_block]})
                   for i in range(0, len(files), rows_per_block)]
-        datasets.append(ray.data.from_arrow(blocks).map_batches(_fetch, batch_size=None,
-                                                                num_cpus=READ_CPUS))
+        paths = ray.data.from_arrow(blocks)
+        if inputs.shards or any(is_uri(p) for p in files):
+            paths = paths.map_batches(_fetch, batch_size=None, num_cpus=READ_CPUS)
+        # else local files only: the actors read them themselves (as the local engine does),
+        # so no read stage, whose tasks would only start one more worker process and pass
+        # each block through the object store once more.
+        datasets.append(paths)
     if inputs.shards:
         datasets.append(ray.data.from_arrow([pa.table({"shard": [s]}) for s in inputs.shards])
                         .map_batches(_expand_shards, batch_size=None, num_cpus=READ_CPUS,
