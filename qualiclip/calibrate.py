@@ -99,7 +99,8 @@ def read_ratings(csv_path: str | os.PathLike,
     return out
 
 
-def _mean_per_image(ratings: Sequence[tuple[Path | str, float]]) -> tuple[list[Path], list[float]]:
+def mean_rating_per_image(ratings: Sequence[tuple[Path | str, float]]
+                          ) -> tuple[list[Path], list[float]]:
     """Unique images (first-seen order) and their mean rating: an image rated twice must not
     land in a training fold and its held-out fold at once."""
     sums: dict[Path, list[float]] = {}
@@ -404,7 +405,7 @@ def calibrate(
         rows = [(Path(p), float(r)) for p, r in ratings]
     else:
         rows = read_ratings(ratings)
-    paths, values = _mean_per_image(rows)
+    paths, values = mean_rating_per_image(rows)
     check_ratings(values, folds)
     model = load_model(weights, device=device, progress=False)
     info = model.weights_info

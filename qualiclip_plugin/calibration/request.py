@@ -109,9 +109,9 @@ def check(dataset, params: dict[str, Any], policy: AppPolicy) -> Checked:
 
 
 def _check_ratings(ratings: list[tuple[str, float]], folds: int) -> None:
-    from qualiclip.calibrate import CalibrationError, _mean_per_image, check_ratings
+    from qualiclip.calibrate import CalibrationError, check_ratings, mean_rating_per_image
 
-    _, values = _mean_per_image(ratings)
+    _, values = mean_rating_per_image(ratings)
     try:
         check_ratings(values, folds)
     except CalibrationError as exc:

@@ -157,9 +157,9 @@ def test_folds_partition_the_images_and_repeated_images_count_once(tmp_path):
     rows = read_ratings(csv_path)
     assert rows == [(tmp_path / "a.png", 1.0), (tmp_path / "sub" / "b.png", 2.0),
                     (tmp_path / "a.png", 0.0), (tmp_path / "c.png", 4.5)]
-    from qualiclip.calibrate import _mean_per_image
+    from qualiclip.calibrate import mean_rating_per_image
 
-    paths, values = _mean_per_image(rows)
+    paths, values = mean_rating_per_image(rows)
     assert paths == [tmp_path / "a.png", tmp_path / "sub" / "b.png", tmp_path / "c.png"]
     assert values == [0.5, 2.0, 4.5]
 
