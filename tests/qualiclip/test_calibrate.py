@@ -20,8 +20,10 @@ import torch
 
 from qualiclip.calibrate import (
     CalibrationError,
+    PromptContext,
     calibrate,
     check_ratings,
+    fit_context,
     image_features,
     kfold_indices,
     read_ratings,
@@ -118,6 +120,28 @@ def test_image_and_text_towers_stay_frozen(noise_run, tiny_checkpoint):
     changed = [k for k, v in base["state_dict"].items() if not torch.equal(v, new["state_dict"][k])]
     assert changed == []
     assert not torch.allclose(base["prompt_features"], new["prompt_features"], atol=1e-3)
+
+
+def test_a_fit_learns_the_context_only(tiny_clip):
+    """The text tower is shared by every fold's fit: if a fit trained it, later folds would
+    start from a tower that has seen their held-out images. Even from a caller whose tower
+    still requires gradients, a fit changes the context and nothing else."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from qualiclip.prompts import flat_prompts
+
+    clip = copy.deepcopy(tiny_clip).requires_grad_(True)
+    before = {k: v.clone() for k, v in clip.state_dict().items()}
+    learner = PromptContext(clip, flat_prompts())
+    start = learner.context.detach().clone()
+    generator = torch.Generator().manual_seed(0)
+    features = F.normalize(torch.randn(24, 64, generator=generator), dim=-1)
+    fit_context(learner, features, torch.rand(24, generator=generator), steps=5)
+    assert not torch.equal(learner.context.detach(), start)
+    assert [k for k, v in clip.state_dict().items() if not torch.equal(v, before[k])] == []
+    assert [n for n, p in learner.named_parameters() if p.requires_grad] == ["context"]
 
 
 def test_taste_the_base_already_follows_writes_nothing(photos, tiny_checkpoint, tiny_model,
