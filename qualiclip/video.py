@@ -134,6 +134,15 @@ class VideoSummary:
         return dict(self.__dict__)
 
 
+def tenth_percentile(ascending: Sequence[float]) -> float:
+    """The 10th percentile of values sorted ascending (at least one), interpolated linearly
+    between the two nearest ranks as ``numpy.percentile``'s default ("linear") does."""
+    rank = 0.1 * (len(ascending) - 1)
+    low = math.floor(rank)
+    high = min(low + 1, len(ascending) - 1)
+    return ascending[low] + (ascending[high] - ascending[low]) * (rank - low)
+
+
 def summarize(results: Iterable[FrameScore],
               segment_seconds: float = DEFAULT_SEGMENT_SECONDS) -> VideoSummary:
     """Aggregate one video's :class:`FrameScore` results (in time order) into a summary."""
@@ -153,10 +162,7 @@ def summarize(results: Iterable[FrameScore],
     values = sorted(score for _, score in scored)
     summary.mean = math.fsum(values) / len(values)
     summary.min = values[0]
-    rank = 0.1 * (len(values) - 1)  # numpy.percentile's default ("linear")
-    low = math.floor(rank)
-    high = min(low + 1, len(values) - 1)
-    summary.p10 = values[low] + (values[high] - values[low]) * (rank - low)
+    summary.p10 = tenth_percentile(values)
     best: tuple[float, int, int] | None = None
     end = 0
     for start, (t0, _) in enumerate(scored):  # two pointers: window [t0, t0 + segment)

@@ -141,8 +141,10 @@ def video_rows(video: str, frames: Sequence[tuple[dict, ReportRow]], worst_frame
                ) -> ReportRow:
     """One video's report row from its frame rows of a ``qualiclip score`` CSV (the CSV
     ``record`` and the row read from it, in time order): the score is the mean of its scored
-    frames, ``summaries`` their p10 and min (computed as ``qualiclip.video.summarize`` does),
+    frames, ``summaries`` their p10 and min (as ``qualiclip.video.summarize`` computes them),
     ``frames`` the ``worst_frames`` lowest (frame numbers 0-based, as the CSV has them)."""
+    from qualiclip.video import tenth_percentile  # a CSV with videos only (loads torch)
+
     scored = [(row.score, int(record["frame"]), _float_or_none(record.get("timestamp")))
               for record, row in frames if row.score is not None]
     errors = [row.error for _, row in frames if row.error]
@@ -151,13 +153,10 @@ def video_rows(video: str, frames: Sequence[tuple[dict, ReportRow]], worst_frame
         return replace(first, score=None, pair_scores={},
                        error=errors[0] if errors else "no frame could be scored")
     values = sorted(score for score, _, _ in scored)
-    rank = 0.1 * (len(values) - 1)  # numpy.percentile's default ("linear")
-    low, high = math.floor(rank), min(math.floor(rank) + 1, len(values) - 1)
     worst = sorted(scored, key=lambda s: (s[0], s[1]))[:worst_frames]
     return replace(
         first, score=math.fsum(values) / len(values), pair_scores={}, error=None,
-        summaries={"p10": values[low] + (values[high] - values[low]) * (rank - low),
-                   "min": values[0]},
+        summaries={"p10": tenth_percentile(values), "min": values[0]},
         frames=tuple(FrameRow(frame=n, index=n, score=s, timestamp=t) for s, n, t in worst))
 
 
