@@ -68,8 +68,8 @@ class CalibrateToRatings(foo.Operator):
         :func:`~qualiclip_plugin.calibration.request.delegate_by_default`)."""
         delegate = ctx.params.get("delegate")
         if delegate is None:
-            return True if calibration_request.delegate_by_default(ctx.dataset, ctx.params) \
-                else None
+            return True if calibration_request.delegate_by_default(_rating_count(ctx),
+                                                                   ctx.params) else None
         return bool(delegate)
 
     def resolve_execution_options(self, ctx) -> foo.ExecutionOptions:
@@ -267,7 +267,7 @@ def _checked_form(ctx) -> tuple[types.Property, Checked | str]:
     inputs.int("folds", default=DEFAULT_FOLDS, min=2, max=MAX_FOLDS,
                label="Cross-validation folds")
     inputs.bool("delegate",
-                default=calibration_request.delegate_by_default(ctx.dataset, ctx.params),
+                default=calibration_request.delegate_by_default(count, ctx.params),
                 label="Run in the background (delegated)",
                 description=f"Default on above {IMMEDIATE_MAX_RATINGS} ratings, and without a "
                             f"GPU above {IMMEDIATE_MAX_CPU_STEPS} steps in all (steps x "

@@ -64,6 +64,12 @@ class Checked:
     ratings: list[tuple[str, float]]
 
 
+def _fit_settings(p: dict[str, Any]) -> tuple[int, int]:
+    """``(steps per fit, folds)`` of given form params; raises :class:`RequestError`."""
+    return (parse_int(p.get("steps"), "steps", DEFAULT_STEPS, minimum=1, maximum=MAX_STEPS),
+            parse_int(p.get("folds"), "folds", DEFAULT_FOLDS, minimum=2, maximum=MAX_FOLDS))
+
+
 def default_name(dataset_name: str, ratings_field: str) -> str:
     """The checkpoint name the form proposes: ``<dataset>-<ratings field>`` as a plain name."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", dataset_name).strip(".-")[:60] or "dataset"
@@ -76,8 +82,7 @@ def parse(params: dict[str, Any], dataset_name: str) -> CalibrateRequest:
     p = given(params)
     field = str(p.get("ratings_field") or DEFAULT_RATINGS_FIELD).strip()
     check_field_name(field, "ratings field")
-    steps = parse_int(p.get("steps"), "steps", DEFAULT_STEPS, minimum=1, maximum=MAX_STEPS)
-    folds = parse_int(p.get("folds"), "folds", DEFAULT_FOLDS, minimum=2, maximum=MAX_FOLDS)
+    steps, folds = _fit_settings(p)
     return CalibrateRequest(
         ratings_field=field, weights=str(p.get("weights") or DEFAULT_WEIGHTS).strip(),
         name=str(p.get("name") or default_name(dataset_name, field)),
@@ -129,15 +134,14 @@ def rating_count(dataset, params: dict[str, Any]) -> int:
         return 0
 
 
-def delegate_by_default(dataset, params: dict[str, Any]) -> bool:
-    """The form's "delegate" default: above :data:`IMMEDIATE_MAX_RATINGS` ratings, or on a
-    server without a GPU above :data:`IMMEDIATE_MAX_CPU_STEPS` optimisation steps in all."""
-    if rating_count(dataset, params) > IMMEDIATE_MAX_RATINGS:
+def delegate_by_default(ratings: int, params: dict[str, Any]) -> bool:
+    """The form's "delegate" default for ``ratings`` ratings (:func:`rating_count`): above
+    :data:`IMMEDIATE_MAX_RATINGS`, or on a server without a GPU above
+    :data:`IMMEDIATE_MAX_CPU_STEPS` optimisation steps in all."""
+    if ratings > IMMEDIATE_MAX_RATINGS:
         return True
-    p = given(params)
     try:
-        steps = parse_int(p.get("steps"), "steps", DEFAULT_STEPS, minimum=1, maximum=MAX_STEPS)
-        folds = parse_int(p.get("folds"), "folds", DEFAULT_FOLDS, minimum=2, maximum=MAX_FOLDS)
+        steps, folds = _fit_settings(given(params))
     except RequestError:  # the form shows the refusal; the default does not matter then
         return False
     return steps * (folds + 1) > IMMEDIATE_MAX_CPU_STEPS and not _has_gpu()
