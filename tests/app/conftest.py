@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.app_server import running_app_server
+from tests.conftest import missing_requirement
 from tests.qualiclip_plugin.conftest import plugin_link  # noqa: F401  (autouse: the plugin is installed)
 
 CHROMIUM = "/usr/bin/chromium"
@@ -56,9 +57,7 @@ def browser_requirements() -> None:
     """Skip (fail under CI=true) when Chromium or Playwright is missing."""
     missing = _missing_requirement()
     if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"App browser tests cannot run in CI: {missing}")
-        pytest.skip(missing)
+        missing_requirement(f"App browser tests: {missing}")
 
 
 @dataclass

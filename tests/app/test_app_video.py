@@ -12,7 +12,6 @@ worst segment), not chosen here.
 from __future__ import annotations
 
 import io
-import os
 import re
 import shutil
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import missing_requirement
 from tests.qualiclip_plugin.test_panel import VIDEO_RATE, ramp_video
 
 #: Brightness offsets of the three test videos (frame n of a video: offset + 20 + 5 (n - 1)).
@@ -41,9 +41,8 @@ def video_dataset(tmp_path, tiny_checkpoint):
     # The App server reads video metadata with FFmpeg's ffprobe and refuses video datasets
     # without it (scripts/test.sh installs Debian's ffmpeg).
     if shutil.which("ffprobe") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the App cannot show video datasets in CI: ffprobe (ffmpeg) is missing")
-        pytest.skip("ffprobe is not installed (apt-get install ffmpeg): the App shows no videos")
+        missing_requirement("ffprobe is not installed (apt-get install ffmpeg): the App shows "
+                            "no video datasets")
 
     paths = [ramp_video(tmp_path / f"clip_{i}.mp4", offset=o) for i, o in enumerate(OFFSETS)]
     settings = dict(weights=str(tiny_checkpoint), device="cpu", precision="fp32")
